@@ -1,0 +1,41 @@
+"""The app factory: `create_app(settings)` builds the aiohttp application and everything it uses."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from bot.clock import Clock
+from bot.config import Settings
+from bot.runtime import Runtime
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def routers() -> list:
+    """Callback routers in priority order: first match wins."""
+    from handlers import commands
+
+    return [commands.router]
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None, background: bool = True) -> web.Application:
+    """Build the application. `background=False` leaves the inbox/outbox workers to the caller (tests)."""
+    from handlers import callback, health
+
+    from handlers.api import admin_auth
+
+    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[admin_auth])
+    runtime = Runtime.build(settings, routers=routers(), clock=clock)
+    app[RUNTIME] = runtime
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await runtime.start(background=background)
+        yield
+        await runtime.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.add_routes(health.routes)
+    app.add_routes(callback.routes)
+    return app

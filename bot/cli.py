@@ -1,0 +1,96 @@
+"""The command line: `python -m bot [--config PATH] COMMAND`. Exit 0 ok, 2 bad usage or bad config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any, Coroutine
+
+import click
+
+from bot.config import ConfigError, Settings, config_path, load_settings
+from bot.logs import setup_logging
+
+log = logging.getLogger("beacon.cli")
+
+
+def _secrets(settings: Settings) -> list[str]:
+    w = settings.wecom
+    return [w.secret, w.token, w.encoding_aes_key, settings.server.admin_token, settings.server.secret_key]
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+@click.group()
+@click.option("--config", "config_file", metavar="PATH", help="TOML config (else $BEACON_CONFIG, ./config.toml, defaults).")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None) -> None:
+    """Beacon: a WeCom bot for B2B sales enablement."""
+    import os
+
+    try:
+        settings = load_settings(config_path(config_file, os.environ))
+    except ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        sys.exit(2)
+    setup_logging(settings.logging.level, settings.logging.format, _secrets(settings))
+    ctx.obj = settings
+
+
+@cli.command()
+@click.pass_obj
+def migrate(settings: Settings) -> None:
+    """Bring the database schema to the newest revision (safe to repeat)."""
+    from bot.db import migrate_sync
+
+    migrate_sync(settings.database.url)
+    click.echo("database is at the newest schema revision")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Override [server].host.")
+@click.option("--port", type=int, default=None, help="Override [server].port.")
+@click.pass_obj
+def serve(settings: Settings, host: str | None, port: int | None) -> None:
+    """Run the HTTP server (callbacks, links, pages, API) and the scheduler."""
+    from bot.serve import serve_forever
+
+    run(serve_forever(settings, host=host or settings.server.host, port=port if port is not None else settings.server.port))
+
+
+@cli.group()
+def inbox() -> None:
+    """Inspect and requeue stored callbacks."""
+
+
+@inbox.command("list")
+@click.option("--status", type=click.Choice(["pending", "parked", "done"]), default="parked")
+@click.option("--limit", type=int, default=50)
+@click.pass_obj
+def inbox_list(settings: Settings, status: str, limit: int) -> None:
+    """List inbox rows (default: parked ones, which need an operator)."""
+    from bot.ops import list_inbox
+
+    for line in run(list_inbox(settings, status, limit)):
+        click.echo(line)
+
+
+@inbox.command("retry")
+@click.argument("item_id", required=False, type=int)
+@click.option("--all", "all_", is_flag=True, help="Requeue every parked row.")
+@click.pass_obj
+def inbox_retry(settings: Settings, item_id: int | None, all_: bool) -> None:
+    """Put a parked callback (or --all) back in the queue."""
+    from bot.ops import retry_inbox
+
+    if item_id is None and not all_:
+        raise click.UsageError("give an inbox id or --all")
+    count = run(retry_inbox(settings, item_id))
+    click.echo(f"requeued {count} callback(s)")
+
+
+def main() -> None:
+    cli(prog_name="python -m bot")

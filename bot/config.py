@@ -1,0 +1,248 @@
+"""Settings: parsed once from TOML (+ `BEACON_<SECTION>_<KEY>` env overrides) into frozen models.
+
+Where the file comes from: `--config PATH`, else `$BEACON_CONFIG`, else `./config.toml` if present,
+else built-in defaults. Unknown keys and wrong types are errors (`ConfigError`, exit 2 at the CLI),
+never silently ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "BEACON_"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    admin_token: str = ""
+    secret_key: str = ""
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite+aiosqlite:///beacon.db"
+    pool_size: Annotated[int, Field(ge=1)] = 5
+    max_overflow: Annotated[int, Field(ge=0)] = 10
+
+    @field_validator("url")
+    @classmethod
+    def _driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must be sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return value
+
+
+class WeComSettings(_Section):
+    corp_id: str = ""
+    agent_id: int = 0
+    secret: str = ""
+    token: str = ""
+    encoding_aes_key: str = ""
+    api_base: str = "https://qyapi.weixin.qq.com"
+    kf_open_kfid: str = ""
+    replay_window_s: Annotated[int, Field(ge=0)] = 600
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("encoding_aes_key")
+    @classmethod
+    def _aes_key(cls, value: str) -> str:
+        if value == "":
+            return value
+        if len(value) != 43:
+            raise ValueError(f"must be 43 characters (got {len(value)})")
+        try:
+            if len(base64.b64decode(value + "=", validate=True)) != 32:
+                raise ValueError("must decode to 32 bytes")
+        except binascii.Error as exc:
+            raise ValueError("must be base64 (A-Z, a-z, 0-9, +, /)") from exc
+        return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.corp_id and self.token and self.encoding_aes_key)
+
+
+class SchedulerSettings(_Section):
+    timezone: str = "Asia/Shanghai"
+    enabled: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class InboxSettings(_Section):
+    workers: Annotated[int, Field(ge=0, le=32)] = 1
+    max_attempts: Annotated[int, Field(ge=1)] = 5
+    retry_base_s: Annotated[float, Field(gt=0)] = 2.0
+    retry_max_s: Annotated[float, Field(gt=0)] = 600.0
+    lease_s: Annotated[float, Field(gt=0)] = 60.0
+    poll_s: Annotated[float, Field(gt=0)] = 1.0
+    keep_days: Annotated[int, Field(ge=1)] = 14
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class TeamMember(_Section):
+    userid: str
+    name: str = ""
+    role: Literal["rep", "manager", "admin"] = "rep"
+    manager: str = ""
+    region: str = ""
+
+
+class TeamSettings(_Section):
+    members: list[TeamMember] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> "TeamSettings":
+        seen: set[str] = set()
+        for member in self.members:
+            if member.userid in seen:
+                raise ValueError(f"duplicate userid {member.userid!r}")
+            seen.add(member.userid)
+        return self
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    wecom: WeComSettings = WeComSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    inbox: InboxSettings = InboxSettings()
+    logging: LoggingSettings = LoggingSettings()
+    team: TeamSettings = TeamSettings()
+
+    def replace(self, **sections: Mapping[str, Any]) -> "Settings":
+        """A copy with some keys changed, validated like a file (`replace(wecom={"token": "x"})`)."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        return _validate(data)
+
+
+def _scalar_sections() -> dict[str, type[_Section]]:
+    return {
+        name: field.annotation
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+    }
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    if annotation is str:
+        return raw
+    if annotation is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        return raw  # leave it to validation to name the key
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _base_type(annotation: Any) -> Any:
+    """Strip Annotated[...]; Literal[...] of strings counts as str."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) is Literal:
+        return str
+    return annotation
+
+
+def _overlay_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    known: set[str] = {"BEACON_CONFIG"}
+    for section, model in _scalar_sections().items():
+        for key, field in model.model_fields.items():
+            name = f"{ENV_PREFIX}{section}_{key}".upper()
+            base = _base_type(field.annotation)
+            if base not in (str, int, float, bool):
+                continue  # tables and lists are file-only
+            known.add(name)
+            if name in environ:
+                data.setdefault(section, {})[key] = _env_value(environ[name], base)
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown setting (environment)")
+
+
+def _validate(data: dict[str, Any]) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"]) or "config"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise ConfigError(f"{where}: {message}") from None
+
+
+def config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path | None:
+    """Which file to read, by the documented precedence; None means built-in defaults."""
+    if cli_path:
+        return Path(cli_path)
+    if environ.get("BEACON_CONFIG"):
+        return Path(environ["BEACON_CONFIG"])
+    default = Path("config.toml")
+    return default if default.exists() else None
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, overlay the environment, validate. Raises ConfigError naming the offending key."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    _overlay_env(data, environ)
+    return _validate(data)

@@ -1,0 +1,45 @@
+"""Claiming rows of a work table (inbox, outbox) with a lease, safely across processes.
+
+PostgreSQL: FOR UPDATE SKIP LOCKED, so several processes share the work without blocking each other.
+SQLite: one writer at a time anyway; the conditional UPDATE makes the claim atomic.
+A claim that is never finished (process killed) expires with its lease and is picked up again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+async def claim(session: AsyncSession, model: Any, *, now: dt.datetime, lease_s: float, limit: int) -> list[int]:
+    """Lease up to `limit` due rows with status 'pending'; returns their ids (oldest first)."""
+    due = (
+        select(model.id)
+        .where(
+            model.status == "pending",
+            model.next_attempt_at <= now,
+            or_(model.locked_until.is_(None), model.locked_until < now),
+        )
+        .order_by(model.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.scalars(due)).all())
+    if not ids:
+        return []
+    lease = now + dt.timedelta(seconds=lease_s)
+    claimed = await session.scalars(
+        update(model)
+        .where(model.id.in_(ids), or_(model.locked_until.is_(None), model.locked_until < now))
+        .values(locked_until=lease)
+        .returning(model.id)
+    )
+    return sorted(claimed.all())
+
+
+def backoff_s(attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff: base, 2·base, 4·base … capped."""
+    return min(cap, base * (2 ** max(0, attempts - 1)))

@@ -1,0 +1,38 @@
+"""Prometheus metrics, one registry per app (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.callbacks_received = Counter(
+            "beacon_callbacks_received", "WeCom callbacks accepted and stored", ["source"], registry=r
+        )
+        self.callbacks_rejected = Counter(
+            "beacon_callbacks_rejected", "Callbacks refused", ["reason"], registry=r
+        )
+        self.callbacks_processed = Counter(
+            "beacon_callbacks_processed", "Inbox items processed", ["kind"], registry=r
+        )
+        self.callbacks_failed = Counter(
+            "beacon_callbacks_failed", "Inbox handler failures (each attempt)", ["kind"], registry=r
+        )
+        self.callbacks_parked = Counter("beacon_callbacks_parked", "Inbox items parked", registry=r)
+        self.inbox_depth = Gauge("beacon_inbox_depth", "Inbox items waiting", ["status"], registry=r)
+        self.outbox_depth = Gauge("beacon_outbox_depth", "Outbox items waiting", ["status"], registry=r)
+        self.wecom_calls = Counter(
+            "beacon_wecom_api_calls", "WeCom API answers by path and errcode", ["path", "errcode"], registry=r
+        )
+        self.events_recorded = Counter(
+            "beacon_events_recorded", "Behavior events stored", ["type"], registry=r
+        )
+
+    def on_wecom_call(self, path: str, errcode: int) -> None:
+        self.wecom_calls.labels(path=path, errcode=str(errcode)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,124 @@
+"""The durable outbox: outbound WeCom calls decided in a transaction and sent after it commits.
+
+A crash between "decided" and "sent" loses nothing (the row is there); a crash between "sent" and
+"marked sent" must not double-send, so every message carries WeCom's own dedupe: message/send gets
+`enable_duplicate_check`, kf/send_msg a stable `msgid` derived from the idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.leases import backoff_s, claim
+from bot.models import OutboxItem
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger("beacon.outbox")
+
+DUPLICATE_CHECK_S = 4 * 3600  # WeCom's maximum duplicate_check_interval
+MAX_ATTEMPTS = 8
+
+
+def _with_dedupe(path: str, payload: dict[str, Any], key: str, agent_id: int) -> dict[str, Any]:
+    payload = dict(payload)
+    if path == "/cgi-bin/message/send":
+        payload.setdefault("agentid", agent_id)
+        payload.setdefault("enable_duplicate_check", 1)
+        payload.setdefault("duplicate_check_interval", DUPLICATE_CHECK_S)
+    elif path in ("/cgi-bin/kf/send_msg",):
+        payload.setdefault("msgid", hashlib.sha1(key.encode()).hexdigest()[:32])
+    elif path == "/cgi-bin/message/update_template_card":
+        payload.setdefault("agentid", agent_id)
+    return payload
+
+
+def enqueue(session: AsyncSession, path: str, payload: dict[str, Any], *, key: str, now: dt.datetime) -> OutboxItem:
+    """Add an outbox row to the caller's transaction."""
+    item = OutboxItem(idempotency_key=key[:160], path=path, payload=payload, next_attempt_at=now, created_at=now)
+    session.add(item)
+    return item
+
+
+class OutboxWorker:
+    """Sends due outbox rows; retries transient failures with backoff; marks permanent ones failed."""
+
+    def __init__(self, runtime: "Runtime", *, batch: int = 20, lease_s: float = 60.0) -> None:
+        self.rt = runtime
+        self.batch = batch
+        self.lease_s = lease_s
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, poll_s: float = 1.0) -> None:
+        while True:
+            try:
+                sent = await self.drain()
+            except Exception:
+                log.exception("outbox pass failed")
+                sent = 0
+            if not sent:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), poll_s)
+                except TimeoutError:
+                    pass
+
+    async def drain(self) -> int:
+        """Send everything due now; returns how many rows were handled."""
+        handled = 0
+        while True:
+            async with self.rt.sessions() as session, session.begin():
+                ids = await claim(session, OutboxItem, now=self.rt.clock.now(), lease_s=self.lease_s, limit=self.batch)
+            if not ids:
+                return handled
+            for item_id in ids:
+                await self._send_one(item_id)
+                handled += 1
+
+    async def _send_one(self, item_id: int) -> None:
+        from bot.wecom.client import WeComError, WeComUnavailable
+
+        async with self.rt.sessions() as session:
+            item = await session.get(OutboxItem, item_id)
+            if item is None or item.status != "pending":
+                return
+            payload = _with_dedupe(item.path, item.payload, item.idempotency_key, self.rt.settings.wecom.agent_id)
+            now = self.rt.clock.now
+            try:
+                result = await self.rt.wecom.post(item.path, payload)
+            except (WeComUnavailable, WeComError) as exc:
+                item.attempts += 1
+                item.last_error = f"{type(exc).__name__}: {exc}"
+                item.locked_until = None
+                transient = isinstance(exc, WeComUnavailable) or exc.errcode in (-1, 45009, 45033, 42001, 40014)
+                if transient and item.attempts < MAX_ATTEMPTS:
+                    item.next_attempt_at = now() + dt.timedelta(seconds=backoff_s(item.attempts, 2.0, 900.0))
+                    log.warning("outbox %s %s failed (attempt %d), will retry", item.id, item.path, item.attempts)
+                else:
+                    item.status = "failed"
+                    log.error("outbox %s %s failed for good: %s", item.id, item.path, item.last_error)
+            else:
+                item.status = "sent"
+                item.result = result
+                item.sent_at = now()
+                item.locked_until = None
+                item.attempts += 1
+            await session.commit()
+
+    async def depth(self) -> dict[str, int]:
+        async with self.rt.sessions() as session:
+            rows = await session.execute(
+                select(OutboxItem.status, func.count()).where(OutboxItem.status.in_(["pending", "failed"])).group_by(OutboxItem.status)
+            )
+            return {status: count for status, count in rows.all()}

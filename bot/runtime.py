@@ -1,0 +1,131 @@
+"""The runtime: every shared resource of one Beacon process, built from settings, started and stopped once.
+
+The app factory ties it to aiohttp's `cleanup_ctx`; the CLI uses it directly for jobs and commands.
+Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.batch import BatchWriter
+from bot.clock import Clock, SystemClock
+from bot.config import Settings
+from bot.db import create_engine, session_factory
+from bot.inbox import InboxStore, InboxWorker
+from bot.metrics import Metrics
+from bot.outbox import OutboxWorker
+from bot.router import Dispatcher, Router
+from bot.wecom.client import WeComClient
+from bot.wecom.inbound import CallbackCrypto
+
+log = logging.getLogger("beacon.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    metrics: Metrics
+    dispatcher: Dispatcher
+    http: aiohttp.ClientSession | None = None
+    wecom: WeComClient = None  # type: ignore[assignment]  # set in start()
+    crypto: CallbackCrypto | None = None
+    writer: BatchWriter = None  # type: ignore[assignment]
+    inbox_store: InboxStore = None  # type: ignore[assignment]
+    inbox: InboxWorker = None  # type: ignore[assignment]
+    outbox: OutboxWorker = None  # type: ignore[assignment]
+    services: dict[str, Any] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings, *, routers: list[Router], clock: Clock | None = None) -> "Runtime":
+        engine = create_engine(settings.database)
+        rt = cls(
+            settings=settings,
+            clock=clock or SystemClock(),
+            engine=engine,
+            sessions=session_factory(engine),
+            metrics=Metrics(),
+            dispatcher=Dispatcher(routers),
+        )
+        w = settings.wecom
+        if w.configured:
+            rt.crypto = CallbackCrypto(w.token, w.encoding_aes_key, w.corp_id, replay_window_s=w.replay_window_s)
+        rt.writer = BatchWriter(engine, name="inbox")
+        rt.inbox_store = InboxStore(rt.writer)
+        rt.inbox = InboxWorker(rt)
+        rt.outbox = OutboxWorker(rt)
+        return rt
+
+    async def start(self, *, background: bool = True) -> None:
+        """Open the outbound HTTP session and (unless told not to) start the background workers."""
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.wecom.timeout_s))
+        w = self.settings.wecom
+        self.wecom = WeComClient(
+            self.http,
+            api_base=w.api_base,
+            corp_id=w.corp_id,
+            secret=w.secret,
+            timeout=w.timeout_s,
+            on_call=self.metrics.on_wecom_call,
+        )
+        try:
+            await self.sync_team()
+        except Exception:  # the database may come back; /healthz reports it meanwhile
+            log.exception("could not sync team members to the database")
+        if background:
+            for n in range(self.settings.inbox.workers):
+                self.spawn(self.inbox.run(), f"inbox-worker-{n}")
+            self.spawn(self.outbox.run(), "outbox-worker")
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """A background task kept in a set (so it is not garbage collected) and cancelled on stop."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def on_stop(self, stopper: Callable[[], Awaitable[None]]) -> None:
+        self._stoppers.append(stopper)
+
+    async def stop(self) -> None:
+        """Finish what was acknowledged: flush the writer, stop workers (a row mid-flight is rolled
+        back and picked up by the next start), close connections."""
+        for stopper in reversed(self._stoppers):
+            await stopper()
+        await self.writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.http is not None:
+            await self.http.close()
+        await self.engine.dispose()
+
+    async def db_ok(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("SELECT 1")), 2.0)
+            return True
+        except Exception:  # any failure to answer means "not ok"; the caller reports it
+            return False
+
+    async def sync_team(self) -> None:
+        """Upsert the configured team members as reps (config is the source of truth for them)."""
+        from bot.team import upsert_members
+
+        if not self.settings.team.members:
+            return
+        async with self.sessions() as session, session.begin():
+            await upsert_members(session, self.settings.team.members)

@@ -1,0 +1,1 @@
+"""HTTP handlers (aiohttp route tables) and WeCom callback routers, one module per concern."""

@@ -1,0 +1,43 @@
+"""Operational endpoints: /healthz for load balancers, /metrics for Prometheus."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bot import __version__
+from bot.app import RUNTIME
+from bot.inbox import inbox_counts
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/healthz")
+async def handle_healthz(request: web.Request) -> web.Response:
+    """200 {"status": "ok", ...} when the database answers; 503 {"status": "unavailable"} otherwise."""
+    rt = request.app[RUNTIME]
+    if not await rt.db_ok():
+        return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+    async with rt.sessions() as session:
+        counts = await inbox_counts(session)
+    return web.json_response(
+        {
+            "status": "ok",
+            "database": rt.engine.dialect.name,
+            "version": __version__,
+            "inbox": counts,
+            "wecom_configured": rt.settings.wecom.configured,
+        }
+    )
+
+
+@routes.get("/metrics")
+async def handle_metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; queue depths are read from the database at scrape time."""
+    rt = request.app[RUNTIME]
+    if await rt.db_ok():
+        async with rt.sessions() as session:
+            for status, count in (await inbox_counts(session)).items():
+                rt.metrics.inbox_depth.labels(status=status).set(count)
+        for status in ("pending", "failed"):
+            rt.metrics.outbox_depth.labels(status=status).set((await rt.outbox.depth()).get(status, 0))
+    return web.Response(body=rt.metrics.render(), content_type="text/plain", charset="utf-8")
