@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from bot.config import Settings
 from bot.runtime import Runtime
 
 RUNTIME = web.AppKey("runtime", Runtime)
+STATIC_DIR = Path(__file__).resolve().parent.parent / "content" / "static"
 
 
 def routers() -> list:
@@ -22,11 +24,12 @@ def routers() -> list:
 
 def create_app(settings: Settings, *, clock: Clock | None = None, background: bool = True) -> web.Application:
     """Build the application. `background=False` leaves the inbox/outbox workers to the caller (tests)."""
-    from handlers import callback, health
+    from handlers import callback, contacts_api, health, links
+    from handlers.security import security_headers
 
     from handlers.api import admin_auth
 
-    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[admin_auth])
+    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[security_headers, admin_auth])
     runtime = Runtime.build(settings, routers=routers(), clock=clock)
     app[RUNTIME] = runtime
 
@@ -38,4 +41,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, background: bo
     app.cleanup_ctx.append(lifecycle)
     app.add_routes(health.routes)
     app.add_routes(callback.routes)
+    app.add_routes(links.routes)
+    app.add_routes(contacts_api.routes)
+    app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
+    from handlers import content_api
+
+    app.add_routes(content_api.routes)
     return app

@@ -19,7 +19,9 @@ from sqlalchemy.sql import Executable
 
 log = logging.getLogger("beacon.batch")
 
-_Item = tuple[Executable, dict[str, Any], asyncio.Future[None]]
+# One caller's rows: (order, statement, params) triples, written in the same transaction.
+Row = tuple[int, Executable, dict[str, Any]]
+_Item = tuple[list[Row], asyncio.Future[None]]
 
 
 class WriterStopped(RuntimeError):
@@ -39,11 +41,16 @@ class BatchWriter:
 
     async def write(self, stmt: Executable, params: dict[str, Any]) -> None:
         """Queue one row and wait until it is committed. Raises the database error if the write fails."""
+        await self.write_rows([(0, stmt, params)])
+
+    async def write_rows(self, rows: list[Row]) -> None:
+        """Queue rows that belong together; within a batch, statements run by ascending order
+        (so a row another row refers to is written first). Returns after the commit."""
         if self._closing:
             raise WriterStopped(self.name)
         self._ensure_running()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((stmt, params, future))
+        self._queue.put_nowait((rows, future))
         await future
 
     def _ensure_running(self) -> None:
@@ -58,7 +65,7 @@ class BatchWriter:
             await self._queue.put(_SENTINEL)
             await self._task
         while not self._queue.empty():  # the task was gone: fail leftovers loudly rather than hang
-            _stmt, _params, future = self._queue.get_nowait()
+            _rows, future = self._queue.get_nowait()
             if not future.done():
                 future.set_exception(WriterStopped(self.name))
 
@@ -94,21 +101,22 @@ class BatchWriter:
             raise
         self.batches += 1
         self.rows += len(batch)
-        for _stmt, _params, future in batch:
+        for _rows, future in batch:
             if not future.done():
                 future.set_result(None)
 
     async def _execute(self, batch: list[_Item]) -> None:
-        grouped: dict[Executable, list[dict[str, Any]]] = defaultdict(list)
-        for stmt, params, _future in batch:
-            grouped[stmt].append(params)
+        grouped: dict[tuple[int, Executable], list[dict[str, Any]]] = defaultdict(list)
+        for rows, _future in batch:
+            for order, stmt, params in rows:
+                grouped[(order, stmt)].append(params)
         async with self.engine.begin() as conn:
-            for stmt, rows in grouped.items():
-                await conn.execute(stmt, rows)
+            for (_order, stmt), params in sorted(grouped.items(), key=lambda kv: kv[0][0]):
+                await conn.execute(stmt, params)
 
 
 def _fail(batch: list[_Item], exc: BaseException) -> None:
-    for _stmt, _params, future in batch:
+    for _rows, future in batch:
         if not future.done():
             future.set_exception(exc)
 

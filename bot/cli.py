@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Coroutine
 
 import click
@@ -90,6 +91,25 @@ def inbox_retry(settings: Settings, item_id: int | None, all_: bool) -> None:
         raise click.UsageError("give an inbox id or --all")
     count = run(retry_inbox(settings, item_id))
     click.echo(f"requeued {count} callback(s)")
+
+
+@cli.group("content")
+def content_group() -> None:
+    """Manage the content library."""
+
+
+@content_group.command("import")
+@click.argument("folder", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_obj
+def content_import(settings: Settings, folder: Path) -> None:
+    """Import/update the content library from DIR (Markdown + YAML front matter); prints a summary.
+
+    Exit 0 when every file imported, 1 when some files had errors (printed as `path: field: why`;
+    the valid files are imported anyway), 2 when DIR is missing or holds no item files.
+    """
+    from content.command import run_import
+
+    sys.exit(run_import(settings, folder))
 
 
 def main() -> None:

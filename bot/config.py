@@ -118,6 +118,13 @@ class InboxSettings(_Section):
     keep_days: Annotated[int, Field(ge=1)] = 14
 
 
+class LinkSettings(_Section):
+    reload_window_s: Annotated[int, Field(ge=0)] = 1800
+    beacons_per_minute: Annotated[int, Field(ge=1)] = 60
+    cookie_days: Annotated[int, Field(ge=1)] = 365
+    share_cache_s: Annotated[float, Field(ge=0)] = 60.0
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -150,6 +157,7 @@ class Settings(_Section):
     wecom: WeComSettings = WeComSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     inbox: InboxSettings = InboxSettings()
+    links: LinkSettings = LinkSettings()
     logging: LoggingSettings = LoggingSettings()
     team: TeamSettings = TeamSettings()
 

@@ -43,3 +43,25 @@ async def claim(session: AsyncSession, model: Any, *, now: dt.datetime, lease_s:
 def backoff_s(attempts: int, base: float, cap: float) -> float:
     """Exponential backoff: base, 2·base, 4·base … capped."""
     return min(cap, base * (2 ** max(0, attempts - 1)))
+
+
+async def hold_lease(rt: Any, name: str, lease_s: float) -> bool:
+    """Take or renew the named lease for this process (`rt.worker_id`); False if another holds it."""
+    from bot.inbox import insert_ignore
+    from bot.models import Lease
+
+    now = rt.clock.now()
+    until = now + dt.timedelta(seconds=lease_s)
+    async with rt.sessions() as session, session.begin():
+        await session.execute(
+            insert_ignore(session.bind.dialect.name, Lease.__table__, "name"),
+            {"name": name, "owner": rt.worker_id, "locked_until": until},
+        )
+        lease = await session.get(Lease, name, with_for_update=True, populate_existing=True)
+        if lease is None:
+            return False
+        if lease.owner != rt.worker_id and lease.locked_until > now:
+            return False
+        lease.owner = rt.worker_id
+        lease.locked_until = until
+    return True

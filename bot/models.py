@@ -23,6 +23,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -239,12 +241,24 @@ class Share(Base):
 
 
 class Event(Base):
-    """The append-only behavior log. Never updated except to re-home a merged contact."""
+    """The append-only behavior log.
+
+    What happened (type, share, item, visitor, props, times) is never changed. Two columns are
+    processing state: `contact_id` is resolved by the tracker when the hot path could not know it
+    (and re-homed by merges), `processed` marks events the tracker has attributed and scored.
+    """
 
     __tablename__ = "events"
     __table_args__ = (
         Index("ix_events_contact_occurred", "contact_id", "occurred_at"),
         Index("ix_events_type_occurred", "type", "occurred_at"),
+        Index("ix_events_visitor", "visitor_id"),
+        Index(
+            "ix_events_unprocessed",
+            "id",
+            sqlite_where=text("processed = 0"),
+            postgresql_where=text("processed = false"),
+        ),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     type: Mapped[str] = mapped_column(String(32))
@@ -259,6 +273,7 @@ class Event(Base):
     occurred_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    processed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ScoreEntry(Base):
@@ -444,3 +459,12 @@ class WeComTag(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     group_name: Mapped[str] = mapped_column(String(30))
     tag_id: Mapped[str] = mapped_column(String(64))
+
+
+class Lease(Base):
+    """A named singleton role (e.g. the event tracker) held by one process at a time, with expiry."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    locked_until: Mapped[dt.datetime]

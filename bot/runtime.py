@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -22,6 +25,11 @@ from bot.db import create_engine, session_factory
 from bot.inbox import InboxStore, InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
+from bot.pages import Pages, RenderedVersions
+from bot.shares import ShareResolver
+from bot.signing import Signer
+from bot.tracker import Tracker
+from bot.tracking import EventLog, RecentOpens
 from bot.router import Dispatcher, Router
 from bot.wecom.client import WeComClient
 from bot.wecom.inbound import CallbackCrypto
@@ -44,6 +52,15 @@ class Runtime:
     inbox_store: InboxStore = None  # type: ignore[assignment]
     inbox: InboxWorker = None  # type: ignore[assignment]
     outbox: OutboxWorker = None  # type: ignore[assignment]
+    events: EventLog = None  # type: ignore[assignment]
+    tracker: Tracker = None  # type: ignore[assignment]
+    links: ShareResolver = None  # type: ignore[assignment]
+    signer: Signer = None  # type: ignore[assignment]
+    pages: Pages = None  # type: ignore[assignment]
+    rendered: RenderedVersions = None  # type: ignore[assignment]
+    recent_opens: RecentOpens = None  # type: ignore[assignment]
+    beacon_limiter: Any = None
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     services: dict[str, Any] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -66,6 +83,16 @@ class Runtime:
         rt.inbox_store = InboxStore(rt.writer)
         rt.inbox = InboxWorker(rt)
         rt.outbox = OutboxWorker(rt)
+        rt.events = EventLog(engine)
+        rt.tracker = Tracker(rt)
+        rt.links = ShareResolver(rt.sessions, ttl_s=settings.links.share_cache_s)
+        rt.signer = Signer(settings.server.secret_key)
+        rt.pages = Pages()
+        rt.rendered = RenderedVersions(rt.sessions)
+        rt.recent_opens = RecentOpens(settings.links.reload_window_s)
+        from handlers.links import BeaconLimiter
+
+        rt.beacon_limiter = BeaconLimiter(settings.links.beacons_per_minute)
         return rt
 
     async def start(self, *, background: bool = True) -> None:
@@ -88,6 +115,7 @@ class Runtime:
             for n in range(self.settings.inbox.workers):
                 self.spawn(self.inbox.run(), f"inbox-worker-{n}")
             self.spawn(self.outbox.run(), "outbox-worker")
+            self.spawn(self.tracker.run(), "tracker")
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """A background task kept in a set (so it is not garbage collected) and cancelled on stop."""
@@ -106,6 +134,7 @@ class Runtime:
         for stopper in reversed(self._stoppers):
             await stopper()
         await self.writer.close()
+        await self.events.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 from typing import TYPE_CHECKING, Awaitable, Callable
 from zoneinfo import ZoneInfo
 
@@ -28,14 +26,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("beacon.scheduler")
 
 Job = Callable[[Context], Awaitable[None]]
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 async def claim_run(rt: "Runtime", job_id: str, run_key: str) -> bool:
     """True if this process won the run; False if another process (or an earlier run) has it."""
     try:
         async with rt.sessions() as session, session.begin():
-            session.add(JobRun(run_key=run_key, job_id=job_id, claimed_by=WORKER_ID, claimed_at=rt.clock.now()))
+            session.add(JobRun(run_key=run_key, job_id=job_id, claimed_by=rt.worker_id, claimed_at=rt.clock.now()))
     except IntegrityError:
         return False
     return True

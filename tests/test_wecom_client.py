@@ -127,7 +127,9 @@ async def test_force_refresh_fetches_again(make_client: Callable[..., WeComClien
     assert len(state.received_for(GETTOKEN)) == 2
 
 
-async def test_expired_token_mid_run_refreshes_and_retries(make_client: Callable[..., WeComClient], state: SimState) -> None:
+async def test_expired_token_mid_run_refreshes_and_retries(
+    make_client: Callable[..., WeComClient], state: SimState
+) -> None:
     client = make_client()
     await client.post(SEND, text("before"))
     state.expire_all_tokens()
@@ -259,7 +261,9 @@ async def test_get_and_upload(make_client: Callable[..., WeComClient], state: Si
     client = make_client()
     ticket = await client.get("/cgi-bin/ticket/get", {"type": "agent_config"})
     assert ticket["ticket"] and ticket["expires_in"] == 7200
-    media = await client.upload("/cgi-bin/media/upload", params={"type": "file"}, filename="brief.pdf", data=b"%PDF-1.7")
+    media = await client.upload(
+        "/cgi-bin/media/upload", params={"type": "file"}, filename="brief.pdf", data=b"%PDF-1.7"
+    )
     assert state.media[media["media_id"]].data == b"%PDF-1.7"
     assert state.media[media["media_id"]].filename == "brief.pdf"
 

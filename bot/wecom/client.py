@@ -92,11 +92,14 @@ class WeComClient:
     async def access_token(self, *, force_refresh: bool = False) -> str:
         """The cached access token, fetched (once, however many callers wait) when missing or near expiry."""
         seen = self._token
-        if not force_refresh and self._token_fresh():
-            return self._token  # type: ignore[return-value]
+        token = None if force_refresh else self._fresh_token()
+        if token is not None:
+            return token
         async with self._lock:
-            if self._token_fresh() and (not force_refresh or self._token != seen):
-                return self._token  # type: ignore[return-value]
+            token = self._fresh_token()
+            # Someone refreshed while we waited for the lock: use theirs, even when forcing.
+            if token is not None and (not force_refresh or token != seen):
+                return token
             return await self._fetch_token()
 
     async def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -120,8 +123,10 @@ class WeComClient:
         """POST one file as multipart/form-data (e.g. `/cgi-bin/media/upload`, params {"type": "file"})."""
         return await self._authorized("POST", path, params, _Upload(field, filename, data, content_type))
 
-    def _token_fresh(self) -> bool:
-        return self._token is not None and self._clock() < self._token_deadline
+    def _fresh_token(self) -> str | None:
+        if self._token is not None and self._clock() < self._token_deadline:
+            return self._token
+        return None
 
     def _invalidate(self, token: str) -> None:
         # Only drop the token that failed: a concurrent caller may already have fetched a new one.
@@ -202,7 +207,7 @@ class WeComClient:
 
     @staticmethod
     def _backoff(attempt: int) -> float:
-        base = min(BACKOFF_BASE_S * 2**attempt, BACKOFF_CAP_S)
+        base = min(BACKOFF_BASE_S * 2.0**attempt, BACKOFF_CAP_S)
         # Jitter of at most +25 % keeps successive delays growing while spreading concurrent retries.
         return base * random.uniform(1.0, 1.25)
 

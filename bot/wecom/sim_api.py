@@ -8,6 +8,7 @@ them (access token, agentid, message size, \\uXXXX escapes) and every request is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -334,7 +335,9 @@ def _group_json(group: TagGroup, tags: list[Tag]) -> dict[str, Any]:
         "create_time": group.create_time,
         "order": group.order,
         "deleted": False,
-        "tag": [{"id": t.id, "name": t.name, "create_time": t.create_time, "order": t.order, "deleted": False} for t in tags],
+        "tag": [
+            {"id": t.id, "name": t.name, "create_time": t.create_time, "order": t.order, "deleted": False} for t in tags
+        ],
     }
 
 
@@ -378,7 +381,10 @@ def add_corp_tag(state: SimState, call: ApiCall) -> dict[str, Any]:
     group = _tag_group_for(state, call.payload)
     if len(set(names)) != len(names) or {t.name for t in group.tags} & set(names):
         raise ApiError(40071)
-    added = [Tag(state.new_id("et", 30), n, int(state.clock()), int(t.get("order") or 0)) for n, t in zip(names, wanted)]
+    added = [
+        Tag(state.new_id("et", 30), n, int(state.clock()), int(t.get("order") or 0))
+        for n, t in zip(names, wanted, strict=True)
+    ]
     group.tags.extend(added)
     return {"tag_group": _group_json(group, added)}
 
@@ -473,8 +479,7 @@ def _check_kf_quota(state: SimState, open_kfid: str, touser: str) -> None:
     last = state.kf_last_customer_message_at(open_kfid, touser)
     if last is None or state.clock() - last > KF_WINDOW_S:
         raise ApiError(KF_QUOTA, "no customer message within 48 h")
-    sent = sum(1 for s in state.kf_sent if s.open_kfid == open_kfid and s.touser == touser and s.at >= last)
-    if sent >= KF_WINDOW_MESSAGES:
+    if state.kf_sends_since_customer.get((open_kfid, touser), 0) >= KF_WINDOW_MESSAGES:
         raise ApiError(KF_QUOTA, "5 messages per customer message within 48 h")
 
 
@@ -490,6 +495,8 @@ def kf_send_msg(state: SimState, call: ApiCall) -> dict[str, Any]:
         return {"msgid": msgid}  # same msgid again: WeCom does not send it twice
     _check_kf_quota(state, open_kfid, touser)
     state.kf_sent.append(KfSent(msgid, open_kfid, touser, msgtype, payload, state.clock()))
+    key = (open_kfid, touser)
+    state.kf_sends_since_customer[key] = state.kf_sends_since_customer.get(key, 0) + 1
     return {"msgid": msgid}
 
 
@@ -611,10 +618,8 @@ def _answer(state: SimState, path: str, call: ApiCall, endpoint: Endpoint) -> di
 
 
 async def _hold(app: web.Application, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(app[_CLOSING_KEY].wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 def _api_handler(endpoint: Endpoint) -> Callable[[web.Request], Any]:
@@ -627,7 +632,9 @@ def _api_handler(endpoint: Endpoint) -> Callable[[web.Request], Any]:
             await _hold(request.app, delay)
         status = state.take_fault(request.path, "http")
         if status is not None:
-            return web.Response(status=int(status), text="<html><body>bad gateway</body></html>", content_type="text/html")
+            return web.Response(
+                status=int(status), text="<html><body>bad gateway</body></html>", content_type="text/html"
+            )
         answer = _answer(state, request.path, call, endpoint)
         entry.errcode = answer["errcode"]
         return web.json_response(answer, dumps=_dumps)
@@ -653,7 +660,9 @@ async def sim_received(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     path = request.query.get("path")
     entries = state.received_for(path) if path else state.received
-    rows = [{"path": e.path, "path_qs": e.path_qs, "payload": e.payload, "at": e.at, "errcode": e.errcode} for e in entries]
+    rows = [
+        {"path": e.path, "path_qs": e.path_qs, "payload": e.payload, "at": e.at, "errcode": e.errcode} for e in entries
+    ]
     return web.json_response({"received": rows}, dumps=_dumps)
 
 

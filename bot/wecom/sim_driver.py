@@ -61,12 +61,7 @@ def build_xml(fields: Iterable[Field]) -> str:
     for name, value in fields:
         if value is None:
             continue
-        if isinstance(value, Raw):
-            inner = str(value)
-        elif isinstance(value, int):
-            inner = str(value)
-        else:
-            inner = cdata(value)
+        inner = str(value) if isinstance(value, Raw | int) else cdata(value)
         parts.append(f"<{name}>{inner}</{name}>")
     return "<xml>" + "".join(parts) + "</xml>"
 
@@ -76,7 +71,9 @@ def selected_items_xml(items: Iterable[tuple[str, list[str]]]) -> Raw:
     parts = []
     for question, options in items:
         option_xml = "".join(f"<OptionId>{cdata(o)}</OptionId>" for o in options)
-        parts.append(f"<SelectedItem><QuestionKey>{cdata(question)}</QuestionKey><OptionIds>{option_xml}</OptionIds></SelectedItem>")
+        parts.append(
+            f"<SelectedItem><QuestionKey>{cdata(question)}</QuestionKey><OptionIds>{option_xml}</OptionIds></SelectedItem>"
+        )
     return Raw("".join(parts))
 
 
@@ -93,7 +90,7 @@ class CallbackDriver:
         corp_id: str,
         agent_id: int,
         state: SimState | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._http = http
         self._url = URL(callback_url)
@@ -102,7 +99,9 @@ class CallbackDriver:
         self.corp_id = corp_id
         self.agent_id = agent_id
         self.state = state
-        self.clock = clock  # CreateTime and the signed timestamp (the bot checks freshness against it)
+        # CreateTime and the signed timestamp; the bot checks freshness against them, so by default the
+        # driver keeps to the simulated WeCom's clock.
+        self.clock = clock or (state.clock if state is not None else time.time)
         self._msg_ids = itertools.count(7_000_000_000_000_000_000 + secrets.randbelow(10**15) * 1000)
         self._last: _Delivery | None = None
         self.last_plaintext: str | None = None
@@ -251,9 +250,13 @@ class CallbackDriver:
 
     async def edit_external_contact(self, user_id: str, external_userid: str) -> CallbackResult:
         """The rep edited the customer's remark, tags or description in the client."""
-        return await self._contact_change("edit_external_contact", [("UserID", user_id), ("ExternalUserID", external_userid)])
+        return await self._contact_change(
+            "edit_external_contact", [("UserID", user_id), ("ExternalUserID", external_userid)]
+        )
 
-    async def del_external_contact(self, user_id: str, external_userid: str, source: str | None = None) -> CallbackResult:
+    async def del_external_contact(
+        self, user_id: str, external_userid: str, source: str | None = None
+    ) -> CallbackResult:
         """The rep deleted the customer (`source` DELETE_BY_TRANSFER on a transfer); unlinks in SimState."""
         if self.state is not None:
             self.state.unlink_contact(user_id, external_userid)

@@ -1,17 +1,19 @@
-"""A faithful in-memory WeCom: the state behind the simulator ("WeCom at the network boundary").
+r"""A faithful in-memory WeCom: the state behind the simulator ("WeCom at the network boundary").
 
 `SimState` holds what WeCom would know (tokens, contacts, tags, kf logs, codes, what was sent) and the
 fault-injection switches. The HTTP API lives in `bot.wecom.sim_api` (`create_simulator_app`), the
 callback side in `bot.wecom.sim_driver` (`CallbackDriver`); both are re-exported here.
 
-Error codes: 41051 (welcome code already used), 95001 (kf message quota), 95007 (invalid kf msg token),
-95018 (kf session state does not allow sending) are WeCom's. WeCom's code for an *expired* welcome
-code is not documented anywhere we could find; the simulator answers WELCOME_CODE_EXPIRED (41052).
+Error codes are WeCom's where we could confirm them: 40001 bad secret, 40014 unknown access token,
+41001 missing access token (WeCom's real code for that case, not 40014), 42001 expired token, 40033
+\uXXXX escapes in the body, 41051 welcome code already used, 95001 kf message quota, 95007 invalid kf
+msg token, 95018 kf session state does not allow sending. Not confirmed, chosen and kept stable here:
+41052 for an expired or unknown welcome code, 95004 for an unknown open_kfid, 40035 (WeCom's generic
+"invalid parameter") for other bad arguments.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 import string
 import time
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from bot.wecom.sim_api import create_simulator_app
     from bot.wecom.sim_driver import CallbackDriver
 
-__all__ = ["SimState", "Received", "ApiError", "create_simulator_app", "CallbackDriver"]
+__all__ = ["ApiError", "CallbackDriver", "Received", "SimState", "create_simulator_app"]
 
 TOKEN_TTL_S = 7200
 KF_TOKEN_TTL_S = 600
@@ -244,7 +246,6 @@ class SimState:
         self.agent_id = agent_id
         self.clock = clock
         self._rng = random.Random(seed)
-        self._ids = itertools.count(1)
         self._faults: dict[tuple[str, str], deque[_Fault]] = {}
         self.tokens: dict[str, float] = {}  # access_token -> expiry
         self.received: list[Received] = []
@@ -265,6 +266,7 @@ class SimState:
         self.kf_tokens: dict[str, float] = {}  # callback Token -> expiry
         self.kf_sent: list[KfSent] = []
         self.kf_service_state: dict[tuple[str, str], int] = {}  # (open_kfid, external_userid) -> state
+        self.kf_sends_since_customer: dict[tuple[str, str], int] = {}  # the 5-per-customer-message quota
         self.kf_empty_pages = 0
         self.tickets: list[tuple[str, str, float]] = []  # (kind, ticket, issued_at)
         self.oauth_codes: dict[str, tuple[dict[str, str], float]] = {}
@@ -277,10 +279,6 @@ class SimState:
         """A fresh opaque id (seeded, so runs with the same seed repeat)."""
         alphabet = string.ascii_letters + string.digits
         return prefix + "".join(self._rng.choice(alphabet) for _ in range(length))
-
-    def new_msgid(self) -> str:
-        """A fresh numeric-looking message id, unique within this state."""
-        return f"{next(self._ids)}{self._rng.randrange(10**9):09d}"
 
     # ---- fault injection ---------------------------------------------------------------------
 
@@ -371,7 +369,9 @@ class SimState:
         self.contacts[external_userid] = contact
         return contact
 
-    def link_contact(self, userid: str, external_userid: str, *, state: str | None = None, add_way: int = 1) -> FollowUser:
+    def link_contact(
+        self, userid: str, external_userid: str, *, state: str | None = None, add_way: int = 1
+    ) -> FollowUser:
         """Record that rep `userid` and the customer are now connected (creates a stub customer if new)."""
         contact = self.contacts.get(external_userid) or self.add_external_contact_profile(
             external_userid, f"客户{external_userid[-4:]}"
@@ -495,6 +495,8 @@ class SimState:
             item["event"] = dict(event or {})
             item.pop("external_userid")  # system events carry it inside "event"
         self.kf_log[open_kfid].append(item)
+        if origin == 3:
+            self.kf_sends_since_customer[(open_kfid, external_userid)] = 0
         return item
 
     def kf_last_customer_message_at(self, open_kfid: str, external_userid: str) -> float | None:

@@ -1,0 +1,152 @@
+"""Tracked links: one share per (item version, rep, contact or channel), with an unguessable token.
+
+Tokens carry 144 random bits (`secrets.token_urlsafe(18)`); a child token for one viewer of a share is
+an HMAC of the parent token and the viewer's cookie, so it cannot be derived without the server key.
+The hot path resolves tokens through a small TTL cache: shares never change, items rarely do.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.errors import NotShareable
+from bot.models import ContentItem, ContentVersion, Share
+
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+async def create_share(
+    session: AsyncSession,
+    item: ContentItem,
+    *,
+    rep_userid: str | None,
+    contact_id: int | None = None,
+    channel_id: int | None = None,
+    source: str = "api",
+) -> Share:
+    """The share for (current version, rep, contact, channel): reused if it exists, else created."""
+    if item.internal:
+        raise NotShareable(f"{item.slug} is internal material for reps only")
+    if item.retired_at is not None or item.current_version_id is None:
+        raise NotShareable(f"{item.slug} is retired")
+    existing = await session.scalar(
+        select(Share).where(
+            Share.version_id == item.current_version_id,
+            Share.rep_userid.is_(None) if rep_userid is None else Share.rep_userid == rep_userid,
+            Share.contact_id.is_(None) if contact_id is None else Share.contact_id == contact_id,
+            Share.channel_id.is_(None) if channel_id is None else Share.channel_id == channel_id,
+            Share.parent_share_id.is_(None),
+        )
+    )
+    if existing is not None:
+        return existing
+    share = Share(
+        token=new_token(),
+        item_id=item.id,
+        version_id=item.current_version_id,
+        rep_userid=rep_userid,
+        contact_id=contact_id,
+        channel_id=channel_id,
+        source=source,
+    )
+    session.add(share)
+    await session.flush()
+    return share
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """What the link path needs to know about a token, without touching the database again."""
+
+    share_id: int
+    token: str
+    item_id: int
+    version_id: int
+    current_version_id: int | None
+    rep_userid: str | None
+    contact_id: int | None
+    channel_id: int | None
+    parent_share_id: int | None
+    slug: str
+    title: str
+    summary: str
+    kind: str
+    gated: bool
+    internal: bool
+    retired: bool
+    attachment_name: str | None
+
+
+class ShareResolver:
+    """token → LinkInfo with a bounded TTL cache (content imports in another process show up within ttl)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, ttl_s: float = 60.0, size: int = 50_000) -> None:
+        self.sessions = sessions
+        self.ttl_s = ttl_s
+        self.size = size
+        self._cache: OrderedDict[str, tuple[float, LinkInfo | None]] = OrderedDict()
+
+    def forget(self, token: str | None = None) -> None:
+        if token is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(token, None)
+
+    async def resolve(self, token: str) -> LinkInfo | None:
+        if not TOKEN_RE.match(token):
+            return None
+        now = time.monotonic()
+        hit = self._cache.get(token)
+        if hit is not None and now - hit[0] < self.ttl_s and hit[1] is not None:
+            self._cache.move_to_end(token)
+            return hit[1]
+        info = await self._load(token)
+        if info is not None:  # misses are not cached: a child token may be written a moment later
+            self._cache[token] = (now, info)
+            if len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return info
+
+    async def _load(self, token: str) -> LinkInfo | None:
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(Share, ContentItem, ContentVersion.attachment_name)
+                    .join(ContentItem, ContentItem.id == Share.item_id)
+                    .outerjoin(ContentVersion, ContentVersion.id == ContentItem.current_version_id)
+                    .where(Share.token == token)
+                )
+            ).first()
+        if row is None:
+            return None
+        share, item, attachment = row
+        return LinkInfo(
+            share_id=share.id,
+            token=share.token,
+            item_id=item.id,
+            version_id=share.version_id,
+            current_version_id=item.current_version_id,
+            rep_userid=share.rep_userid,
+            contact_id=share.contact_id,
+            channel_id=share.channel_id,
+            parent_share_id=share.parent_share_id,
+            slug=item.slug,
+            title=item.title,
+            summary=item.summary,
+            kind=item.kind,
+            gated=item.gated,
+            internal=item.internal,
+            retired=item.retired_at is not None,
+            attachment_name=attachment,
+        )

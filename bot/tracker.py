@@ -1,0 +1,214 @@
+"""The tracker: behind the hot path, it attributes each new behavior event to a contact.
+
+One process at a time holds the "tracker" lease and works through unprocessed events in id order:
+- an anonymous browser opening a link made for a contact who has no browser yet becomes that contact;
+- a browser that is not the share's person is a *forward*: the referrer gets a `forward` event, and the
+  chain (share → child share per viewer) records who passed it to whom;
+- a gate form identifies the browser: by phone to an existing contact (merging if needed), else a new
+  contact attributed to the referrer, owned by the sharing rep.
+Hooks (scoring, alerts) run on every processed event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.identity import add_identity, find_by_identity, live_contact, merge_contacts, normalize_phone
+from bot.inbox import insert_ignore
+from bot.leases import hold_lease
+from bot.models import Contact, Event, Share, Visitor
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger("beacon.tracker")
+
+Hook = Callable[[AsyncSession, Event], Awaitable[None]]
+
+
+class Tracker:
+    def __init__(self, runtime: "Runtime", *, batch: int = 500, lease_s: float = 30.0) -> None:
+        self.rt = runtime
+        self.batch = batch
+        self.lease_s = lease_s
+        self.hooks: list[Hook] = []
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, poll_s: float = 1.0) -> None:
+        while True:
+            try:
+                handled = await self.drain()
+            except Exception:
+                log.exception("tracker pass failed")
+                handled = 0
+            if not handled:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), poll_s)
+                except TimeoutError:
+                    pass
+
+    async def drain(self) -> int:
+        """Process all unprocessed events (if this process holds the lease). Returns how many."""
+        handled = 0
+        while await hold_lease(self.rt, "tracker", self.lease_s):
+            async with self.rt.sessions() as session, session.begin():
+                events = list(
+                    (
+                        await session.scalars(
+                            select(Event).where(Event.processed.is_(False)).order_by(Event.id).limit(self.batch)
+                        )
+                    ).all()
+                )
+                for event in events:
+                    await self._process(session, event)
+            handled += len(events)
+            if len(events) < self.batch:
+                break
+        if handled:
+            self.rt.outbox.wake()
+        return handled
+
+    async def _process(self, session: AsyncSession, event: Event) -> None:
+        try:
+            async with session.begin_nested():
+                await self.attribute(session, event)
+                for hook in self.hooks:
+                    await hook(session, event)
+        except Exception:
+            log.exception("event %s (%s) could not be processed; left unattributed", event.id, event.type)
+        event.processed = True
+
+    async def attribute(self, session: AsyncSession, event: Event) -> None:
+        now = self.rt.clock.now()
+        visitor = await session.get(Visitor, event.visitor_id) if event.visitor_id else None
+        share = await session.get(Share, event.share_id) if event.share_id else None
+        if event.contact_id is None and visitor is not None:
+            if visitor.contact_id is not None:
+                contact = await live_contact(session, visitor.contact_id)
+                event.contact_id = contact.id if contact else None
+            elif share is not None and share.contact_id is not None and not await _has_browser(session, share.contact_id):
+                await bind_visitor(session, visitor, share.contact_id)
+                event.contact_id = share.contact_id
+        if event.type == "form_submit" and visitor is not None:
+            await self._identify(session, event, visitor, share, now)
+        if event.type == "open" and share is not None and visitor is not None:
+            await self._detect_forward(session, event, visitor, share, now)
+
+    async def _identify(self, session: AsyncSession, event: Event, visitor: Visitor, share: Share | None, now: dt.datetime) -> None:
+        props = event.props or {}
+        phone = normalize_phone(str(props.get("phone", "")))
+        by_phone = await find_by_identity(session, "phone", phone) if phone else None
+        current = await live_contact(session, visitor.contact_id) if visitor.contact_id else None
+        if by_phone is not None and current is not None and by_phone.id != current.id:
+            await merge_contacts(session, current.id, by_phone.id, reason="gate form: same phone", now=now)
+            contact = by_phone
+        else:
+            contact = by_phone or current
+        if contact is None:
+            referrer = await referrer_of(session, share) if share is not None else None
+            contact = Contact(
+                owner_userid=share.rep_userid if share else None,
+                channel_id=share.channel_id if share else None,
+                referrer_contact_id=referrer,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(contact)
+            await session.flush()
+        for name in ("name", "company", "title"):
+            value = str(props.get(name) or "").strip()
+            if value:
+                setattr(contact, name, value[:128])
+        if phone:
+            contact.phone = phone
+            await add_identity(session, contact, "phone", phone)
+        contact.updated_at = now
+        if visitor.contact_id != contact.id:
+            await bind_visitor(session, visitor, contact.id)
+        event.contact_id = contact.id
+
+    async def _detect_forward(self, session: AsyncSession, event: Event, visitor: Visitor, share: Share, now: dt.datetime) -> None:
+        if share.contact_id is not None:
+            is_forward = event.contact_id != share.contact_id
+        elif share.visitor_id is not None:
+            is_forward = visitor.id != share.visitor_id
+        else:
+            return  # a channel link: whoever opens it is simply a visitor of that channel
+        if not is_forward:
+            return
+        referrer = await referrer_of(session, share)
+        stmt = insert_ignore(session.bind.dialect.name, Event.__table__, "idempotency_key")
+        await session.execute(
+            stmt,
+            {
+                "type": "forward",
+                "contact_id": referrer,
+                "visitor_id": share.visitor_id if referrer is None else None,
+                "share_id": share.id,
+                "item_id": share.item_id,
+                "version_id": share.version_id,
+                "rep_userid": share.rep_userid,
+                "channel_id": share.channel_id,
+                "props": {"to_visitor": visitor.id, "to_contact": event.contact_id},
+                "occurred_at": event.occurred_at,
+                "received_at": now,
+                "idempotency_key": f"forward:{share.id}:{visitor.id}",
+                "processed": False,
+            },
+        )
+
+
+async def _has_browser(session: AsyncSession, contact_id: int) -> bool:
+    return await session.scalar(select(Visitor.id).where(Visitor.contact_id == contact_id).limit(1)) is not None
+
+
+async def bind_visitor(session: AsyncSession, visitor: Visitor, contact_id: int) -> None:
+    """The browser belongs to the contact; its earlier anonymous events do too."""
+    visitor.contact_id = contact_id
+    await session.execute(
+        update(Event).where(Event.visitor_id == visitor.id, Event.contact_id.is_(None)).values(contact_id=contact_id)
+    )
+
+
+async def referrer_of(session: AsyncSession, share: Share) -> int | None:
+    """Who passed this link on: the share's own contact, else the nearest identified viewer up the chain."""
+    current: Share | None = share
+    for _ in range(20):
+        if current is None:
+            return None
+        if current.contact_id is not None:
+            return current.contact_id
+        if current.visitor_id is not None:
+            viewer = await session.get(Visitor, current.visitor_id)
+            if viewer is not None and viewer.contact_id is not None:
+                return viewer.contact_id
+        current = await session.get(Share, current.parent_share_id) if current.parent_share_id else None
+    return None
+
+
+async def referral_chain(session: AsyncSession, token: str) -> list[dict[str, Any]]:
+    """The path from the original share to this (child) token: who forwarded to whom."""
+    chain: list[dict[str, Any]] = []
+    share = await session.scalar(select(Share).where(Share.token == token))
+    while share is not None and len(chain) < 50:
+        viewer = await session.get(Visitor, share.visitor_id) if share.visitor_id else None
+        chain.append(
+            {
+                "share_id": share.id,
+                "contact_id": share.contact_id or (viewer.contact_id if viewer else None),
+                "visitor_id": share.visitor_id,
+                "rep": share.rep_userid,
+            }
+        )
+        share = await session.get(Share, share.parent_share_id) if share.parent_share_id else None
+    return list(reversed(chain))
