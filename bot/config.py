@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.scoring.rules import ScoringSettings
+
 ENV_PREFIX = "BEACON_"
 
 
@@ -160,6 +162,7 @@ class Settings(_Section):
     links: LinkSettings = LinkSettings()
     logging: LoggingSettings = LoggingSettings()
     team: TeamSettings = TeamSettings()
+    scoring: ScoringSettings = ScoringSettings()
 
     def replace(self, **sections: Mapping[str, Any]) -> "Settings":
         """A copy with some keys changed, validated like a file (`replace(wecom={"token": "x"})`)."""

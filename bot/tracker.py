@@ -146,7 +146,12 @@ class Tracker:
             return  # a channel link: whoever opens it is simply a visitor of that channel
         if not is_forward:
             return
-        referrer = await referrer_of(session, share)
+        # The direct referrer gets the credit: the share's contact, or the viewer who passed their page
+        # on (by their browser while anonymous; bind_visitor hands it to them once they identify).
+        referrer = share.contact_id
+        if referrer is None and share.visitor_id is not None:
+            sharer = await session.get(Visitor, share.visitor_id)
+            referrer = sharer.contact_id if sharer is not None else None
         stmt = insert_ignore(session.bind.dialect.name, Event.__table__, "idempotency_key")
         await session.execute(
             stmt,

@@ -192,7 +192,7 @@ async def handle_gate(request: web.Request) -> web.StreamResponse:
         "form_submit", link, cookie, now=rt.clock.now(), props=props, user_agent=request.headers.get("User-Agent", "")
     )
     rt.tracker.wake()
-    response = web.HTTPSeeOther(location=f"/l/{link.token}")
+    response = web.Response(status=303, headers={"Location": f"/l/{link.token}"})
     response.set_cookie(
         _unlock_cookie(link.item_id),
         rt.signer.sign("unlock", str(link.item_id), cookie),

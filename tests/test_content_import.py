@@ -19,7 +19,9 @@ from bot.db import create_engine, session_factory
 from bot.models import ContentItem, ContentVersion
 from content.errors import LibraryFolderError
 from content.importer import ImportReport, import_library
-from content.vocab import KINDS
+from content.fields import FIELD_CHECKS
+from content.library import scan_library
+from content.vocab import ALLOWED_KEYS, KINDS
 from tests.conftest import T0, make_settings
 from tests.helpers import ROOT, run_cli
 
@@ -310,10 +312,43 @@ async def test_validation_errors_name_file_field_and_why(
     assert version.attachment_data == b"%PDF-1.4 sample"
 
 
+def test_front_matter_edge_cases(tmp_path: Path) -> None:
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    (folder / "bom.md").write_text("\ufeff\n---\nslug: bom\ntitle: T\nkind: faq\nstage: decision\nsummary: S\n---\nA\n\n---\n\nB\n", encoding="utf-8")
+    write_item(folder, "lists", personas=["IT", " it ", "Finance"], tags=["OEE", "数据"], internal=True, cover="c.png")
+    (folder / "unclosed.md").write_text("---\nslug: unclosed\ntitle: T\n", encoding="utf-8")
+    (folder / "not-a-map.md").write_text("---\n- just\n- a list\n---\nbody\n", encoding="utf-8")
+    (folder / "latin1.md").write_bytes("---\nslug: latin1\ntitle: caf\xe9\n---\n".encode("latin-1"))
+    (folder / "number-title.md").write_text("---\nslug: number-title\ntitle: 2024\nkind: faq\nstage: decision\nsummary: S\n---\n", encoding="utf-8")
+    (folder / ".hidden.md").write_text("ignored editor file", encoding="utf-8")
+
+    scan = scan_library(folder)
+
+    assert scan.files == 6  # README-less folder; the hidden file is not an item
+    items = {i.slug: i for i in scan.items}
+    assert sorted(items) == ["bom", "lists"]
+    assert items["bom"].body == "A\n\n---\n\nB"  # a later --- is a horizontal rule in the body
+    assert items["lists"].personas == ("it", "finance") and items["lists"].tags == ("OEE", "数据")
+    assert items["lists"].internal is True and items["lists"].gated is False and items["lists"].cover == "c.png"
+    found = {(e.path.name, e.field): e.why for e in scan.errors}
+    assert found == {
+        ("unclosed.md", "front matter"): "not closed (add a '---' line after the fields)",
+        ("not-a-map.md", "front matter"): "must be a set of 'key: value' lines",
+        ("latin1.md", "file"): "not valid UTF-8 text",
+        ("number-title.md", "title"): "must be text, got int 2024 (quote it)",
+    }
+    assert not scan.complete and scan.present_slugs == {"bom", "lists", "number-title"}
+
+
+def test_every_front_matter_key_has_a_check() -> None:
+    assert set(FIELD_CHECKS) == ALLOWED_KEYS
+
+
 async def test_oversized_attachment_is_rejected(
     sessions: async_sessionmaker[AsyncSession], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("content.library.MAX_ATTACHMENT_BYTES", 1024)
+    monkeypatch.setattr("content.fields.MAX_ATTACHMENT_BYTES", 1024)
     folder = tmp_path / "lib"
     folder.mkdir()
     (folder / "big.pdf").write_bytes(b"x" * 2048)
