@@ -24,10 +24,9 @@ def routers() -> list:
 
 def create_app(settings: Settings, *, clock: Clock | None = None, background: bool = True) -> web.Application:
     """Build the application. `background=False` leaves the inbox/outbox workers to the caller (tests)."""
-    from handlers import callback, contacts_api, health, links
-    from handlers.security import security_headers
-
+    from handlers import callback, contacts_api, content_api, health, links
     from handlers.api import admin_auth
+    from handlers.security import security_headers
 
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[security_headers, admin_auth])
     runtime = Runtime.build(settings, routers=routers(), clock=clock)
@@ -44,7 +43,5 @@ def create_app(settings: Settings, *, clock: Clock | None = None, background: bo
     app.add_routes(links.routes)
     app.add_routes(contacts_api.routes)
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
-    from handlers import content_api
-
     app.add_routes(content_api.routes)
     return app

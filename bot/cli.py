@@ -112,5 +112,20 @@ def content_import(settings: Settings, folder: Path) -> None:
     sys.exit(run_import(settings, folder))
 
 
+@cli.command()
+@click.option("--port", type=int, default=None, help="Beacon's port (default [server].port).")
+@click.option("--sim-port", type=int, default=8081, show_default=True, help="The WeCom simulator's port.")
+@click.option("--once", is_flag=True, help="Play the scenario and exit instead of serving.")
+@click.pass_obj
+def demo(settings: Settings, port: int | None, sim_port: int, once: bool) -> None:
+    """Beacon with the built-in WeCom simulator: a scripted scenario, then serve until Ctrl-C."""
+    from bot.demo import run_demo
+
+    if port is not None:
+        settings = settings.replace(server={"port": port, "public_url": f"http://127.0.0.1:{port}"})
+    settings = settings.replace(wecom={"api_base": f"http://127.0.0.1:{sim_port}"})
+    run(run_demo(settings, sim_port=sim_port, once=once))
+
+
 def main() -> None:
     cli(prog_name="python -m bot")

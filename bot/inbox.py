@@ -114,6 +114,7 @@ class InboxWorker:
                 return
         self.rt.metrics.callbacks_processed.labels(kind=kind).inc()
         self.rt.outbox.wake()
+        self.rt.tracker.wake()
 
     async def _failed(self, item_id: int, kind: str, exc: Exception) -> None:
         self.rt.metrics.callbacks_failed.labels(kind=kind).inc()

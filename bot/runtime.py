@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.batch import BatchWriter
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
-from bot.db import create_engine, session_factory
+from bot.db import create_engine, read_session_factory, session_factory
 from bot.inbox import InboxStore, InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
@@ -43,6 +43,7 @@ class Runtime:
     clock: Clock
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    read_sessions: async_sessionmaker[AsyncSession]
     metrics: Metrics
     dispatcher: Dispatcher
     http: aiohttp.ClientSession | None = None
@@ -73,6 +74,7 @@ class Runtime:
             clock=clock or SystemClock(),
             engine=engine,
             sessions=session_factory(engine),
+            read_sessions=read_session_factory(engine),
             metrics=Metrics(),
             dispatcher=Dispatcher(routers),
         )
@@ -85,10 +87,10 @@ class Runtime:
         rt.outbox = OutboxWorker(rt)
         rt.events = EventLog(engine)
         rt.tracker = Tracker(rt)
-        rt.links = ShareResolver(rt.sessions, ttl_s=settings.links.share_cache_s)
+        rt.links = ShareResolver(rt.read_sessions, ttl_s=settings.links.share_cache_s)
         rt.signer = Signer(settings.server.secret_key)
         rt.pages = Pages()
-        rt.rendered = RenderedVersions(rt.sessions)
+        rt.rendered = RenderedVersions(rt.read_sessions)
         rt.recent_opens = RecentOpens(settings.links.reload_window_s)
         from handlers.links import BeaconLimiter
 

@@ -183,3 +183,40 @@ class RecentOpens:
 
     def bucket_key(self, share_id: int, cookie: str, at: dt.datetime) -> str:
         return f"open:{share_id}:{cookie}:{int(at.timestamp() // self.window_s)}"
+
+
+async def add_event(
+    session: Any,
+    type_: str,
+    *,
+    contact_id: int | None,
+    at: dt.datetime,
+    received_at: dt.datetime | None = None,
+    props: dict[str, Any] | None = None,
+    key: str | None = None,
+    rep_userid: str | None = None,
+    item_id: int | None = None,
+    channel_id: int | None = None,
+    share_id: int | None = None,
+) -> None:
+    """Record an event inside the caller's transaction (callback handlers, jobs): it commits, or not,
+    with the rest of the unit of work. A repeated `key` is ignored. The tracker scores it after commit."""
+    stmt = insert_ignore(session.bind.dialect.name, Event.__table__, "idempotency_key")
+    await session.execute(
+        stmt,
+        {
+            "type": check_event_type(type_),
+            "contact_id": contact_id,
+            "visitor_id": None,
+            "share_id": share_id,
+            "item_id": item_id,
+            "version_id": None,
+            "rep_userid": rep_userid,
+            "channel_id": channel_id,
+            "props": props or {},
+            "occurred_at": at,
+            "received_at": received_at or at,
+            "idempotency_key": key,
+            "processed": False,
+        },
+    )

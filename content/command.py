@@ -37,6 +37,9 @@ def run_import(settings: Settings, folder: Path) -> int:
         first = str(exc).splitlines()[0]
         click.echo(f"database error: {first} (has `python -m bot migrate` been run?)", err=True)
         return 1
+    except OSError as exc:  # e.g. an attachment removed between checking and storing; nothing was saved
+        click.echo(f"error: {exc}; nothing was imported", err=True)
+        return 1
     for error in report.errors:
         click.echo(str(error), err=True)
     click.echo(f"content import {folder}: {report.summary()}")

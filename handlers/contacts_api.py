@@ -149,7 +149,7 @@ async def handle_get_contact(request: web.Request) -> web.Response:
     """A contact with score, score_breakdown (sum = score), stage and timeline (newest first); 404 if unknown."""
     rt = request.app[RUNTIME]
     key = request.match_info["external_userid"]
-    async with rt.sessions() as session:
+    async with rt.read_sessions() as session:
         contact = await find_contact(session, key)
         if contact is None:
             return api_error(404, f"unknown contact: {key}")

@@ -17,7 +17,7 @@ async def handle_healthz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     if not await rt.db_ok():
         return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
-    async with rt.sessions() as session:
+    async with rt.read_sessions() as session:
         counts = await inbox_counts(session)
     return web.json_response(
         {
@@ -35,7 +35,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
     """Prometheus text format; queue depths are read from the database at scrape time."""
     rt = request.app[RUNTIME]
     if await rt.db_ok():
-        async with rt.sessions() as session:
+        async with rt.read_sessions() as session:
             for status, count in (await inbox_counts(session)).items():
                 rt.metrics.inbox_depth.labels(status=status).set(count)
         for status in ("pending", "failed"):

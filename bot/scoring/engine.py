@@ -252,7 +252,8 @@ class Scorer:
         self, contact_id: int, profile: Mapping[str, Any], previous: Iterable[Entry], at: dt.datetime
     ) -> list[Entry]:
         """Entries that bring a stored ledger's profile points (`previous`) to what `profile` earns
-        now, rule by rule; also corrects rules whose points were changed in the config."""
+        now, for each profile rule of the contact's model; also follows a rule whose points changed.
+        Points of rules no longer in the config are not reversed here: a rule change is a rescore."""
         spec = self.model_for(profile.get("region"))
         held: dict[str, int] = {}
         for entry in previous:
@@ -286,8 +287,7 @@ class Scorer:
         model = self._model(state)
         entries = self.decay(state, event.at)
         event_day = model.day(event.at)
-        day = state.clock_day  # set by decay(); later than event_day only for a late event
-        assert day is not None
+        day = state.clock_day or event_day  # decay() set the clock; past event_day only for a late event
         caps = state.caps
         if caps is not None and caps.day != day:
             caps = state.caps = None

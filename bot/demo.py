@@ -1,0 +1,170 @@
+"""`python -m bot demo`: Beacon and the built-in WeCom simulator in one process, a scripted scenario,
+then serving until Ctrl-C so you can look around.
+
+The demo database is rebuilt on every run (it holds demo data only), migrated and loaded with the
+sample library from content/library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import click
+from aiohttp import web
+from sqlalchemy.engine import make_url
+
+from bot.app import RUNTIME, create_app
+from bot.config import Settings
+from bot.db import migrate
+from bot.wecom.simulator import CallbackDriver, SimState, create_simulator_app
+
+LIBRARY = Path(__file__).resolve().parent.parent / "content" / "library"
+PHONE_UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47"
+
+
+class Demo:
+    def __init__(self, settings: Settings, sim_port: int) -> None:
+        self.settings = settings
+        self.sim_port = sim_port
+        self.base = settings.server.public_url
+        self.auth = {"Authorization": f"Bearer {settings.server.admin_token}"}
+        self.state = SimState(settings.wecom.corp_id, settings.wecom.secret, settings.wecom.agent_id)
+        self.step_no = 0
+
+    def step(self, title: str) -> None:
+        self.step_no += 1
+        click.secho(f"\n[{self.step_no}] {title}", bold=True)
+
+    def say(self, text: str) -> None:
+        click.echo(f"    {text}")
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if loop.time() > deadline:
+                raise TimeoutError("the demo scenario did not complete in time")
+            await asyncio.sleep(0.05)
+
+    def seed_simulator(self) -> None:
+        for member in self.settings.team.members:
+            self.state.add_member(member.userid, member.name)
+        self.state.add_external_contact_profile(
+            "wmDemoCustomer01", "陈总", corp_name="华东精密制造有限公司", position="副总经理", unionid="oDemoUnion01",
+            follow_user=["rep1"],
+        )
+
+    async def scenario(self, http: aiohttp.ClientSession, app: web.Application) -> None:
+        rt = app[RUNTIME]
+        driver = CallbackDriver(
+            http, f"{self.base}/wecom/callback", token=self.settings.wecom.token,
+            encoding_aes_key=self.settings.wecom.encoding_aes_key, corp_id=self.settings.wecom.corp_id,
+            agent_id=self.settings.wecom.agent_id, state=self.state,
+        )
+        self.step("WeCom verifies the callback URL (GET /wecom/callback)")
+        result = await driver.verify_url("demo-echo-1234")
+        self.say(f"answer {result.status}: {result.body!r} (WeCom expects the decrypted echostr)")
+
+        self.step("Rep 张三 (rep1) asks the bot for help in the Beacon app")
+        result = await driver.send_text("rep1", "帮助")
+        self.say(f"callback stored and acknowledged: HTTP {result.status}")
+        reply = await self.wait_for(lambda: self.state.messages_to("rep1"))
+        for line in reply[-1].payload.get("text", {}).get("content", "").splitlines()[:3]:
+            self.say(f"bot → rep1: {line}")
+
+        self.step("Rep 张三 shares a case study with customer 陈总 (POST /api/shares)")
+        async with http.post(
+            f"{self.base}/api/shares", headers=self.auth,
+            json={"content": "case-auto-parts-oee", "rep": "rep1", "contact": "wmDemoCustomer01", "channel": None},
+        ) as resp:
+            share = await resp.json()
+        self.say(f"tracked link: {share['url']}")
+
+        self.step("陈总 opens the link on his phone, reads to the end and clicks 预约演示")
+        customer = aiohttp.ClientSession(headers={"User-Agent": PHONE_UA}, cookie_jar=aiohttp.CookieJar(unsafe=True))
+        async with customer:
+            async with customer.get(share["url"]) as resp:
+                html = await resp.text()
+                self.say(f"landing page: HTTP {resp.status}, {len(html)} bytes")
+            page = dict(re.findall(r'data-(key|pv)="([^"]*)"', html))
+            for payload in ({"t": "read", "d": 25}, {"t": "read", "d": 50}, {"t": "read", "d": 75},
+                            {"t": "read", "d": 100}, {"t": "dwell", "s": 95, "n": 1}, {"t": "cta", "c": "demo"}):
+                async with customer.post(f"{share['url']}/b", json={"k": page["key"], "pv": page["pv"], **payload}) as resp:
+                    assert resp.status == 204, resp.status
+            self.say("beacons recorded: read 25/50/75/100 %, 95 s on page, CTA 预约演示")
+        await rt.tracker.drain()
+
+        self.step("What Beacon knows about 陈总 now (GET /api/contacts/wmDemoCustomer01)")
+        async with http.get(f"{self.base}/api/contacts/wmDemoCustomer01", headers=self.auth) as resp:
+            contact = await resp.json()
+        self.say(f"stage {contact['stage']}, temperature {contact['temperature']}, score {contact['score']}")
+        for entry in contact["score_breakdown"][:6]:
+            self.say(f"  {entry['points']:+g}  {entry['reason'] or entry['rule']}")
+        for event in contact["timeline"][:6]:
+            self.say(f"  {event['at'][:19]}  {event['type']:<8} {event.get('item_title') or ''}")
+
+    def where_to_look(self) -> None:
+        click.secho("\nWhere to look", bold=True)
+        admin = self.settings.server.admin_token
+        lines = [
+            f"health:           {self.base}/healthz",
+            f"metrics:          {self.base}/metrics",
+            f"contact (API):    curl -H 'Authorization: Bearer {admin}' {self.base}/api/contacts/wmDemoCustomer01",
+            f"content (API):    curl -H 'Authorization: Bearer {admin}' {self.base}/api/content",
+            f"WeCom simulator:  http://127.0.0.1:{self.sim_port}/sim/state  (what Beacon sent to \"WeCom\")",
+        ]
+        for line in lines:
+            click.echo(f"  {line}")
+
+
+async def run_demo(settings: Settings, *, sim_port: int, once: bool) -> None:
+    url = make_url(settings.database.url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        for suffix in ("", "-wal", "-shm"):
+            Path(url.database + suffix).unlink(missing_ok=True)
+    click.echo(f"Preparing the demo database {settings.database.url} …")
+    await migrate(settings.database.url)
+    from content.importer import import_library
+
+    from bot.db import create_engine, session_factory
+
+    engine = create_engine(settings.database)
+    async with session_factory(engine)() as session, session.begin():
+        report = await import_library(session, LIBRARY)
+    await engine.dispose()
+    click.echo(f"Sample content library imported: {report.summary()}")
+
+    demo = Demo(settings, sim_port)
+    demo.seed_simulator()
+    sim_runner = web.AppRunner(create_simulator_app(demo.state), access_log=None)
+    await sim_runner.setup()
+    await web.TCPSite(sim_runner, "127.0.0.1", sim_port).start()
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, settings.server.host, settings.server.port).start()
+    click.echo(f"Beacon on {settings.server.public_url}, WeCom simulator on http://127.0.0.1:{sim_port}")
+    try:
+        async with aiohttp.ClientSession() as http:
+            await demo.scenario(http, app)
+        demo.where_to_look()
+        if not once:
+            click.echo("\nServing until Ctrl-C …")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+    finally:
+        await runner.cleanup()
+        await sim_runner.cleanup()
+        click.echo(json.dumps({"demo": "stopped", "simulator_calls": demo.state.summary().get("calls", {})}, ensure_ascii=False))
