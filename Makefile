@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 serve: $(STAMP)
 	$(PY) -m bot migrate && $(PY) -m bot serve

@@ -17,20 +17,23 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "content" / "static"
 
 def routers() -> list:
     """Callback routers in priority order: first match wins."""
-    from handlers import commands
+    from handlers import channels, commands, kf
 
-    return [commands.router]
+    # channels and kf before commands: the commands router ends in a catch-all for rep text.
+    return [channels.router, kf.router, commands.router]
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, background: bool = True) -> web.Application:
     """Build the application. `background=False` leaves the inbox/outbox workers to the caller (tests)."""
     from handlers import callback, contacts_api, content_api, health, links
     from handlers.api import admin_auth
-    from handlers.security import security_headers
+    from handlers.security import IpLimiter, ip_rate_limit, security_headers
 
-    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[security_headers, admin_auth])
+    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[security_headers, ip_rate_limit, admin_auth])
     runtime = Runtime.build(settings, routers=routers(), clock=clock)
     app[RUNTIME] = runtime
+    if settings.security.public_per_ip_per_minute:
+        runtime.services["ip_limiter"] = IpLimiter(settings.security.public_per_ip_per_minute)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await runtime.start(background=background)
@@ -44,4 +47,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, background: bo
     app.add_routes(contacts_api.routes)
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
     app.add_routes(content_api.routes)
+    from handlers import channels_api
+
+    app.add_routes(channels_api.routes)
     return app

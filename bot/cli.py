@@ -127,5 +127,99 @@ def demo(settings: Settings, port: int | None, sim_port: int, once: bool) -> Non
     run(run_demo(settings, sim_port=sim_port, once=once))
 
 
+@cli.command()
+@click.pass_obj
+def rescore(settings: Settings) -> None:
+    """Replay every contact's event log under the current scoring rules (after a rule change)."""
+    from bot.rescore import rescore_all
+
+    with click.progressbar(length=1, label="rescoring contacts", file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        report = run(rescore_all(settings, progress=progress))
+    click.echo(report.summary())
+
+
+@cli.group("channel")
+def channel_group() -> None:
+    """Channel QR codes: where customers come from, and what welcomes them."""
+
+
+@channel_group.command("create")
+@click.argument("name")
+@click.option("--reps", default="", metavar="REP1,REP2", help="WeCom userids behind the QR code (default: every active rep).")
+@click.option("--welcome", "welcome", default=None, metavar="ITEM_SLUG", help="Starter item sent as a tracked link.")
+@click.option("--text", "text", default="", metavar="TEXT", help="Welcome text (default: a greeting from the rep).")
+@click.pass_obj
+def channel_create(settings: Settings, name: str, reps: str, welcome: str | None, text: str) -> None:
+    """Create a channel QR code in WeCom (add_contact_way) and store it; prints state and qr_code."""
+    from bot.channel_command import run_create
+    from bot.channels import ChannelRequest
+
+    req = ChannelRequest(name=name, reps=tuple(r for r in reps.split(",") if r.strip()), welcome=welcome, text=text)
+    sys.exit(run_create(settings, req))
+
+
+@channel_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def channel_list(settings: Settings, as_json: bool) -> None:
+    """Channels with contacts first touched, total adds and opens of their shares."""
+    from bot.channel_command import run_list
+
+    sys.exit(run_list(settings, as_json))
+
+
+@cli.group("contact")
+def contact_group() -> None:
+    """Personal-data requests for one contact (by external_userid, or id:<number>)."""
+
+
+@contact_group.command("export")
+@click.argument("contact")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write JSON here instead of stdout.")
+@click.pass_obj
+def contact_export(settings: Settings, contact: str, out: Path | None) -> None:
+    """Everything Beacon holds about the contact, as JSON."""
+    from bot.privacy_command import run_export
+
+    run_export(settings, contact, out)
+
+
+@contact_group.command("erase")
+@click.argument("contact")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def contact_erase(settings: Settings, contact: str, yes: bool) -> None:
+    """Erase the contact's personal data; anonymous aggregates stay."""
+    from bot.privacy_command import run_erase
+
+    if not yes:
+        click.confirm(f"Erase all personal data of {contact}? This cannot be undone", abort=True)
+    run_erase(settings, contact)
+
+
+@cli.command()
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.pass_obj
+def backup(settings: Settings, dest: Path) -> None:
+    """Write a consistent, checked copy of the database (SQLite: online; PostgreSQL: pg_dump)."""
+    from bot.privacy_command import run_backup
+
+    run_backup(settings, dest, restore=False)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_obj
+def restore(settings: Settings, source: Path) -> None:
+    """Replace the database with a backup (stop the server first)."""
+    from bot.privacy_command import run_backup
+
+    run_backup(settings, source, restore=True)
+
+
 def main() -> None:
     cli(prog_name="python -m bot")

@@ -120,11 +120,45 @@ class InboxSettings(_Section):
     keep_days: Annotated[int, Field(ge=1)] = 14
 
 
+class SecuritySettings(_Section):
+    public_per_ip_per_minute: Annotated[int, Field(ge=0)] = 600
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+
+
 class LinkSettings(_Section):
     reload_window_s: Annotated[int, Field(ge=0)] = 1800
     beacons_per_minute: Annotated[int, Field(ge=1)] = 60
     cookie_days: Annotated[int, Field(ge=1)] = 365
     share_cache_s: Annotated[float, Field(ge=0)] = 60.0
+
+
+class KfSettings(_Section):
+    """WeChat Customer Service (微信客服) menus; empty texts mean the built-in text for `lang`."""
+
+    lang: Literal["zh", "en"] = "zh"
+    keywords: list[str] = ["资料", "白皮书", "案例", "方案", "报告", "目录", "菜单"]
+    handover_words: list[str] = ["人工", "转人工", "人工客服"]
+    menu_by: list[Literal["kind", "industry", "stage"]] = ["kind"]
+    greeting: str = ""
+    menu_head: str = ""
+    menu_tail: str = ""
+    page_size: Annotated[int, Field(ge=1, le=1000)] = 1000
+
+
+class LifecycleSettings(_Section):
+    dormant_after_days: Annotated[int, Field(ge=1)] = 548
+    mirror_tags: bool = True
+    tag_group: Annotated[str, Field(min_length=1, max_length=30)] = "Beacon线索"
+    webhook_urls: list[str] = []
+    webhook_secret: str = ""
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} must start with http:// or https://")
+        return value
 
 
 class LoggingSettings(_Section):
@@ -160,6 +194,9 @@ class Settings(_Section):
     scheduler: SchedulerSettings = SchedulerSettings()
     inbox: InboxSettings = InboxSettings()
     links: LinkSettings = LinkSettings()
+    security: SecuritySettings = SecuritySettings()
+    kf: KfSettings = KfSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
     logging: LoggingSettings = LoggingSettings()
     team: TeamSettings = TeamSettings()
     scoring: ScoringSettings = ScoringSettings()

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beacon.outbox")
 
-DUPLICATE_CHECK_S = 4 * 3600  # WeCom's maximum duplicate_check_interval
+DUPLICATE_CHECK_S = 1800  # long enough to cover a crash-and-resend; short enough not to swallow a real repeat
 MAX_ATTEMPTS = 8
 
 
@@ -96,7 +96,10 @@ class OutboxWorker:
             payload = _with_dedupe(item.path, item.payload, item.idempotency_key, self.rt.settings.wecom.agent_id)
             now = self.rt.clock.now
             try:
-                result = await self.rt.wecom.post(item.path, payload)
+                if item.path.startswith("webhook:"):
+                    result = await self._post_webhook(item.path.removeprefix("webhook:"), item.idempotency_key, payload)
+                else:
+                    result = await self.rt.wecom.post(item.path, payload)
             except (WeComUnavailable, WeComError) as exc:
                 item.attempts += 1
                 item.last_error = f"{type(exc).__name__}: {exc}"
@@ -115,6 +118,35 @@ class OutboxWorker:
                 item.locked_until = None
                 item.attempts += 1
             await session.commit()
+
+    async def _post_webhook(self, url: str, key: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST to a CRM: body signed as HMAC-SHA256 of "<timestamp>.<body>" (X-Beacon-Signature),
+        with a delivery id for the receiver's own dedupe. Non-2xx answers are retried."""
+        import hmac
+        import json
+
+        import aiohttp
+
+        from bot.wecom.client import WeComUnavailable
+
+        body = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()
+        timestamp = str(int(self.rt.clock.now().timestamp()))
+        secret = self.rt.settings.lifecycle.webhook_secret.encode()
+        signature = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Beacon-Timestamp": timestamp,
+            "X-Beacon-Signature": f"sha256={signature}",
+            "X-Beacon-Delivery": hashlib.sha1(key.encode()).hexdigest(),
+        }
+        assert self.rt.http is not None
+        try:
+            async with self.rt.http.post(url, data=body, headers=headers) as resp:
+                if resp.status >= 300:
+                    raise WeComUnavailable(f"webhook answered HTTP {resp.status}", url)
+                return {"status": resp.status}
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise WeComUnavailable(f"webhook unreachable: {type(exc).__name__}", url) from None
 
     async def depth(self) -> dict[str, int]:
         async with self.rt.sessions() as session:

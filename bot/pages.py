@@ -88,6 +88,14 @@ class Pages:
         return self.response("error.html", lang, status=status, key=key)
 
 
+def _without_title(md: str) -> str:
+    """The page shows the item's title as its heading; a body opening with its own `# title` would repeat it."""
+    stripped = md.lstrip()
+    if stripped.startswith("# "):
+        return stripped.split("\n", 1)[1] if "\n" in stripped else ""
+    return md
+
+
 class RenderedVersions:
     """Rendered Markdown per content version (versions never change, so the cache never goes stale)."""
 
@@ -115,7 +123,7 @@ class RenderedVersions:
                     select(ContentVersion.body_md, ContentVersion.attachment_name).where(ContentVersion.id == version_id)
                 )
             ).first()
-        value = ("", None) if row is None else (render_markdown(row[0]), row[1])
+        value = ("", None) if row is None else (render_markdown(_without_title(row[0])), row[1])
         self._html[version_id] = value
         if len(self._html) > self.size:
             self._html.popitem(last=False)

@@ -28,6 +28,9 @@ from bot.outbox import OutboxWorker
 from bot.pages import Pages, RenderedVersions
 from bot.shares import ShareResolver
 from bot.signing import Signer
+from bot.scoring.hook import scoring_hook
+from bot.scoring.service import ScoringService
+from bot.tags import TagMirror
 from bot.tracker import Tracker
 from bot.tracking import EventLog, RecentOpens
 from bot.router import Dispatcher, Router
@@ -63,6 +66,7 @@ class Runtime:
     beacon_limiter: Any = None
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     services: dict[str, Any] = field(default_factory=dict)
+    held_leases: dict[str, Any] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -87,6 +91,9 @@ class Runtime:
         rt.outbox = OutboxWorker(rt)
         rt.events = EventLog(engine)
         rt.tracker = Tracker(rt)
+        rt.services["scoring"] = ScoringService(settings.scoring)
+        rt.services["tags"] = TagMirror(rt)
+        rt.tracker.hooks.append(scoring_hook(rt))
         rt.links = ShareResolver(rt.read_sessions, ttl_s=settings.links.share_cache_s)
         rt.signer = Signer(settings.server.secret_key)
         rt.pages = Pages()
@@ -140,6 +147,12 @@ class Runtime:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            from bot.leases import release_leases
+
+            await release_leases(self)
+        except Exception:  # the database may be gone; leases then expire by themselves
+            log.warning("could not release leases on stop", exc_info=True)
         if self.http is not None:
             await self.http.close()
         await self.engine.dispose()

@@ -89,4 +89,10 @@ async def purge_inbox(ctx: Context) -> None:
 
 
 def default_jobs(tz: str) -> list:
-    return [("purge-inbox", purge_inbox, CronTrigger(hour=3, minute=30, timezone=tz), daily_key)]
+    from bot.scoring.jobs import decay_scores, mark_dormant_customers
+
+    return [
+        ("decay-scores", decay_scores, CronTrigger(hour=2, minute=0, timezone=tz), daily_key),
+        ("mark-dormant", mark_dormant_customers, CronTrigger(hour=2, minute=30, timezone=tz), daily_key),
+        ("purge-inbox", purge_inbox, CronTrigger(hour=3, minute=30, timezone=tz), daily_key),
+    ]

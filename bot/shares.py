@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from bot.errors import NotShareable
 from bot.models import ContentItem, ContentVersion, Share
@@ -78,6 +79,7 @@ class LinkInfo:
     contact_id: int | None
     channel_id: int | None
     parent_share_id: int | None
+    parent_token: str | None
     slug: str
     title: str
     summary: str
@@ -120,17 +122,19 @@ class ShareResolver:
 
     async def _load(self, token: str) -> LinkInfo | None:
         async with self.sessions() as session:
+            parent = aliased(Share)
             row = (
                 await session.execute(
-                    select(Share, ContentItem, ContentVersion.attachment_name)
+                    select(Share, ContentItem, ContentVersion.attachment_name, parent.token)
                     .join(ContentItem, ContentItem.id == Share.item_id)
                     .outerjoin(ContentVersion, ContentVersion.id == ContentItem.current_version_id)
+                    .outerjoin(parent, parent.id == Share.parent_share_id)
                     .where(Share.token == token)
                 )
             ).first()
         if row is None:
             return None
-        share, item, attachment = row
+        share, item, attachment, parent_token = row
         return LinkInfo(
             share_id=share.id,
             token=share.token,
@@ -141,6 +145,7 @@ class ShareResolver:
             contact_id=share.contact_id,
             channel_id=share.channel_id,
             parent_share_id=share.parent_share_id,
+            parent_token=parent_token,
             slug=item.slug,
             title=item.title,
             summary=item.summary,

@@ -33,11 +33,14 @@ Hook = Callable[[AsyncSession, Event], Awaitable[None]]
 
 
 class Tracker:
-    def __init__(self, runtime: "Runtime", *, batch: int = 500, lease_s: float = 30.0) -> None:
+    # Small batches: on SQLite the tracker's transaction holds the one write lock, and the link path's
+    # group commit waits behind it; 50 events keep that wait to a few milliseconds.
+    def __init__(self, runtime: "Runtime", *, batch: int = 50, lease_s: float = 30.0) -> None:
         self.rt = runtime
         self.batch = batch
         self.lease_s = lease_s
         self.hooks: list[Hook] = []
+        self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -72,7 +75,7 @@ class Tracker:
                 for event in events:
                     await self._process(session, event)
             handled += len(events)
-            if len(events) < self.batch:
+            if not events:
                 break
         if handled:
             self.rt.outbox.wake()
@@ -111,6 +114,7 @@ class Tracker:
         current = await live_contact(session, visitor.contact_id) if visitor.contact_id else None
         if by_phone is not None and current is not None and by_phone.id != current.id:
             await merge_contacts(session, current.id, by_phone.id, reason="gate form: same phone", now=now)
+            self.merged.add(by_phone.id)
             contact = by_phone
         else:
             contact = by_phone or current
@@ -180,8 +184,11 @@ async def _has_browser(session: AsyncSession, contact_id: int) -> bool:
 async def bind_visitor(session: AsyncSession, visitor: Visitor, contact_id: int) -> None:
     """The browser belongs to the contact; its earlier anonymous events do too."""
     visitor.contact_id = contact_id
+    # Processed again so that they are scored for the contact (attribution is idempotent).
     await session.execute(
-        update(Event).where(Event.visitor_id == visitor.id, Event.contact_id.is_(None)).values(contact_id=contact_id)
+        update(Event)
+        .where(Event.visitor_id == visitor.id, Event.contact_id.is_(None))
+        .values(contact_id=contact_id, processed=False)
     )
 
 

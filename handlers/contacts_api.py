@@ -144,6 +144,48 @@ async def find_contact(session: Any, key: str) -> Contact | None:
     return contact
 
 
+CSV_COLUMNS = ("external_userid", "name", "company", "title", "phone", "owner", "channel", "stage", "temperature",
+               "score", "last_activity_at", "created_at")
+
+
+@routes.get("/api/contacts.csv")
+async def handle_contacts_csv(request: web.Request) -> web.StreamResponse:
+    """All live contacts as CSV (UTF-8 with BOM so spreadsheet apps read the Chinese), streamed in chunks."""
+    import csv
+    import io
+
+    rt = request.app[RUNTIME]
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": 'attachment; filename="contacts.csv"',
+    })
+    await response.prepare(request)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    await response.write(("\ufeff" + buffer.getvalue()).encode())
+    last_id = 0
+    async with rt.read_sessions() as session:
+        channels = {c.id: c.name for c in (await session.scalars(select(Channel))).all()}
+        while True:
+            rows = (await session.scalars(
+                select(Contact).where(Contact.id > last_id, Contact.merged_into_id.is_(None), Contact.erased_at.is_(None))
+                .order_by(Contact.id).limit(1000)
+            )).all()
+            if not rows:
+                break
+            buffer.seek(0)
+            buffer.truncate()
+            for c in rows:
+                writer.writerow([c.external_userid or "", c.name, c.company, c.title, c.phone or "", c.owner_userid or "",
+                                 channels.get(c.channel_id, ""), c.stage, c.temperature, f"{c.score:g}",
+                                 c.last_activity_at.isoformat() if c.last_activity_at else "", c.created_at.isoformat()])
+            await response.write(buffer.getvalue().encode())
+            last_id = rows[-1].id
+    await response.write_eof()
+    return response
+
+
 @routes.get("/api/contacts/{external_userid}")
 async def handle_get_contact(request: web.Request) -> web.Response:
     """A contact with score, score_breakdown (sum = score), stage and timeline (newest first); 404 if unknown."""
@@ -204,3 +246,37 @@ async def handle_post_event(request: web.Request) -> web.Response:
 
 async def shares_of(session: Any, contact_id: int) -> list[Share]:
     return list((await session.scalars(select(Share).where(Share.contact_id == contact_id))).all())
+
+
+@routes.post("/api/contacts/{external_userid}/stage")
+async def handle_move_stage(request: web.Request) -> web.Response:
+    """A manual stage move by a rep: {"stage", "by": rep userid, "reason"} → 200 with the contact;
+    400 unknown stage or missing reason; 404 unknown contact or rep. Recorded in stage history."""
+    from bot.lifecycle import StageError, move_stage
+
+    rt = request.app[RUNTIME]
+    data = await read_json(request)
+    stage, by, reason = data.get("stage"), data.get("by"), data.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        return api_error(400, "reason is required for a manual stage move")
+    if not isinstance(by, str) or not by:
+        return api_error(400, "by (the rep's userid) is required")
+    async with rt.sessions() as session, session.begin():
+        contact = await find_contact(session, request.match_info["external_userid"])
+        if contact is None:
+            return api_error(404, f"unknown contact: {request.match_info['external_userid']}")
+        if await session.get(Rep, by) is None:
+            return api_error(404, f"unknown rep: {by}")
+        try:
+            await move_stage(rt, session, contact, str(stage), by=by, reason=reason.strip(), now=rt.clock.now())
+        except StageError as exc:
+            return api_error(400, str(exc))
+        from bot.lifecycle import mirror_tags
+
+        await mirror_tags(rt, session, contact)
+        await session.flush()
+        body = await contact_view(session, contact)
+    rt.outbox.wake()
+    return web.json_response(body)
+
+

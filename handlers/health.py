@@ -19,12 +19,14 @@ async def handle_healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
     async with rt.read_sessions() as session:
         counts = await inbox_counts(session)
+    outbox = await rt.outbox.depth()
     return web.json_response(
         {
             "status": "ok",
             "database": rt.engine.dialect.name,
             "version": __version__,
             "inbox": counts,
+            "outbox": {"pending": outbox.get("pending", 0), "failed": outbox.get("failed", 0)},
             "wecom_configured": rt.settings.wecom.configured,
         }
     )

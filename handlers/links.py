@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import secrets
-import time
 from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote
@@ -97,9 +96,15 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
     lang = page_lang(request)
     preview = is_preview_fetch(request.method, request.headers)
     cookie, new_cookie = _visitor(request)
+    own = await _own_child_parent(request, link, cookie)
+    if own is not None:
+        # The viewer is back on the address their own page put in the bar (a reload, or reopening
+        # it): that is the share they opened, not a forward to themselves.
+        link, child = own, link.token
+    else:
+        child = None if preview else rt.signer.sign("child", link.token, cookie, length=24)
     unlocked = _unlocked(request, link, cookie)
     outdated = link.version_id != link.current_version_id
-    child = None if preview else rt.signer.sign("child", link.token, cookie, length=24)
     if not preview:
         now = rt.clock.now()
         if not rt.recent_opens.is_reload(link.share_id, cookie):
@@ -142,6 +147,14 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
         _set_visitor_cookie(request, response, cookie)
     response.headers["Cache-Control"] = "private, no-store"
     return response
+
+
+async def _own_child_parent(request: web.Request, link: LinkInfo, cookie: str) -> LinkInfo | None:
+    """The parent share when `link` is this browser's own child link, else None."""
+    if link.parent_token is None or not request.app[RUNTIME].signer.verify(link.token, "child", link.parent_token, cookie, length=24):
+        return None
+    parent = await request.app[RUNTIME].links.resolve(link.parent_token)
+    return parent if parent is not None and not parent.internal and not parent.retired else None
 
 
 def _validate_gate(form: dict[str, str], lang: str) -> dict[str, str]:
@@ -206,26 +219,23 @@ async def handle_gate(request: web.Request) -> web.StreamResponse:
 
 
 class BeaconLimiter:
-    """At most N beacons per (link, browser) per minute: a fixed window kept in a bounded dict."""
+    """A token bucket per (link, browser): bursts up to N, refilled at N per minute; bounded memory."""
 
     def __init__(self, per_minute: int, size: int = 100_000) -> None:
         self.per_minute = per_minute
         self.size = size
-        self._windows: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
 
-    def allow(self, token: str, cookie: str) -> bool:
-        minute = int(time.monotonic() // 60)
+    def allow(self, token: str, cookie: str, now: float) -> bool:
         key = (token, cookie)
-        window, count = self._windows.get(key, (minute, 0))
-        if window != minute:
-            window, count = minute, 0
-        if count >= self.per_minute:
-            return False
-        self._windows[key] = (window, count + 1)
-        self._windows.move_to_end(key)
-        if len(self._windows) > self.size:
-            self._windows.popitem(last=False)
-        return True
+        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60.0)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > self.size:
+            self._buckets.popitem(last=False)
+        return allowed
 
 
 def _beacon_event(data: dict[str, Any], link: LinkInfo, cookie: str, now: dt.datetime, window_s: int) -> tuple[str, dict[str, Any], str] | None:
@@ -270,7 +280,7 @@ async def handle_beacon(request: web.Request) -> web.Response:
         return web.Response(status=400, text="beacon must be a JSON object")
     if not _COOKIE_RE.match(cookie) or not rt.signer.verify(str(data.get("k", "")), "beacon", link.token, cookie):
         return web.Response(status=403)
-    if not rt.beacon_limiter.allow(link.token, cookie):
+    if not rt.beacon_limiter.allow(link.token, cookie, rt.clock.now().timestamp()):
         return web.Response(status=429)
     now = rt.clock.now()
     parsed = _beacon_event(data, link, cookie, now, rt.settings.links.reload_window_s)

@@ -33,3 +33,55 @@ def _apply(response: web.StreamResponse) -> None:
     headers.setdefault("X-Frame-Options", "DENY")
     if (response.content_type or "").startswith("text/html"):
         headers.setdefault("Content-Security-Policy", CSP)
+
+
+PUBLIC_PREFIXES = ("/l/", "/sidebar")
+
+
+class IpLimiter:
+    """Token bucket per client IP (bursts up to N, refilled at N per minute), bounded in memory."""
+
+    def __init__(self, per_minute: int, size: int = 200_000) -> None:
+        from collections import OrderedDict
+
+        self.per_minute = per_minute
+        self.size = size
+        self._buckets: "OrderedDict[str, tuple[float, float]]" = OrderedDict()
+
+    def allow(self, ip: str, now: float) -> bool:
+        tokens, last = self._buckets.get(ip, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60.0)
+        allowed = tokens >= 1.0
+        self._buckets[ip] = (tokens - 1.0 if allowed else tokens, now)
+        self._buckets.move_to_end(ip)
+        if len(self._buckets) > self.size:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+def client_ip(request: web.Request, trusted: list[str]) -> str:
+    """The peer address; behind a trusted proxy, the last address it appended to X-Forwarded-For."""
+    peer = request.remote or ""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if peer in trusted and forwarded:
+        return forwarded.split(",")[-1].strip() or peer
+    return peer
+
+
+@web.middleware
+async def ip_rate_limit(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Public pages are reachable by anyone: one address gets at most N requests a minute (429)."""
+    from bot.app import RUNTIME
+
+    if not request.path.startswith(PUBLIC_PREFIXES):
+        return await handler(request)
+    rt = request.app[RUNTIME]
+    limiter = rt.services.get("ip_limiter")
+    if limiter is None:
+        return await handler(request)
+    ip = client_ip(request, rt.settings.security.trusted_proxies)
+    if not limiter.allow(ip, rt.clock.now().timestamp()):
+        return web.Response(status=429, text="too many requests", headers={"Retry-After": "60"})
+    return await handler(request)

@@ -31,6 +31,7 @@ from bot.scoring.rules import DECAY_RULE, BehaviorRule, ProfileRule, ScoringMode
 UTC = dt.timezone.utc
 NOT_ENGAGEMENT = frozenset({"contact_deleted", "unsubscribe"})  # leaving is not interest: no quiet-clock reset
 
+
 class ModelChanged(ValueError):
     """The profile's region now belongs to another model: the contact must be rescored."""
 

@@ -1,0 +1,175 @@
+"""A customer adds or deletes a rep: attribution to the channel, the WeCom profile, the welcome message.
+
+`contact_added` runs in the inbox worker's unit of work. The welcome goes through the outbox right after
+commit (WeCom accepts a WelcomeCode once, within 20 s); the profile is read first, before anything is
+written and with no transaction open, so that no database lock is held during the WeCom call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.channels import channel_by_state
+from bot.context import Context
+from bot.customer_text import clip, text
+from bot.errors import NotShareable
+from bot.identity import add_identity, contact_for_external_userid, find_by_identity, merge_contacts
+from bot.models import Channel, Contact, ContentItem, Rep
+from bot.shares import create_share
+from bot.team import ensure_rep
+from bot.tracking import add_event
+from bot.wecom.client import WeComError
+from bot.wecom.inbound import Inbound
+
+log = logging.getLogger("beacon.contacts")
+
+GET_CONTACT = "/cgi-bin/externalcontact/get"
+SEND_WELCOME = "/cgi-bin/externalcontact/send_welcome_msg"
+LINK_TITLE_BYTES = 128
+LINK_DESC_BYTES = 512
+
+
+@dataclass(frozen=True)
+class WeComProfile:
+    """The part of `externalcontact/get` Beacon keeps."""
+
+    name: str = ""
+    company: str = ""
+    title: str = ""
+    unionid: str = ""
+
+
+def event_time(msg: Inbound, fallback: dt.datetime) -> dt.datetime:
+    raw = msg.get("CreateTime")
+    return dt.datetime.fromtimestamp(int(raw), dt.timezone.utc) if raw.isdigit() else fallback
+
+
+async def fetch_profile(ctx: Context, external_userid: str) -> WeComProfile | None:
+    """The customer's WeCom profile; None when WeCom cannot say (the welcome must not wait for retries)."""
+    try:
+        answer = await ctx.wecom.get(GET_CONTACT, {"external_userid": external_userid})
+    except WeComError as exc:
+        log.warning("no profile for %s: %s", external_userid, exc)
+        return None
+    data: dict[str, Any] = answer.get("external_contact") or {}
+    return WeComProfile(
+        name=str(data.get("name") or ""),
+        company=str(data.get("corp_name") or ""),
+        title=str(data.get("position") or ""),
+        unionid=str(data.get("unionid") or ""),
+    )
+
+
+async def apply_profile(session: AsyncSession, contact: Contact, profile: WeComProfile, *, now: dt.datetime) -> None:
+    """Fill empty fields from WeCom; a unionid already known for another contact merges that one in."""
+    for name in ("name", "company", "title"):
+        value = getattr(profile, name)
+        if value and not getattr(contact, name):
+            setattr(contact, name, value[:128])
+    if not profile.unionid:
+        return
+    other = await find_by_identity(session, "unionid", profile.unionid)
+    if other is not None and other.id != contact.id:
+        await merge_contacts(session, other.id, contact.id, reason="same unionid", now=now)
+    await add_identity(session, contact, "unionid", profile.unionid)
+
+
+async def contact_added(ctx: Context, msg: Inbound) -> None:
+    """Attribute, own, profile and welcome a customer who added rep `UserID` (possibly via a channel)."""
+    userid, external = msg.get("UserID"), msg.get("ExternalUserID")
+    if not userid or not external:
+        log.warning("%s without UserID/ExternalUserID; ignored", msg.kind)
+        return
+    session, now = ctx.session, ctx.clock.now()
+    if not (session.new or session.dirty or session.deleted):
+        # On SQLite a unit of work holds the write lock from its first statement; nothing is written
+        # yet, so end that transaction rather than hold the lock during the WeCom call.
+        await session.commit()
+    profile = await fetch_profile(ctx, external)
+    rep = await ensure_rep(session, userid)
+    await session.flush()
+    contact = await contact_for_external_userid(session, external, now=now)
+    if profile is not None:
+        await apply_profile(session, contact, profile, now=now)
+    if contact.owner_userid is None:
+        contact.owner_userid = userid
+    state = msg.get("State")
+    channel = await channel_by_state(session, state)
+    if channel is not None and contact.channel_id is None:
+        contact.channel_id = channel.id  # first touch wins; later touches are events only
+    contact.updated_at = now
+    props: dict[str, Any] = {"rep": userid}
+    if state:
+        props["state"] = state
+    if channel is not None:
+        props["channel"] = channel.name
+    if msg.get("ChangeType") == "add_half_external_contact":
+        props["half"] = True
+    await add_event(
+        session, "contact_added", contact_id=contact.id, at=event_time(msg, now), received_at=now, props=props,
+        key=f"{ctx.origin}:contact_added", rep_userid=userid, channel_id=channel.id if channel else None,
+    )  # fmt: skip
+    code = msg.get("WelcomeCode")
+    # No WelcomeCode means a welcome is configured in WeCom itself: sending ours would fail anyway.
+    if code and channel is not None:
+        await queue_welcome(ctx, channel, contact, rep, code)
+
+
+async def queue_welcome(ctx: Context, channel: Channel, contact: Contact, rep: Rep, code: str) -> None:
+    """The channel's welcome text plus a tracked link to its starter item, sent once after commit."""
+    session = ctx.session
+    attachments: list[dict[str, Any]] = []
+    if channel.welcome_item_id is not None:
+        item = await session.get(ContentItem, channel.welcome_item_id)
+        try:
+            if item is None:
+                raise NotShareable(f"welcome item {channel.welcome_item_id} is gone")
+            share = await create_share(
+                session, item, rep_userid=rep.userid, contact_id=contact.id, channel_id=channel.id, source="welcome"
+            )
+        except NotShareable as exc:
+            log.warning("channel %s: welcome without its item (%s)", channel.name, exc)
+        else:
+            link = {
+                "title": clip(item.title, LINK_TITLE_BYTES),
+                "desc": clip(item.summary, LINK_DESC_BYTES),
+                "url": f"{ctx.settings.server.public_url}/l/{share.token}",
+            }
+            attachments.append({"msgtype": "link", "link": link})
+    content = channel.welcome_text or text("welcome", ctx.settings.kf.lang, rep=rep.name or rep.userid)
+    if not channel.welcome_text and not attachments:
+        return  # nothing configured for this channel
+    payload: dict[str, Any] = {"welcome_code": code, "text": {"content": content}}
+    if attachments:
+        payload["attachments"] = attachments
+    ctx.send(SEND_WELCOME, payload, key=f"welcome:{code}")
+
+
+async def contact_deleted(ctx: Context, msg: Inbound, *, by: str) -> None:
+    """Record `contact_deleted` ({by: rep|customer}) and tell the owning rep by app message."""
+    userid, external = msg.get("UserID"), msg.get("ExternalUserID")
+    if not userid or not external:
+        log.warning("%s without UserID/ExternalUserID; ignored", msg.kind)
+        return
+    if by == "rep" and msg.get("Source") == "DELETE_BY_TRANSFER":
+        # A transfer to another rep removes the old relation; the customer is not lost.
+        log.info("contact %s transferred away from %s; not a deletion", external, userid)
+        return
+    session, now = ctx.session, ctx.clock.now()
+    rep = await ensure_rep(session, userid)
+    await session.flush()
+    contact = await contact_for_external_userid(session, external, now=now)
+    await add_event(
+        session, "contact_deleted", contact_id=contact.id, at=event_time(msg, now), received_at=now,
+        props={"by": by, "rep": userid}, key=f"{ctx.origin}:contact_deleted", rep_userid=userid,
+    )  # fmt: skip
+    owner = contact.owner_userid or userid
+    lang = "zh"
+    who = text("you", lang) if owner == userid else (rep.name or userid)
+    notice = "notice_deleted_by_customer" if by == "customer" else "notice_deleted_by_rep"
+    ctx.send_text(owner, text(notice, lang, name=contact.name or external, who=who), key=f"{ctx.origin}:notice")

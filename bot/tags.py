@@ -1,0 +1,92 @@
+"""Stage and temperature mirrored to WeCom customer tags, so reps see them in the WeCom client.
+
+Beacon's tag group is created on first use (`get_corp_tag_list`, then `add_corp_tag` for what is
+missing) and the tag ids are kept in `wecom_tags`. Each change is one `mark_tag` through the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
+from bot.models import Contact, WeComTag
+from bot.outbox import enqueue
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger("beacon.tags")
+
+
+def stage_tag(stage: str) -> str:
+    return f"阶段·{STAGE_LABELS.get(stage, stage)}"
+
+
+def temperature_tag(temperature: str) -> str:
+    return f"温度·{TEMPERATURE_LABELS.get(temperature, temperature)}"
+
+
+ALL_TAGS = [stage_tag(s) for s in STAGE_LABELS] + [temperature_tag(t) for t in TEMPERATURE_LABELS]
+
+
+class TagMirror:
+    def __init__(self, rt: "Runtime") -> None:
+        self.rt = rt
+        self._ids: dict[str, str] = {}
+
+    async def tag_ids(self, session: AsyncSession) -> dict[str, str]:
+        """name → WeCom tag id, creating Beacon's group and tags in WeCom on first use."""
+        if len(self._ids) == len(ALL_TAGS):
+            return self._ids
+        stored = {t.name: t.tag_id for t in (await session.scalars(select(WeComTag))).all()}
+        missing = [name for name in ALL_TAGS if name not in stored]
+        if missing:
+            group = self.rt.settings.lifecycle.tag_group
+            listing = await self.rt.wecom.post("/cgi-bin/externalcontact/get_corp_tag_list", {})
+            for g in listing.get("tag_group", []):
+                if g.get("group_name") == group:
+                    for tag in g.get("tag", []):
+                        if tag.get("name") in missing:
+                            stored[tag["name"]] = tag["id"]
+                            session.add(WeComTag(name=tag["name"], group_name=group, tag_id=tag["id"]))
+            still = [name for name in ALL_TAGS if name not in stored]
+            if still:
+                created = await self.rt.wecom.post(
+                    "/cgi-bin/externalcontact/add_corp_tag",
+                    {"group_name": group, "tag": [{"name": name} for name in still]},
+                )
+                for tag in created.get("tag_group", {}).get("tag", []):
+                    stored[tag["name"]] = tag["id"]
+                    session.add(WeComTag(name=tag["name"], group_name=group, tag_id=tag["id"]))
+            await session.flush()
+        self._ids = stored
+        return stored
+
+    async def mirror(self, session: AsyncSession, contact: Contact) -> None:
+        wanted = {stage_tag(contact.stage), temperature_tag(contact.temperature)}
+        profile = dict(contact.profile or {})
+        previous = set(profile.get("wecom_tags", []))
+        if wanted == previous:
+            return
+        from bot.wecom.client import WeComError
+
+        try:
+            ids = await self.tag_ids(session)
+        except WeComError as exc:
+            log.warning("could not prepare WeCom tags (%s); stage tags not mirrored", exc)
+            return
+        add = sorted(ids[name] for name in wanted - previous if name in ids)
+        remove = sorted(ids[name] for name in previous - wanted if name in ids)
+        enqueue(
+            session,
+            "/cgi-bin/externalcontact/mark_tag",
+            {"userid": contact.owner_userid, "external_userid": contact.external_userid, "add_tag": add, "remove_tag": remove},
+            key=f"mark_tag:{contact.id}:{','.join(sorted(wanted))}:{self.rt.clock.now().isoformat()}",
+            now=self.rt.clock.now(),
+        )
+        profile["wecom_tags"] = sorted(wanted)
+        contact.profile = profile

@@ -1,0 +1,31 @@
+"""`python -m bot demo --once` as a subprocess: the scenario plays end to end against the simulator."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, free_port, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_plays_the_scenario(tmp_path: Path) -> None:
+    config = tmp_path / "demo.toml"
+    text = (ROOT / "demo" / "config.toml").read_text(encoding="utf-8")
+    db = tmp_path / "state" / "beacon.db"
+    config.write_text(text.replace("sqlite+aiosqlite:///demo/state/beacon.db", f"sqlite+aiosqlite:///{db}"), encoding="utf-8")
+    port, sim_port = free_port(), free_port()
+    result = run_cli("--config", str(config), "demo", "--once", "--port", str(port), "--sim-port", str(sim_port), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Sample content library imported" in out and "created 18" in out
+    assert "answer 200: 'demo-echo-1234'" in out
+    assert "bot → rep1: 我是 Beacon 销售助手" in out
+    assert f"http://127.0.0.1:{port}/l/" in out
+    assert "landing page: HTTP 200" in out
+    assert "Where to look" in out and f"http://127.0.0.1:{port}/healthz" in out
+    assert db.exists()
+    shutil.rmtree(tmp_path / "state")

@@ -1,0 +1,241 @@
+"""Scoring wired into the product: ledger, stages, hand-off, dormancy, tags, webhooks, rescoring."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import hmac
+import json
+import random
+from typing import Any
+
+import pytest
+from aiohttp import web
+from sqlalchemy import select
+
+from bot.context import Context
+from bot.models import Contact, ScoreEntry, StageChange, Task
+from bot.rescore import rescore_all
+from bot.scheduler import run_job
+from bot.scoring.jobs import decay_scores, mark_dormant_customers
+from tests.test_links import AUTH, Browser, lib, share  # noqa: F401  (fixture re-export)
+
+async def new_contact(beacon: Any, external: str, **fields: Any) -> int:
+    async with beacon.rt.sessions() as session, session.begin():
+        contact = Contact(external_userid=external, created_at=beacon.clock.now(), updated_at=beacon.clock.now(), **fields)
+        session.add(contact)
+        await session.flush()
+        return contact.id
+
+
+async def post_event(beacon: Any, contact: str, type_: str, at: dt.datetime | None = None, **props: Any) -> None:
+    body = {"contact": contact, "type": type_, "at": at.isoformat() if at else None, "props": props}
+    resp = await beacon.client.post("/api/events", json=body, headers=AUTH)
+    assert resp.status == 202, await resp.text()
+
+
+async def settle(beacon: Any) -> None:
+    # Events answered 2xx are already committed (the API waits for the group commit).
+    await beacon.rt.tracker.drain()
+    await beacon.rt.outbox.drain()
+
+
+async def contact_json(beacon: Any, external: str) -> dict[str, Any]:
+    resp = await beacon.client.get(f"/api/contacts/{external}", headers=AUTH)
+    assert resp.status == 200
+    return await resp.json()
+
+
+async def test_reading_a_shared_item_scores_explains_and_hands_off(beacon: Any, lib: Any) -> None:  # noqa: F811
+    s = await share(beacon, "solution-smart-factory-automotive", contact="wmHot")
+    b = Browser(str(beacon.client.make_url("/")))
+    try:
+        _, html, _ = await b.get(f"/l/{s['token']}")
+        for depth in (25, 50, 75, 100):
+            assert await b.beacon(s["token"], html, t="read", d=depth) == 204
+        assert await b.beacon(s["token"], html, t="cta", c="demo") == 204
+        for _ in range(10):
+            await b.get(f"/l/{s['token']}")  # ten reloads are not ten opens
+    finally:
+        await b.close()
+    await settle(beacon)
+    data = await contact_json(beacon, "wmHot")
+    assert data["score"] == round(sum(e["points"] for e in data["score_breakdown"]), 2)
+    rules = [e["rule"] for e in data["score_breakdown"]]
+    assert rules.count("open") == 1
+    assert "read_75_solution" in rules and "cta_demo" in rules
+    assert any("预约演示" in e["reason"] for e in data["score_breakdown"])
+    assert data["stage"] == "mql" and data["temperature"] == "hot"
+    assert [(h["from"], h["to"]) for h in data["stage_history"]] == [("new", "nurturing"), ("nurturing", "mql")]
+    assert data["owner"] == "rep1"  # the rep who shared
+    async with beacon.rt.sessions() as session:
+        tasks = (await session.scalars(select(Task).where(Task.owner_userid == "rep1"))).all()
+    assert [(t.kind, t.priority) for t in tasks] == [("follow_up", 1)]
+    texts = [m.payload for m in beacon.sim.state.messages_to("rep1")]
+    assert any("MQL" in json.dumps(p, ensure_ascii=False) for p in texts)
+
+
+async def test_mql_without_sharer_goes_to_least_loaded_rep(beacon: Any) -> None:
+    await new_contact(beacon, "wmBusy", owner_userid="rep1")
+    await new_contact(beacon, "wmLead")
+    await post_event(beacon, "wmLead", "demo_request")
+    await post_event(beacon, "wmLead", "webinar_attended")
+    await settle(beacon)
+    data = await contact_json(beacon, "wmLead")
+    assert data["stage"] == "mql"
+    assert data["owner"] == "rep2"  # rep1 already owns a contact
+
+
+async def test_dormant_customer_wakes_up_hot_with_urgent_call(beacon: Any) -> None:
+    await new_contact(beacon, "wmOld", owner_userid="rep2", name="老客户")
+    await post_event(beacon, "wmOld", "payment", at=beacon.clock.now(), amount=50000)
+    await settle(beacon)
+    assert (await contact_json(beacon, "wmOld"))["stage"] == "customer"
+    beacon.clock.advance(days=549)
+    assert await run_job(beacon.rt, "mark-dormant", mark_dormant_customers, "mark-dormant:x")
+    assert (await contact_json(beacon, "wmOld"))["stage"] == "dormant"
+    await post_event(beacon, "wmOld", "open")
+    await settle(beacon)
+    data = await contact_json(beacon, "wmOld")
+    assert (data["stage"], data["temperature"]) == ("mql", "hot")
+    assert data["stage_history"][-1]["by"] == "rule:dormant_wakeup"
+    async with beacon.rt.sessions() as session:
+        task = await session.scalar(select(Task).where(Task.kind == "dormant"))
+    assert task.priority == 1 and task.owner_userid == "rep2" and "立即致电" in task.title
+    assert any("沉睡客户" in json.dumps(m.payload, ensure_ascii=False) for m in beacon.sim.state.messages_to("rep2"))
+
+
+async def test_stage_and_temperature_mirrored_to_wecom_tags(beacon: Any) -> None:
+    await new_contact(beacon, "wmTagged", owner_userid="rep1")
+    beacon.sim.state.link_contact("rep1", "wmTagged")  # in WeCom, the customer is rep1's contact
+    await post_event(beacon, "wmTagged", "webinar_attended")  # 20 points: nurturing, warm
+    await settle(beacon)
+    await post_event(beacon, "wmTagged", "demo_request")  # 50: mql, hot
+    await settle(beacon)
+    state = beacon.sim.state
+    assert len(state.received_for("/cgi-bin/externalcontact/add_corp_tag")) == 1
+    group = next(g for g in state.tag_groups.values() if g.group_name == "Beacon线索")
+    names = {t.id: t.name for t in group.tags}
+    marks = [r.payload for r in state.received_for("/cgi-bin/externalcontact/mark_tag")]
+    assert [sorted(names[i] for i in m["add_tag"]) for m in marks] == [["温度·温", "阶段·可培养"], ["温度·热", "阶段·MQL"]]
+    assert sorted(names[i] for i in marks[1]["remove_tag"]) == ["温度·温", "阶段·可培养"]
+    assert all(m["userid"] == "rep1" and m["external_userid"] == "wmTagged" for m in marks)
+
+
+async def test_manual_stage_move_and_csv_export(beacon: Any) -> None:
+    await new_contact(beacon, "wmManual", name="刘总", company="某某电子")
+    url = "/api/contacts/wmManual/stage"
+    assert (await beacon.client.post(url, json={"stage": "sql", "by": "rep1"}, headers=AUTH)).status == 400
+    assert (await beacon.client.post(url, json={"stage": "won", "by": "rep1", "reason": "x"}, headers=AUTH)).status == 400
+    assert (await beacon.client.post(url, json={"stage": "sql", "by": "ghost", "reason": "x"}, headers=AUTH)).status == 404
+    resp = await beacon.client.post(url, json={"stage": "sql", "by": "rep1", "reason": "客户确认了预算"}, headers=AUTH)
+    assert resp.status == 200
+    history = (await resp.json())["stage_history"]
+    assert history == [{"from": "new", "to": "sql", "by": "rep1", "reason": "客户确认了预算", "at": history[0]["at"]}]
+    csv_resp = await beacon.client.get("/api/contacts.csv", headers=AUTH)
+    text = (await csv_resp.read()).decode("utf-8-sig")
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("external_userid,name,company")
+    assert any(line.startswith("wmManual,刘总,某某电子") and ",sql," in line for line in lines[1:])
+
+
+async def test_region_picks_the_scoring_model(aiohttp_client: Any, db_url: str, sim: Any, clock: Any) -> None:
+    from bot.app import RUNTIME, create_app
+    from tests.conftest import make_settings
+
+    models = [
+        {"name": "default", "regions": []},
+        {"name": "south", "regions": ["华南"], "behavior": [{"name": "call", "event": "call", "points": 25}]},
+    ]
+    settings = make_settings(db_url, api_base=sim.url, scoring={"default_model": "default", "models": models})
+    client = await aiohttp_client(create_app(settings, clock=clock, background=False))
+    rt = client.app[RUNTIME]
+
+    class B:
+        pass
+
+    b = B()
+    b.rt, b.client, b.clock = rt, client, clock
+    await new_contact(b, "wmSouth", region="华南")
+    await new_contact(b, "wmNorth", region="华北")
+    for who in ("wmSouth", "wmNorth"):
+        await post_event(b, who, "call")
+    await settle(b)
+    south, north = await contact_json(b, "wmSouth"), await contact_json(b, "wmNorth")
+    assert [(e["model"], e["points"]) for e in south["score_breakdown"]] == [("south", 25.0)]
+    assert [(e["model"], e["points"]) for e in north["score_breakdown"]] == [("default", 10.0)]
+
+
+async def test_webhook_on_stage_change_is_signed_and_retried(aiohttp_server: Any, db_url: str, sim: Any, clock: Any, aiohttp_client: Any) -> None:
+    from bot.app import RUNTIME, create_app
+    from tests.conftest import make_settings
+
+    received: list[tuple[dict[str, str], bytes]] = []
+    answers = [500, 200, 200, 200]
+
+    async def crm(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=answers[len(received) - 1])
+
+    crm_app = web.Application()
+    crm_app.router.add_post("/hook", crm)
+    server = await aiohttp_server(crm_app)
+    settings = make_settings(db_url, api_base=sim.url, lifecycle={"webhook_urls": [str(server.make_url("/hook"))], "webhook_secret": "s3cret"})
+    client = await aiohttp_client(create_app(settings, clock=clock, background=False))
+
+    class B:
+        pass
+
+    b = B()
+    b.rt, b.client, b.clock = client.app[RUNTIME], client, clock
+    await new_contact(b, "wmCrm")
+    await post_event(b, "wmCrm", "webinar_attended")
+    await settle(b)
+    assert len(received) == 1  # answered 500: to be retried
+    clock.advance(seconds=5)
+    await b.rt.outbox.drain()
+    assert len(received) == 2
+    headers, body = received[1]
+    expected = hmac.new(b"s3cret", headers["X-Beacon-Timestamp"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert headers["X-Beacon-Signature"] == f"sha256={expected}"
+    payload = json.loads(body)
+    assert (payload["event"], payload["from"], payload["to"]) == ("stage_changed", "new", "nurturing")
+    assert headers["X-Beacon-Delivery"] == received[0][0]["X-Beacon-Delivery"]  # same delivery, retried
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_rescore_equals_real_time(beacon: Any, seed: int) -> None:
+    rng = random.Random(seed)
+    people = [f"wmR{seed}{i}" for i in range(4)]
+    for who in people:
+        await new_contact(beacon, who, phone="13800000000" if rng.random() < 0.5 else None, title=rng.choice(["", "CEO", "工程师"]))
+    types = ["open", "download", "cta", "form_submit", "forward", "message", "webinar_attended", "call", "unsubscribe"]
+    for _ in range(40):
+        beacon.clock.advance(hours=rng.choice([1, 5, 20, 24 * 9, 24 * 40]))
+        who = rng.choice(people)
+        kind = rng.choice(types)
+        props = {"cta": rng.choice(["demo", "contact"])} if kind == "cta" else {}
+        await post_event(beacon, who, kind, at=beacon.clock.now(), **props)
+        await settle(beacon)
+    beacon.clock.advance(days=75)
+    assert await run_job(beacon.rt, "decay-scores", decay_scores, "decay:final")
+
+    async def snapshot() -> tuple[list[tuple[Any, ...]], dict[str, float]]:
+        async with beacon.rt.sessions() as session:
+            rows = (await session.execute(
+                select(Contact.external_userid, ScoreEntry.rule, ScoreEntry.points, ScoreEntry.event_id)
+                .join(Contact, Contact.id == ScoreEntry.contact_id).order_by(Contact.external_userid, ScoreEntry.id)
+            )).all()
+            scores = {c.external_userid: c.score for c in (await session.scalars(select(Contact))).all()}
+        return sorted(tuple(r) for r in rows), scores
+
+    live_entries, live_scores = await snapshot()
+    assert any(rule == "decay" for _, rule, _, _ in live_entries)
+    report = await rescore_all(beacon.rt.settings, clock=beacon.clock)
+    replay_entries, replay_scores = await snapshot()
+
+    a, b = collections.Counter(live_entries), collections.Counter(replay_entries)
+    assert (a - b, b - a) == ({}, {})
+    assert replay_scores == live_scores
+    assert report.contacts == len(people) and report.changed == []
