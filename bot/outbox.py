@@ -87,37 +87,45 @@ class OutboxWorker:
                 handled += 1
 
     async def _send_one(self, item_id: int) -> None:
+        """Send one leased row. No transaction is open during the call: on SQLite a transaction holds
+        the write lock, and a slow or retrying WeCom must never stall the rest of Beacon."""
         from bot.wecom.client import WeComError, WeComUnavailable
 
-        async with self.rt.sessions() as session:
+        async with self.rt.read_sessions() as session:
             item = await session.get(OutboxItem, item_id)
             if item is None or item.status != "pending":
                 return
-            payload = _with_dedupe(item.path, item.payload, item.idempotency_key, self.rt.settings.wecom.agent_id)
-            now = self.rt.clock.now
-            try:
-                if item.path.startswith("webhook:"):
-                    result = await self._post_webhook(item.path.removeprefix("webhook:"), item.idempotency_key, payload)
-                else:
-                    result = await self.rt.wecom.post(item.path, payload)
-            except (WeComUnavailable, WeComError) as exc:
-                item.attempts += 1
-                item.last_error = f"{type(exc).__name__}: {exc}"
-                item.locked_until = None
-                transient = isinstance(exc, WeComUnavailable) or exc.errcode in (-1, 45009, 45033, 42001, 40014)
-                if transient and item.attempts < MAX_ATTEMPTS:
-                    item.next_attempt_at = now() + dt.timedelta(seconds=backoff_s(item.attempts, 2.0, 900.0))
-                    log.warning("outbox %s %s failed (attempt %d), will retry", item.id, item.path, item.attempts)
-                else:
-                    item.status = "failed"
-                    log.error("outbox %s %s failed for good: %s", item.id, item.path, item.last_error)
+            path, key, attempts = item.path, item.idempotency_key, item.attempts
+            payload = _with_dedupe(path, item.payload, key, self.rt.settings.wecom.agent_id)
+        outcome: dict[str, Any]
+        try:
+            result = await self._call(path, key, payload)
+        except (WeComUnavailable, WeComError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            transient = isinstance(exc, WeComUnavailable) or exc.errcode in (-1, 45009, 45033, 42001, 40014)
+            if transient and attempts + 1 < MAX_ATTEMPTS:
+                delay = backoff_s(attempts + 1, 2.0, 900.0)
+                outcome = {"last_error": error, "next_attempt_at": self.rt.clock.now() + dt.timedelta(seconds=delay)}
+                log.warning("outbox %s %s failed (attempt %d), will retry", item_id, path, attempts + 1)
             else:
-                item.status = "sent"
-                item.result = result
-                item.sent_at = now()
-                item.locked_until = None
-                item.attempts += 1
-            await session.commit()
+                outcome = {"last_error": error, "status": "failed"}
+                log.error("outbox %s %s failed for good: %s", item_id, path, error)
+        else:
+            outcome = {"status": "sent", "result": result, "sent_at": self.rt.clock.now()}
+        async with self.rt.sessions() as session, session.begin():
+            row = await session.get(OutboxItem, item_id)
+            if row is not None:
+                row.attempts = attempts + 1
+                row.locked_until = None
+                for name, value in outcome.items():
+                    setattr(row, name, value)
+
+    async def _call(self, path: str, key: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if path == "tags:mark":
+            return await self.rt.services["tags"].send(payload)
+        if path.startswith("webhook:"):
+            return await self._post_webhook(path.removeprefix("webhook:"), key, payload)
+        return await self.rt.wecom.post(path, payload)
 
     async def _post_webhook(self, url: str, key: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST to a CRM: body signed as HMAC-SHA256 of "<timestamp>.<body>" (X-Beacon-Signature),

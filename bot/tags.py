@@ -1,13 +1,15 @@
 """Stage and temperature mirrored to WeCom customer tags, so reps see them in the WeCom client.
 
 Beacon's tag group is created on first use (`get_corp_tag_list`, then `add_corp_tag` for what is
-missing) and the tag ids are kept in `wecom_tags`. Each change is one `mark_tag` through the outbox.
+missing) and the tag ids are kept in `wecom_tags`. Each change is one outbox row ("tags:mark", by tag
+name); the outbox worker resolves the names to ids and calls `mark_tag`. No WeCom call ever happens
+inside the scoring transaction, which on SQLite holds the write lock.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,11 +40,13 @@ class TagMirror:
         self.rt = rt
         self._ids: dict[str, str] = {}
 
-    async def tag_ids(self, session: AsyncSession) -> dict[str, str]:
+    async def tag_ids(self) -> dict[str, str]:
         """name → WeCom tag id, creating Beacon's group and tags in WeCom on first use."""
         if len(self._ids) == len(ALL_TAGS):
             return self._ids
-        stored = {t.name: t.tag_id for t in (await session.scalars(select(WeComTag))).all()}
+        async with self.rt.read_sessions() as session:
+            stored = {t.name: t.tag_id for t in (await session.scalars(select(WeComTag))).all()}
+        new: list[WeComTag] = []
         missing = [name for name in ALL_TAGS if name not in stored]
         if missing:
             group = self.rt.settings.lifecycle.tag_group
@@ -52,7 +56,7 @@ class TagMirror:
                     for tag in g.get("tag", []):
                         if tag.get("name") in missing:
                             stored[tag["name"]] = tag["id"]
-                            session.add(WeComTag(name=tag["name"], group_name=group, tag_id=tag["id"]))
+                            new.append(WeComTag(name=tag["name"], group_name=group, tag_id=tag["id"]))
             still = [name for name in ALL_TAGS if name not in stored]
             if still:
                 created = await self.rt.wecom.post(
@@ -61,32 +65,39 @@ class TagMirror:
                 )
                 for tag in created.get("tag_group", {}).get("tag", []):
                     stored[tag["name"]] = tag["id"]
-                    session.add(WeComTag(name=tag["name"], group_name=group, tag_id=tag["id"]))
-            await session.flush()
+                    new.append(WeComTag(name=tag["name"], group_name=group, tag_id=tag["id"]))
+            if new:
+                async with self.rt.sessions() as session, session.begin():
+                    for row in new:
+                        await session.merge(row)
         self._ids = stored
         return stored
 
     async def mirror(self, session: AsyncSession, contact: Contact) -> None:
+        """Queue the tag change for the contact's current stage and temperature (in this transaction)."""
         wanted = {stage_tag(contact.stage), temperature_tag(contact.temperature)}
         profile = dict(contact.profile or {})
         previous = set(profile.get("wecom_tags", []))
         if wanted == previous:
             return
-        from bot.wecom.client import WeComError
-
-        try:
-            ids = await self.tag_ids(session)
-        except WeComError as exc:
-            log.warning("could not prepare WeCom tags (%s); stage tags not mirrored", exc)
-            return
-        add = sorted(ids[name] for name in wanted - previous if name in ids)
-        remove = sorted(ids[name] for name in previous - wanted if name in ids)
+        now = self.rt.clock.now()
         enqueue(
             session,
-            "/cgi-bin/externalcontact/mark_tag",
-            {"userid": contact.owner_userid, "external_userid": contact.external_userid, "add_tag": add, "remove_tag": remove},
-            key=f"mark_tag:{contact.id}:{','.join(sorted(wanted))}:{self.rt.clock.now().isoformat()}",
-            now=self.rt.clock.now(),
+            "tags:mark",
+            {"userid": contact.owner_userid, "external_userid": contact.external_userid,
+             "add": sorted(wanted - previous), "remove": sorted(previous - wanted)},
+            key=f"mark_tag:{contact.id}:{','.join(sorted(wanted))}:{now.isoformat()}",
+            now=now,
         )
         profile["wecom_tags"] = sorted(wanted)
         contact.profile = profile
+
+    async def send(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The outbox's side: tag names to ids (creating them on first use), then `mark_tag`."""
+        ids = await self.tag_ids()
+        return await self.rt.wecom.post(
+            "/cgi-bin/externalcontact/mark_tag",
+            {"userid": payload["userid"], "external_userid": payload["external_userid"],
+             "add_tag": sorted(ids[n] for n in payload["add"] if n in ids),
+             "remove_tag": sorted(ids[n] for n in payload["remove"] if n in ids)},
+        )

@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import false, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.identity import add_identity, find_by_identity, live_contact, merge_contacts, normalize_phone
@@ -68,7 +68,8 @@ class Tracker:
                 events = list(
                     (
                         await session.scalars(
-                            select(Event).where(Event.processed.is_(False)).order_by(Event.id).limit(self.batch)
+                            # `= false`, not `IS false`: only the former matches the partial index.
+                            select(Event).where(Event.processed == false()).order_by(Event.id).limit(self.batch)
                         )
                     ).all()
                 )
