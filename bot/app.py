@@ -25,7 +25,7 @@ def routers() -> list:
 
 def create_app(settings: Settings, *, clock: Clock | None = None, background: bool = True) -> web.Application:
     """Build the application. `background=False` leaves the inbox/outbox workers to the caller (tests)."""
-    from handlers import callback, contacts_api, content_api, health, links
+    from handlers import callback, contacts_api, content_api, health, link_oauth, links
     from handlers.api import admin_auth
     from handlers.security import IpLimiter, ip_rate_limit, security_headers
 
@@ -44,6 +44,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, background: bo
     app.add_routes(health.routes)
     app.add_routes(callback.routes)
     app.add_routes(links.routes)
+    app.add_routes(link_oauth.routes)
     app.add_routes(contacts_api.routes)
     app.router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
     app.add_routes(content_api.routes)

@@ -130,6 +130,8 @@ class LinkSettings(_Section):
     beacons_per_minute: Annotated[int, Field(ge=1)] = 60
     cookie_days: Annotated[int, Field(ge=1)] = 365
     share_cache_s: Annotated[float, Field(ge=0)] = 60.0
+    oauth: bool = False
+    oauth_authorize_url: str = "https://open.weixin.qq.com/connect/oauth2/authorize"
 
 
 class KfSettings(_Section):
@@ -187,6 +189,69 @@ class TeamSettings(_Section):
         return self
 
 
+def _hhmm(value: str) -> str:
+    """A local wall-clock time "HH:MM" (00:00-23:59)."""
+    hours, _, minutes = value.partition(":")
+    if not (len(hours) == 2 and len(minutes) == 2 and hours.isdigit() and minutes.isdigit()
+            and int(hours) < 24 and int(minutes) < 60):
+        raise ValueError(f"must be a time HH:MM (got {value!r})")
+    return value
+
+
+class SopSettings(_Section):
+    """SOP playbooks: where they come from and the business calendar their steps keep to."""
+
+    folder: str = ""
+    workdays: Annotated[list[Annotated[int, Field(ge=1, le=7)]], Field(min_length=1)] = [1, 2, 3, 4, 5]
+    holidays: list[str] = []
+    extra_workdays: list[str] = []
+    day_start: str = "09:00"
+    day_end: str = "20:00"
+    quiet_check_at: str = "07:00"
+    stage_lookback_hours: Annotated[int, Field(ge=1)] = 24
+    batch: Annotated[int, Field(ge=1)] = 500
+
+    @field_validator("day_start", "day_end", "quiet_check_at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        return _hhmm(value)
+
+    @field_validator("holidays", "extra_workdays")
+    @classmethod
+    def _dates(cls, value: list[str]) -> list[str]:
+        import datetime as _dt
+
+        for day in value:
+            try:
+                _dt.date.fromisoformat(day)
+            except ValueError:
+                raise ValueError(f"{day!r} is not a date YYYY-MM-DD") from None
+        return value
+
+    @model_validator(mode="after")
+    def _day(self) -> "SopSettings":
+        if self.day_start >= self.day_end:
+            raise ValueError("day_start must be before day_end")
+        return self
+
+
+class DigestSettings(_Section):
+    """The reps' morning to-do list and the managers' daily digest."""
+
+    reps_at: str = "08:30"
+    managers_at: str = "09:00"
+    follow_up_sla_hours: Annotated[float, Field(gt=0)] = 4.0
+    max_tasks: Annotated[int, Field(ge=1, le=50)] = 10
+    top_items: Annotated[int, Field(ge=1, le=10)] = 3
+    chart: bool = True
+    workdays_only: bool = False
+
+    @field_validator("reps_at", "managers_at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        return _hhmm(value)
+
+
 class Settings(_Section):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -200,6 +265,8 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     team: TeamSettings = TeamSettings()
     scoring: ScoringSettings = ScoringSettings()
+    sop: SopSettings = SopSettings()
+    digest: DigestSettings = DigestSettings()
 
     def replace(self, **sections: Mapping[str, Any]) -> "Settings":
         """A copy with some keys changed, validated like a file (`replace(wecom={"token": "x"})`)."""

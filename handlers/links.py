@@ -23,6 +23,7 @@ from bot.pages import PAGE_TEXT, page_lang
 from bot.previews import is_preview_fetch
 from bot.shares import LinkInfo
 from bot.tracking import VISITOR_COOKIE, new_visitor_id
+from handlers.link_oauth import is_rep_preview, oauth_redirect, wants_oauth
 
 log = logging.getLogger("beacon.links")
 routes = web.RouteTableDef()
@@ -94,8 +95,9 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
         return found
     link = found
     lang = page_lang(request)
-    preview = is_preview_fetch(request.method, request.headers)
     cookie, new_cookie = _visitor(request)
+    # Fetchers and members previewing their own link (known from OAuth) are not customer engagement.
+    preview = is_preview_fetch(request.method, request.headers) or is_rep_preview(request, cookie)
     own = await _own_child_parent(request, link, cookie)
     if own is not None:
         # The viewer is back on the address their own page put in the bar (a reload, or reopening
@@ -103,6 +105,11 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
         link, child = own, link.token
     else:
         child = None if preview else rt.signer.sign("child", link.token, cookie, length=24)
+    if not preview and own is None and wants_oauth(request):
+        response = oauth_redirect(request, link.token, cookie)
+        if new_cookie:
+            _set_visitor_cookie(request, response, cookie)
+        return response
     unlocked = _unlocked(request, link, cookie)
     outdated = link.version_id != link.current_version_id
     if not preview:
