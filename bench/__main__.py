@@ -12,6 +12,7 @@ import sys
 # name -> module; run in this order by `python -m bench` with no name
 BENCHMARKS = {
     "links": "bench.links",
+    "rescore": "bench.rescore",
 }
 
 
