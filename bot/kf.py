@@ -23,12 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.channels import channel_by_state
 from bot.context import Context
+from bot.customer_text import text
 from bot.identity import add_identity, contact_for_external_userid, find_by_identity, merge_contacts
 from bot.inbox import insert_ignore
 from bot.kf_menus import category_entries, msgmenu, page_of
 from bot.kf_replies import Conversation, answer
 from bot.kf_thumb import thumb_media_id
-from bot.customer_text import text
 from bot.models import Contact, Event, KfCursor, OutboxItem
 from bot.wecom.client import WeComError
 

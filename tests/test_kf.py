@@ -189,7 +189,7 @@ async def test_paging_across_pages_and_an_empty_page(beacon: Any, lib: Path) -> 
     assert len(calls) == 4  # empty page (has_more=1), then 2 + 2 + 1
     assert calls[0].payload["token"] == beacon.driver.last_kf_token and calls[0].payload["limit"] == 2
     assert sorted(s.touser for s in state.kf_sent) == customers
-    assert await cursor(beacon) == calls[-1].payload["cursor"][:3] + f"{5:08x}"
+    assert await cursor(beacon) == "4gw00000005"
 
     await beacon.driver.kf_event(KF)  # nothing new
     await beacon.process()
@@ -342,3 +342,25 @@ async def test_forged_kf_callback_is_refused(beacon: Any, lib: Path) -> None:
     assert result.status == 403
     await beacon.process()
     assert beacon.sim.state.received_for(SYNC) == []
+
+
+async def test_cursor_compare_and_set_refuses_a_stale_cursor(beacon: Any, lib: Path) -> None:
+    from bot.kf import advance_cursor
+
+    now = beacon.clock.now()
+    async with beacon.rt.sessions() as session, session.begin():
+        assert await advance_cursor(session, KF, None, "4gw00000001", now)
+        assert not await advance_cursor(session, KF, None, "4gw00000009", now)  # another worker created it
+        assert not await advance_cursor(session, KF, "4gw00000000", "4gw00000009", now)  # moved meanwhile
+        assert await advance_cursor(session, KF, "4gw00000001", "4gw00000002", now)
+    assert await cursor(beacon) == "4gw00000002"
+
+
+async def test_link_falls_back_to_text_when_no_thumbnail(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.fail_next("/cgi-bin/media/upload", 40005)
+    await say(beacon, "你好")
+    reply = await say(beacon, "白皮书", menu_id="item:manufacturing-digital-whitepaper")
+    assert reply.msgtype == "text" and "/l/" in reply.payload["text"]["content"]
+    link = await say(beacon, "白皮书", menu_id="item:manufacturing-digital-whitepaper")
+    assert link.msgtype == "link"  # the next page uploads the thumbnail again
+    assert reply.payload["text"]["content"].endswith(link.payload["link"]["url"])  # one share per customer
