@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.models import Alert, Contact, Event, Rep, StageChange, Task
 from bot.scoring.engine import NOT_ENGAGEMENT
 from bot.scoring.stages import STAGES, stage_for_score, temperature
+from bot.tracker_batch import BATCH_KEY
 from bot.tracking import add_event
 
 if TYPE_CHECKING:
@@ -43,7 +44,12 @@ async def move_stage(rt: "Runtime", session: AsyncSession, contact: Contact, to:
         raise StageError(f"unknown stage {to!r}; stages: {', '.join(STAGES)}")
     if contact.stage == to:
         return False
-    session.add(StageChange(contact_id=contact.id, from_stage=contact.stage, to_stage=to, by=by, reason=reason[:255], at=now))
+    change = {"contact_id": contact.id, "from_stage": contact.stage, "to_stage": to, "by": by, "reason": reason[:255], "at": now}
+    batch = session.info.get(BATCH_KEY)
+    if batch is not None:
+        batch.insert(StageChange.__table__, change)  # written with the tracker's batch
+    else:
+        session.add(StageChange(**change))
     previous, contact.stage = contact.stage, to
     contact.updated_at = now
     for url in rt.settings.lifecycle.webhook_urls:

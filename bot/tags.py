@@ -15,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
-from bot.models import Contact, WeComTag
+from bot.models import Contact, OutboxItem, WeComTag
 from bot.outbox import enqueue
+from bot.tracker_batch import BATCH_KEY
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -81,14 +82,15 @@ class TagMirror:
         if wanted == previous:
             return
         now = self.rt.clock.now()
-        enqueue(
-            session,
-            "tags:mark",
-            {"userid": contact.owner_userid, "external_userid": contact.external_userid,
-             "add": sorted(wanted - previous), "remove": sorted(previous - wanted)},
-            key=f"mark_tag:{contact.id}:{','.join(sorted(wanted))}:{now.isoformat()}",
-            now=now,
-        )
+        payload = {"userid": contact.owner_userid, "external_userid": contact.external_userid,
+                   "add": sorted(wanted - previous), "remove": sorted(previous - wanted)}
+        key = f"mark_tag:{contact.id}:{','.join(sorted(wanted))}:{now.isoformat()}"
+        batch = session.info.get(BATCH_KEY)
+        if batch is not None:  # the tracker's batch: one executemany for all its rows (as bot.outbox.enqueue)
+            batch.insert(OutboxItem.__table__, {"idempotency_key": key[:160], "path": "tags:mark", "payload": payload,
+                                                "next_attempt_at": now, "created_at": now})
+        else:
+            enqueue(session, "tags:mark", payload, key=key, now=now)
         profile["wecom_tags"] = sorted(wanted)
         contact.profile = profile
 

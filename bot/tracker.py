@@ -7,6 +7,17 @@ One process at a time holds the "tracker" lease and works through unprocessed ev
 - a gate form identifies the browser: by phone to an existing contact (merging if needed), else a new
   contact attributed to the referrer, owned by the sharing rep.
 Hooks (scoring, alerts) run on every processed event in the same transaction.
+
+A batch is processed set-based (bot/tracker_batch.py): one query per table to preload what its events
+refer to, attribution in memory, writes queued and flushed together. Gate forms (identity, merges) take
+the ORM path below, one at a time. If any event of a batch fails, the batch is rolled back and done
+again one event at a time, each in its own savepoint: a failing event is logged and marked processed,
+the others commit. So hooks may run twice for an event whose transaction was rolled back (as after any
+failed commit): keep their effects in the session. Hooks see the session as before: the batch's
+queued writes are flushed before each hook that is not marked `batch_aware`, and that hook runs with
+no batch in `session.info`, so everything it calls executes directly. A batch-aware hook (scoring) may
+carry `prepare(session, batch)`, called when a batch is loaded to preload what it needs for the batch's
+events, and `abandon(batch)`, called when a batch is rolled back to drop in-memory state it changed.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sqlalchemy import false, select, update
@@ -23,6 +35,7 @@ from bot.identity import add_identity, find_by_identity, live_contact, merge_con
 from bot.inbox import insert_ignore
 from bot.leases import hold_lease
 from bot.models import Contact, Event, Share, Visitor
+from bot.tracker_batch import TrackerBatch, forward_params
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -34,12 +47,17 @@ Hook = Callable[[AsyncSession, Event], Awaitable[None]]
 
 class Tracker:
     # Small batches: on SQLite the tracker's transaction holds the one write lock, and the link path's
-    # group commit waits behind it; 50 events keep that wait to a few milliseconds.
-    def __init__(self, runtime: "Runtime", *, batch: int = 50, lease_s: float = 30.0) -> None:
+    # group commit waits behind it; at most 50 events or about 20 ms keep that wait short.
+    def __init__(self, runtime: "Runtime", *, batch: int = 50, lease_s: float = 30.0, max_batch_s: float = 0.02,
+                 batched: bool = True) -> None:
         self.rt = runtime
         self.batch = batch
         self.lease_s = lease_s
+        self.max_batch_s = max_batch_s
+        self.batched = batched  # False: every event in its own savepoint (what a failed batch falls back to)
         self.hooks: list[Hook] = []
+        self._limit = batch  # events per batched transaction, adapted to max_batch_s
+        self.fallbacks = 0  # batches that failed and were done again one event at a time
         self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
         self._wake = asyncio.Event()
 
@@ -64,33 +82,132 @@ class Tracker:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""
         handled = 0
         while await hold_lease(self.rt, "tracker", self.lease_s):
-            async with self.rt.sessions() as session, session.begin():
-                events = list(
-                    (
-                        await session.scalars(
-                            # `= false`, not `IS false`: only the former matches the partial index.
-                            select(Event).where(Event.processed == false()).order_by(Event.id).limit(self.batch)
-                        )
-                    ).all()
-                )
-                for event in events:
-                    await self._process(session, event)
-            handled += len(events)
-            if not events:
+            done = await (self._pass_batched() if self.batched else self._pass_one_by_one())
+            handled += done
+            if not done:
                 break
         if handled:
             self.rt.outbox.wake()
         return handled
 
+    async def _next_events(self, session: AsyncSession, limit: int | None = None) -> list[Event]:
+        return list(
+            (
+                await session.scalars(
+                    # `= false`, not `IS false`: only the former matches the partial index.
+                    select(Event).where(Event.processed == false()).order_by(Event.id).limit(limit or self.batch)
+                )
+            ).all()
+        )
+
+    async def _pass_one_by_one(self) -> int:
+        async with self.rt.sessions() as session, session.begin():
+            events = await self._next_events(session)
+            for event in events:
+                await self._process(session, event)
+        return len(events)
+
     async def _process(self, session: AsyncSession, event: Event) -> None:
+        event_id, event_type = event.id, event.type  # a rolled-back savepoint expires the object
         try:
             async with session.begin_nested():
                 await self.attribute(session, event)
                 for hook in self.hooks:
                     await hook(session, event)
         except Exception:
-            log.exception("event %s (%s) could not be processed; left unattributed", event.id, event.type)
+            log.exception("event %s (%s) could not be processed; left unattributed", event_id, event_type)
         event.processed = True
+
+    async def _pass_batched(self) -> int:
+        merged = set(self.merged)
+        batch: TrackerBatch | None = None
+        try:
+            async with self.rt.sessions() as session, session.begin():
+                events = await self._next_events(session, min(self._limit, self.batch))
+                if not events:
+                    return 0
+                batch = TrackerBatch(self, session, events)
+                await batch.install()
+                try:
+                    done = await self._run_batch(batch)
+                    await batch.flush()
+                finally:
+                    batch.uninstall()
+            return done
+        except Exception:
+            if batch is None:
+                raise  # no batch to blame: the pass fails, as any database trouble does
+            log.warning("a batch of %d events failed; processing them one by one", len(batch.events), exc_info=True)
+            self.fallbacks += 1
+            self.merged.clear()
+            self.merged.update(merged)
+            for hook in self.hooks:
+                abandon = getattr(hook, "abandon", None)
+                if abandon is not None:
+                    abandon(batch)
+            return await self._pass_one_by_one()
+
+    async def _run_batch(self, batch: TrackerBatch) -> int:
+        session, events = batch.session, batch.events
+        deadline = time.perf_counter() + self.max_batch_s
+        while batch.index < len(events):
+            event = events[batch.index]
+            if event.type == "form_submit" and event.visitor_id is not None:
+                # Identity, maybe a merge: the ORM path, with everything queued so far written first.
+                await batch.flush()
+                await self.attribute(session, event)
+                await session.flush()
+                for obj in list(session.identity_map.values()):
+                    if isinstance(obj, (Visitor, Share)):
+                        session.expunge(obj)  # later bindings in this batch are written past the ORM
+                batch.resync()
+                await batch.load()
+            else:
+                if batch.stale:
+                    await batch.load()
+                await self._attribute_batched(batch, event)
+            for hook in self.hooks:
+                if getattr(hook, "batch_aware", False):
+                    await hook(session, event)
+                else:
+                    await batch.call_unaware(hook, event)
+            batch.set_processed(event)
+            batch.index += 1
+            if time.perf_counter() > deadline:
+                break  # the rest waits for the next transaction
+        # The next batch's size: about what fits in the time budget (loading more is wasted work).
+        if batch.index < len(events):
+            self._limit = max(4, batch.index + batch.index // 2)
+        elif len(events) == self._limit:
+            self._limit = min(self.batch, self._limit * 2)
+        return batch.index
+
+    async def _attribute_batched(self, batch: TrackerBatch, event: Event) -> None:
+        """`attribute` for everything but gate forms, from the batch's preloads."""
+        visitor = await batch.visitor(event.visitor_id) if event.visitor_id else None
+        share = await batch.share(event.share_id) if event.share_id else None
+        if event.contact_id is None and visitor is not None:
+            if visitor.contact_id is not None:
+                contact = await batch.live_contact(visitor.contact_id)
+                batch.set_contact(event, contact.id if contact else None)
+            elif share is not None and share.contact_id is not None and not await batch.contact_has_browser(share.contact_id):
+                batch.bind_visitor(visitor, share.contact_id)
+                batch.set_contact(event, share.contact_id)
+        if event.type != "open" or share is None or visitor is None:
+            return
+        if share.contact_id is not None:
+            is_forward = event.contact_id != share.contact_id
+        elif share.visitor_id is not None:
+            is_forward = visitor.id != share.visitor_id
+        else:
+            return  # a channel link
+        if not is_forward:
+            return
+        referrer = share.contact_id
+        if referrer is None and share.visitor_id is not None:
+            sharer = await batch.visitor(share.visitor_id)
+            referrer = sharer.contact_id if sharer is not None else None
+        batch.add_forward(forward_params(share, visitor.id, event.contact_id, referrer, event.occurred_at, self.rt.clock.now()))
 
     async def attribute(self, session: AsyncSession, event: Event) -> None:
         now = self.rt.clock.now()

@@ -4,6 +4,9 @@ State lives in a compact in-memory ScoreBook. A contact first seen by this proce
 replaying its events from the log (deterministic, so it equals what real-time scoring produced) up to
 its latest ledger entry; a mismatch with the stored ledger means the rules changed without a rescore
 and is logged. Rescoring (`python -m bot rescore`) replays every contact the same way.
+
+Inside a tracker batch (bot/tracker_batch.py) the replay data of the batch's new contacts is read in
+two queries for all of them (`prefetch`), and ledger rows join the batch's write queue.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.models import Contact, ContentItem, Event, ScoreEntry
-from bot.scoring.engine import Entry, ScoreBook, ScoredEvent, Scorer
+from bot.tracker_batch import BATCH_KEY
+from bot.scoring.engine import ContactScoreState, DayCaps, Entry, ScoreBook, ScoredEvent, Scorer
 from bot.scoring.rules import ScoringModel, ScoringSettings
 
 log = logging.getLogger("beacon.scoring")
@@ -46,12 +50,29 @@ class ItemFacts:
             self._cache[item_id] = (item.kind, item.stage, tuple(item.tags or ()), item.title)
         return self._cache[item_id]
 
+    def cached(self, item_id: int | None) -> tuple[str | None, str | None, tuple[str, ...], str | None] | None:
+        if item_id is None:
+            return None, None, (), None
+        return self._cache.get(item_id)
+
+    async def load(self, session: AsyncSession, item_ids: set[int]) -> None:
+        """Cache the facts of several items in one query."""
+        missing = [i for i in item_ids if i is not None and i not in self._cache]
+        if missing:
+            c = ContentItem.__table__.c
+            rows = await (await session.connection()).execute(
+                select(c.id, c.kind, c.stage, c.tags, c.title).where(c.id.in_(missing))
+            )
+            for item_id, kind, stage, tags, title in rows:
+                self._cache[item_id] = (kind, stage, tuple(tags or ()), title)
+
     def forget(self) -> None:
         self._cache.clear()
 
 
-async def scored_event(session: AsyncSession, facts: ItemFacts, event: Event, contact_id: int) -> ScoredEvent:
-    kind, stage, tags, title = await facts.get(session, event.item_id)
+async def scored_event(session: AsyncSession, facts: ItemFacts, event: Any, contact_id: int) -> ScoredEvent:
+    known = facts.cached(event.item_id)
+    kind, stage, tags, title = known if known is not None else await facts.get(session, event.item_id)
     return ScoredEvent(
         id=event.id,
         contact_id=contact_id,
@@ -88,13 +109,47 @@ class ScoringService:
         events = [e for e in (await session.scalars(stmt)).all() if e.id != exclude]
         return [await scored_event(session, self.facts, e, contact_id) for e in events]
 
+    async def prefetch(self, session: AsyncSession, contact_ids: set[int]) -> dict[int, tuple[Any, Any, list[ScoredEvent]]]:
+        """What `ensure` reads, for every contact not in the book, in two queries: contact id →
+        (last ledger time, ledger sum, processed events in time order)."""
+        ids = [cid for cid in contact_ids if cid not in self.book]
+        if not ids:
+            return {}
+        conn = await session.connection()
+        led = ScoreEntry.__table__.c
+        found: dict[int, tuple[Any, Any, list[ScoredEvent]]] = {cid: (None, 0.0, []) for cid in ids}
+        for cid, last, stored in await conn.execute(
+            select(led.contact_id, func.max(led.at), func.coalesce(func.sum(led.points), 0.0))
+            .where(led.contact_id.in_(ids)).group_by(led.contact_id)
+        ):
+            found[cid] = (last, stored, [])
+        ev = Event.__table__.c
+        rows = (await conn.execute(
+            select(ev.id, ev.contact_id, ev.type, ev.occurred_at, ev.item_id, ev.props)
+            .where(ev.contact_id.in_(ids), ev.processed.is_(True))
+            .order_by(ev.contact_id, ev.occurred_at, ev.id)
+        )).all()
+        if rows:
+            await self.facts.load(session, {r.item_id for r in rows})
+            for row in rows:
+                found[row.contact_id][2].append(await scored_event(session, self.facts, row, row.contact_id))
+        return found
+
     async def ensure(self, session: AsyncSession, contact: Contact, *, exclude: int | None = None) -> None:
         """Load the contact's state into the book (replaying the log) if this process lacks it."""
+        batch = session.info.get(BATCH_KEY)
+        if batch is not None:
+            self.remember(batch, contact.id)
         if contact.id in self.book:
             return
-        last = await session.scalar(select(func.max(ScoreEntry.at)).where(ScoreEntry.contact_id == contact.id))
-        stored = await session.scalar(select(func.coalesce(func.sum(ScoreEntry.points), 0.0)).where(ScoreEntry.contact_id == contact.id))
-        events = await self.contact_events(session, contact.id, exclude=exclude)
+        prefetched = batch.prepared.get("scoring", {}).pop(contact.id, None) if batch is not None else None
+        if prefetched is not None:
+            last, stored, events = prefetched
+            events = [e for e in events if e.id != exclude]
+        else:
+            last = await session.scalar(select(func.max(ScoreEntry.at)).where(ScoreEntry.contact_id == contact.id))
+            stored = await session.scalar(select(func.coalesce(func.sum(ScoreEntry.points), 0.0)).where(ScoreEntry.contact_id == contact.id))
+            events = await self.contact_events(session, contact.id, exclude=exclude)
         # Up to the later of the last ledger entry and the last scored event: real time applied decay
         # lazily up to each event, and the nightly job up to its run; both are in that span.
         until = max([t for t in (last, events[-1].at if events else None) if t is not None], default=contact.created_at)
@@ -122,7 +177,36 @@ class ScoringService:
 
     async def store(self, session: AsyncSession, entries: list[Entry]) -> None:
         if entries:
-            await session.execute(insert(ScoreEntry), ledger_rows(entries))
+            batch = session.info.get(BATCH_KEY)
+            if batch is not None:
+                batch.add_ledger(ledger_rows(entries))  # written with the batch, before any read of the ledger
+            else:
+                await session.execute(insert(ScoreEntry), ledger_rows(entries))
+
+    def remember(self, batch: Any, contact_id: int) -> None:
+        """Keep the contact's state as it was before the batch touched it (see `restore`)."""
+        saved = batch.prepared.setdefault("scoring_before", {})
+        if contact_id not in saved:
+            saved[contact_id] = self._copy(contact_id) if contact_id in self.book else None
+
+    def restore(self, batch: Any) -> None:
+        """The batch was rolled back: put back the states it changed, exactly as they were."""
+        for contact_id, state in batch.prepared.get("scoring_before", {}).items():
+            if state is None:
+                self.forget(contact_id)
+            else:
+                self.book.put(state)
+
+    def _copy(self, contact_id: int) -> ContactScoreState:
+        state = self.book.get(contact_id)
+        if state.caps is not None:  # the book hands out its own counters: copy them
+            caps = DayCaps(state.caps.day)
+            caps.earned = state.caps.earned
+            caps.per_item = dict(state.caps.per_item) if state.caps.per_item is not None else None
+            state.caps = caps
+        if state.totals is not None:
+            state.totals = dict(state.totals)
+        return state
 
     def score(self, contact_id: int) -> float:
         return round(self.book.score(contact_id), 2)
@@ -139,6 +223,9 @@ async def rescore_contact(service: ScoringService, session: AsyncSession, contac
     """Replace the contact's ledger with a replay of its whole log up to `until` (rule changes, merges)."""
     from sqlalchemy import delete
 
+    batch = session.info.get(BATCH_KEY)
+    if batch is not None:
+        service.remember(batch, contact.id)
     events = await service.contact_events(session, contact.id)
     state, entries = service.scorer.rescore(contact.id, profile_of(contact), events, until, profile_at=contact.created_at)
     await session.execute(delete(ScoreEntry).where(ScoreEntry.contact_id == contact.id))

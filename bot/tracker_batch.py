@@ -1,0 +1,387 @@
+"""One tracker transaction, set-based: what a batch of events needs is read up front, what it writes
+is queued and written together.
+
+`TrackerBatch` preloads, per batch (one query each, `IN (...)`): the shares, visitors and contacts the
+events refer to, which share contacts already have a browser, and whatever the hooks ask for in their
+`prepare` (scoring: the replay data of contacts not yet in the ScoreBook). Attribution then runs in
+memory. Writes (visitor bindings, re-flagged anonymous events, forward events, ledger rows, stage
+history, tag-mirror outbox rows, and at the end each event's `contact_id` / `processed`) go to a
+queue per table, in order, flushed as executemany runs (the tables do not depend on one another:
+rows only refer to rows that existed before the batch):
+- at the end of the batch, and before each hook that is not batch-aware (bot/tracker.py);
+- before anything else in the session reads or writes a queued table (a `do_orm_execute` listener),
+  so code that queries sees what it saw when every statement was executed at once.
+Contacts stay ORM objects in the session (hooks and lifecycle change them; the unit of work writes
+each changed contact once per batch).
+
+Nothing is cached across batches: shares, visitors and contacts change under merges, erasure and
+`undo_merge`, and a batch of 50 costs one query per table anyway.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any, Iterable
+
+from sqlalchemy import bindparam, event as sa_event, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.util import find_tables
+
+from bot.inbox import insert_ignore
+from bot.models import Contact, Event, ScoreEntry, Share, Visitor
+
+if TYPE_CHECKING:
+    from bot.tracker import Tracker
+
+BATCH_KEY = "beacon.tracker_batch"  # session.info key: the batch the session is processing
+
+_EVENTS = Event.__table__
+_VISITORS = Visitor.__table__
+_SHARES = Share.__table__
+TABLE_ORDER = ("visitors", "events", "score_ledger", "stage_history", "outbox")  # flushed in this order
+
+_SHARE_COLUMNS = (
+    _SHARES.c.id, _SHARES.c.item_id, _SHARES.c.version_id, _SHARES.c.rep_userid, _SHARES.c.contact_id,
+    _SHARES.c.channel_id, _SHARES.c.visitor_id,
+)  # fmt: skip
+_BIND_VISITOR = update(_VISITORS).where(_VISITORS.c.id == bindparam("b_id")).values(contact_id=bindparam("b_contact"))
+# bind_visitor: the browser's earlier anonymous events are the contact's, and processed again.
+_REFLAG = (
+    update(_EVENTS)
+    .where(_EVENTS.c.visitor_id == bindparam("b_visitor"), _EVENTS.c.contact_id.is_(None))
+    .values(contact_id=bindparam("b_contact"), processed=False)
+)
+_EVENT_STATE = (
+    update(_EVENTS).where(_EVENTS.c.id == bindparam("b_id")).values(contact_id=bindparam("b_contact"), processed=bindparam("b_processed"))
+)
+_MARK_PROCESSED = update(_EVENTS).where(_EVENTS.c.id.in_(bindparam("b_ids", expanding=True))).values(processed=True)
+_LEDGER = ScoreEntry.__table__.insert()
+
+
+class BrowserRow:
+    """A visitor as attribution needs it (the contact it belongs to, if known)."""
+
+    __slots__ = ("id", "contact_id")
+
+    def __init__(self, id: int, contact_id: int | None) -> None:
+        self.id = id
+        self.contact_id = contact_id
+
+
+class TrackerBatch:
+    def __init__(self, tracker: "Tracker", session: AsyncSession, events: list[Event]) -> None:
+        self.tracker = tracker
+        self.session = session
+        self.events = events
+        self.index = 0  # the event being processed
+        self.ops: dict[str, list[tuple[Any, dict[str, Any]]]] = {name: [] for name in TABLE_ORDER}
+        self._queued = 0
+        self._stored = {e.id: (e.contact_id, e.processed) for e in events}  # what the database holds
+        self._dirty: set[Event] = set()
+        self.shares: dict[int, Any] = {}
+        self.visitors: dict[int, BrowserRow | None] = {}
+        self.contacts: dict[int, Contact | None] = {}
+        self.has_browser: set[int] = set()
+        self._browser_known: set[int] = set()
+        self.prepared: dict[str, Any] = {}  # hooks' own preloads, by hook
+        self.stale = True
+        self._forward = insert_ignore(session.bind.dialect.name, _EVENTS, "idempotency_key")
+        self._inserts: dict[str, Any] = {}
+        self._savepoints: list[Any] = []
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def install(self) -> None:
+        self._conn = (await self.session.connection()).sync_connection  # the transaction's connection
+        self.session.info[BATCH_KEY] = self
+        sa_event.listen(self.session.sync_session, "do_orm_execute", self._before_foreign_statement)
+        sa_event.listen(self.session.sync_session, "after_transaction_create", self._before_savepoint)
+        sa_event.listen(self.session.sync_session, "after_transaction_end", self._after_savepoint)
+
+    def uninstall(self) -> None:
+        self.session.info.pop(BATCH_KEY, None)
+        sa_event.remove(self.session.sync_session, "do_orm_execute", self._before_foreign_statement)
+        sa_event.remove(self.session.sync_session, "after_transaction_create", self._before_savepoint)
+        sa_event.remove(self.session.sync_session, "after_transaction_end", self._after_savepoint)
+
+    async def load(self) -> None:
+        """Preload what the events from `index` on refer to (after a slow event: again, fresh)."""
+        pending = self.events[self.index:]
+        conn = await self.session.connection()
+        share_ids = {e.share_id for e in pending if e.share_id is not None}
+        self.shares = {}
+        if share_ids:
+            rows = await conn.execute(select(*_SHARE_COLUMNS).where(_SHARES.c.id.in_(share_ids)))
+            self.shares = {row.id: row for row in rows}
+        visitor_ids = {e.visitor_id for e in pending if e.visitor_id is not None}
+        visitor_ids.update(s.visitor_id for s in self.shares.values() if s.visitor_id is not None)
+        self.visitors = dict.fromkeys(visitor_ids)
+        if visitor_ids:
+            rows = await conn.execute(select(_VISITORS.c.id, _VISITORS.c.contact_id).where(_VISITORS.c.id.in_(visitor_ids)))
+            for vid, cid in rows:
+                self.visitors[vid] = BrowserRow(vid, cid)
+        # share contacts that may be handed an anonymous browser: do they have one already?
+        candidates = {
+            share.contact_id
+            for e in pending
+            if e.visitor_id is not None and e.share_id is not None
+            and (share := self.shares.get(e.share_id)) is not None and share.contact_id is not None
+        }  # fmt: skip
+        self.has_browser = set()
+        if candidates:
+            rows = await conn.execute(
+                select(_VISITORS.c.contact_id).where(_VISITORS.c.contact_id.in_(candidates)).distinct()
+            )
+            self.has_browser = {cid for (cid,) in rows}
+        self._browser_known = set(candidates)
+        contact_ids = {e.contact_id for e in pending if e.contact_id is not None}
+        contact_ids.update(v.contact_id for v in self.visitors.values() if v is not None and v.contact_id is not None)
+        contact_ids.update(s.contact_id for s in self.shares.values() if s.contact_id is not None)
+        await self._load_contacts(contact_ids)
+        self.stale = False
+        for hook in self.tracker.hooks:
+            prepare = getattr(hook, "prepare", None)
+            if prepare is not None:
+                await prepare(self.session, self)
+
+    async def _load_contacts(self, ids: Iterable[int]) -> None:
+        wanted = {cid for cid in ids if cid not in self.contacts}
+        for _ in range(11):  # the contacts, then whatever they were merged into (live_contact's 10 hops)
+            if not wanted:
+                return
+            found = (await self.session.scalars(select(Contact).where(Contact.id.in_(wanted)))).all()
+            for contact in found:
+                self.contacts[contact.id] = contact
+            for cid in wanted:
+                self.contacts.setdefault(cid, None)
+            wanted = {c.merged_into_id for c in found if c.merged_into_id is not None and c.merged_into_id not in self.contacts}
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def contact(self, contact_id: int) -> Contact | None:
+        contact = self.contacts.get(contact_id)
+        if contact is not None:
+            return contact
+        contact = await self.session.get(Contact, contact_id)  # created in this batch, or not preloaded
+        self.contacts[contact_id] = contact
+        return contact
+
+    async def live_contact(self, contact_id: int) -> Contact | None:
+        """bot.identity.live_contact, from the preloaded contacts."""
+        contact = await self.contact(contact_id)
+        seen = 0
+        while contact is not None and contact.merged_into_id is not None and seen < 10:
+            contact = await self.contact(contact.merged_into_id)
+            seen += 1
+        return contact
+
+    def live_contact_id(self, contact_id: int | None) -> int | None:
+        """The surviving contact of a preloaded one, without queries (None if not preloaded)."""
+        contact = self.contacts.get(contact_id) if contact_id is not None else None
+        seen = 0
+        while contact is not None and contact.merged_into_id is not None and seen < 10:
+            contact = self.contacts.get(contact.merged_into_id)
+            seen += 1
+        return contact.id if contact is not None else None
+
+    async def visitor(self, visitor_id: int) -> BrowserRow | None:
+        if visitor_id in self.visitors:
+            return self.visitors[visitor_id]
+        row = (await (await self.session.connection()).execute(
+            select(_VISITORS.c.id, _VISITORS.c.contact_id).where(_VISITORS.c.id == visitor_id)
+        )).first()
+        found = self.visitors[visitor_id] = BrowserRow(row[0], row[1]) if row is not None else None
+        return found
+
+    async def contact_has_browser(self, contact_id: int) -> bool:
+        """Whether any visitor belongs to the contact (bot.tracker._has_browser)."""
+        if contact_id in self.has_browser:
+            return True
+        if contact_id not in self._browser_known:
+            conn = await self.session.connection()
+            row = (await conn.execute(select(_VISITORS.c.id).where(_VISITORS.c.contact_id == contact_id).limit(1))).first()
+            self._browser_known.add(contact_id)
+            if row is not None:
+                self.has_browser.add(contact_id)
+        return contact_id in self.has_browser
+
+    async def share(self, share_id: int) -> Any:
+        if share_id not in self.shares:
+            row = (await (await self.session.connection()).execute(select(*_SHARE_COLUMNS).where(_SHARES.c.id == share_id))).first()
+            self.shares[share_id] = row
+        return self.shares[share_id]
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def set_contact(self, event: Event, contact_id: int | None) -> None:
+        """event.contact_id = contact_id, written with the batch."""
+        if event.contact_id != contact_id:
+            set_committed_value(event, "contact_id", contact_id)
+            self._dirty.add(event)
+
+    def set_processed(self, event: Event, processed: bool = True) -> None:
+        if event.processed != processed:
+            set_committed_value(event, "processed", processed)
+            self._dirty.add(event)
+
+    def bind_visitor(self, visitor: BrowserRow, contact_id: int) -> None:
+        """bot.tracker.bind_visitor: the browser is the contact's, its anonymous events too (processed again)."""
+        visitor.contact_id = contact_id
+        self.has_browser.add(contact_id)
+        self.add("visitors", _BIND_VISITOR, {"b_id": visitor.id, "b_contact": contact_id})
+        self.add("events", _REFLAG, {"b_visitor": visitor.id, "b_contact": contact_id})
+        # The statement's effect on this batch's events, as the final write of each will state it.
+        for i, other in enumerate(self.events):
+            if other.visitor_id == visitor.id and other.contact_id is None:
+                self.set_contact(other, contact_id)
+                if i < self.index:
+                    self.set_processed(other, False)
+
+    def add(self, table: str, stmt: Any, params: dict[str, Any]) -> None:
+        self.ops[table].append((stmt, params))
+        self._queued += 1
+
+    def insert(self, table: Any, row: dict[str, Any]) -> None:
+        """A new row for one of the queued tables (same keys for every row of a table, please)."""
+        stmt = self._inserts.get(table.name)
+        if stmt is None:
+            stmt = self._inserts[table.name] = table.insert()
+        self.add(table.name, stmt, row)
+
+    def add_forward(self, params: dict[str, Any]) -> None:
+        self.add("events", self._forward, params)
+
+    def add_ledger(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.add("score_ledger", _LEDGER, row)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._queued or self._dirty)
+
+    _conn: Any = None
+    _hidden = 0
+
+    async def flush(self, *, processed: bool = True) -> None:
+        """Write what is queued. `processed=False` leaves the `processed` flags of finished events for
+        later (nothing but the tracker's own code reads them, and it flushes before it does)."""
+        if self.pending:
+            await self.session.run_sync(lambda _: self._flush_sync(processed=processed))
+
+    def _flush_sync(self, *, processed: bool = True) -> None:
+        conn = self._conn
+        if self._queued:
+            for table in TABLE_ORDER:
+                ops = self.ops[table]
+                if not ops:
+                    continue
+                self.ops[table] = []
+                start = 0
+                while start < len(ops):  # consecutive rows of one statement: one executemany
+                    stmt = ops[start][0]
+                    end = start + 1
+                    while end < len(ops) and ops[end][0] is stmt:
+                        end += 1
+                    conn.execute(stmt, [params for _, params in ops[start:end]])
+                    start = end
+            self._queued = 0
+        # Last, so that each event ends as this batch decided whatever the statements above did.
+        done: list[int] = []
+        states: list[dict[str, Any]] = []
+        later: set[Event] = set()
+        for ev in sorted(self._dirty, key=lambda e: e.id):
+            stored_contact, stored_processed = self._stored[ev.id]
+            if ev.contact_id == stored_contact:
+                if ev.processed == stored_processed:
+                    continue
+                if not processed:
+                    later.add(ev)
+                    continue
+                if ev.processed:
+                    done.append(ev.id)
+                    self._stored[ev.id] = (ev.contact_id, ev.processed)
+                    continue
+            states.append({"b_id": ev.id, "b_contact": ev.contact_id, "b_processed": ev.processed})
+            self._stored[ev.id] = (ev.contact_id, ev.processed)
+        self._dirty = later
+        if done:
+            conn.execute(_MARK_PROCESSED, {"b_ids": done})
+        if states:
+            conn.execute(_EVENT_STATE, states)
+
+    async def call_unaware(self, hook: Any, event: Event) -> None:
+        """Run a hook that knows nothing of batches: it sees every write so far in the database, and
+        whatever it calls (scoring included) executes directly."""
+        await self.flush(processed=False)
+        self._hide()
+        try:
+            await hook(self.session, event)
+        finally:
+            self._unhide()
+
+    def _hide(self) -> None:
+        # Nothing is queued meanwhile: BATCH_KEY users (scoring, lifecycle, tags) execute directly.
+        self._hidden += 1
+        self.session.info.pop(BATCH_KEY, None)
+
+    def _unhide(self) -> None:
+        self._hidden -= 1
+        if not self._hidden:
+            self.session.info[BATCH_KEY] = self
+
+    def resync(self) -> None:
+        """After ORM code wrote events itself (the slow path): their attributes are the database."""
+        for ev in self.events:
+            self._stored[ev.id] = (ev.contact_id, ev.processed)
+        self._dirty.clear()
+
+    def _before_foreign_statement(self, state: Any) -> None:
+        # Someone else's statement (a hook's query, ORM code): it must see the queued writes.
+        if not self.pending:
+            return
+        try:
+            tables = {t.name for t in find_tables(state.statement, include_joins=True, include_selects=True, include_crud=True)}
+        except Exception:  # an unusual construct: flush rather than guess
+            tables = set()
+        if not tables or not tables.isdisjoint(TABLE_ORDER):
+            # Inside a savepoint only what was decided before it is pending: keep `processed` flags
+            # out of it, or rolling it back would take them.
+            self._flush_sync(processed=not self._savepoints)
+
+    def _before_savepoint(self, session: Session, transaction: Any) -> None:
+        # A savepoint is beginning (its SAVEPOINT is emitted on first use): what is queued goes in
+        # before it, so that rolling it back cannot take it, as it could not have when every statement
+        # was executed at once; within it, everything executes directly (and rolls back with it).
+        # The ORM has flushed its own pending rows just before this, for the same reason.
+        if not transaction.nested:
+            return
+        if self.pending:
+            self._flush_sync(processed=False)
+        self._savepoints.append(transaction)
+        self._hide()
+
+    def _after_savepoint(self, session: Session, transaction: Any) -> None:
+        if self._savepoints and self._savepoints[-1] is transaction:
+            self._savepoints.pop()
+            self._unhide()
+
+
+def forward_params(share: Any, visitor_id: int, to_contact: int | None, referrer: int | None,
+                   occurred_at: dt.datetime, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "type": "forward",
+        "contact_id": referrer,
+        "visitor_id": share.visitor_id if referrer is None else None,
+        "share_id": share.id,
+        "item_id": share.item_id,
+        "version_id": share.version_id,
+        "rep_userid": share.rep_userid,
+        "channel_id": share.channel_id,
+        "props": {"to_visitor": visitor_id, "to_contact": to_contact},
+        "occurred_at": occurred_at,
+        "received_at": now,
+        "idempotency_key": f"forward:{share.id}:{visitor_id}",
+        "processed": False,
+    }
