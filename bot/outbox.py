@@ -125,6 +125,10 @@ class OutboxWorker:
             return await self.rt.services["tags"].send(payload)
         if path.startswith("webhook:"):
             return await self._post_webhook(path.removeprefix("webhook:"), key, payload)
+        if path == "digest:image":
+            from bot.digest.send import send_image
+
+            return await send_image(self.rt, payload)
         return await self.rt.wecom.post(path, payload)
 
     async def _post_webhook(self, url: str, key: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,69 @@
+"""The managers' chart: the team's funnel (contacts by stage) beside a 7-day trend of new contacts and
+new MQLs, as a PNG (matplotlib, Agg backend: no display needed).
+
+Labels are Chinese when a CJK font is installed (Noto Sans CJK, WenQuanYi, Source Han, SimHei …),
+and English otherwise: a font without the glyphs would draw empty boxes.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from functools import lru_cache
+
+from bot.digest.team import FUNNEL_STAGES, TeamDigest
+
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC")
+LABELS = {
+    "zh": {"new": "新线索", "nurturing": "可培养", "mql": "MQL", "sql": "有意向", "customer": "已合作",
+           "funnel": "团队漏斗（当前）", "trend": "近 7 天", "new_contacts": "新增客户", "new_mqls": "新增 MQL",
+           "contacts": "客户数"},
+    "en": {"new": "New", "nurturing": "Nurturing", "mql": "MQL", "sql": "SQL", "customer": "Customer",
+           "funnel": "Team funnel (now)", "trend": "Last 7 days", "new_contacts": "New contacts", "new_mqls": "New MQLs",
+           "contacts": "Contacts"},
+}  # fmt: skip
+_LOCK = threading.Lock()  # pyplot's state is global; digests may be drawn from several threads
+
+
+@lru_cache(maxsize=1)
+def cjk_font() -> str | None:
+    """The first installed CJK font family, or None."""
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FONTS if name in installed), None)
+
+
+def render_chart(digest: TeamDigest, title: str) -> bytes:
+    """PNG bytes of the team's chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    font = cjk_font()
+    text = LABELS["zh" if font else "en"]
+    with _LOCK, matplotlib.rc_context({"font.family": [font] if font else ["DejaVu Sans"], "axes.unicode_minus": False}):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+        try:
+            stages = list(FUNNEL_STAGES)
+            counts = [digest.funnel.get(stage, 0) for stage in stages]
+            bars = left.barh([text[s] for s in stages][::-1], counts[::-1], color="#3478f6")
+            left.bar_label(bars, padding=2, fontsize=8)
+            left.set_title(text["funnel"], fontsize=10)
+            left.set_xlabel(text["contacts"], fontsize=8)
+            days = [f"{d.month}/{d.day}" for d, _, _ in digest.trend]
+            right.plot(days, [n for _, n, _ in digest.trend], marker="o", label=text["new_contacts"], color="#3478f6")
+            right.plot(days, [m for _, _, m in digest.trend], marker="s", label=text["new_mqls"], color="#f28b30")
+            right.set_title(text["trend"], fontsize=10)
+            right.yaxis.get_major_locator().set_params(integer=True)
+            right.legend(fontsize=8)
+            right.tick_params(labelsize=8)
+            fig.suptitle(title if font else "Team digest", fontsize=11)
+            fig.tight_layout()
+            out = io.BytesIO()
+            fig.savefig(out, format="png")
+        finally:
+            plt.close(fig)
+    return out.getvalue()

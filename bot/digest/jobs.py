@@ -1,0 +1,84 @@
+"""The digest jobs (`digest-reps`, `digest-managers`) and the building blocks the CLI shares with them.
+
+Data is read in a read-only session, and charts are drawn in a worker thread. Only then does the job's
+unit of work write the `digests` rows and the outbox rows, so on SQLite the write lock is held for
+milliseconds, not for the whole build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.config import Settings
+from bot.context import Context
+from bot.digest.managers import render_team, summary
+from bot.digest.send import Outgoing, claim_and_queue
+from bot.digest.team import build_team_digests
+from bot.digest.todo import build_todos, render_todo
+from bot.digest.window import split_markdown, today, window_for
+from bot.sop.calendar import BusinessCalendar
+
+log = logging.getLogger("beacon.digest")
+KINDS = ("reps", "managers")
+
+
+async def build_outgoing(session: AsyncSession, settings: Settings, kind: str, day: dt.date) -> list[Outgoing]:
+    """Every recipient's digest of `kind` for `day` (reps: that day's to-do list; managers: the day before)."""
+    window = window_for(kind, day, settings)
+    public = settings.server.public_url
+    if kind == "reps":
+        outs = []
+        for todo in await build_todos(session, settings, window):
+            bodies = [] if todo.empty else split_markdown(render_todo(todo, window, public))
+            numbers = {"tasks": todo.total, "overdue": todo.overdue, "task_ids": [t.task_id for t in todo.lines],
+                       "hot": len(todo.hot)}
+            outs.append(Outgoing(kind, todo.userid, day, bodies, None, numbers))
+        return outs
+    teams = await build_team_digests(session, settings, window)
+    outs = []
+    for team in teams:
+        body = render_team(team, window, public, settings.alerts.sla_hours)
+        chart = None
+        if settings.digest.chart:
+            from bot.digest.chart import render_chart
+
+            title = f"{team.name} · {window.report_day.isoformat()}"
+            chart = await asyncio.to_thread(render_chart, team, title)
+        outs.append(Outgoing(kind, team.manager, day, split_markdown(body), chart, summary(team)))
+    return outs
+
+
+def should_send(settings: Settings, day: dt.date) -> bool:
+    return not settings.digest.workdays_only or BusinessCalendar.from_settings(settings).is_business_day(day)
+
+
+async def send_digests(ctx: Context, kind: str, day: dt.date) -> tuple[int, int]:
+    """Build and queue the digests of `kind` for `day`. Returns (sent now, already sent or empty)."""
+    if not should_send(ctx.settings, day):
+        log.info("digest %s %s: not a business day, nothing sent", kind, day)
+        return 0, 0
+    async with ctx.runtime.read_sessions() as reader:
+        outs = await build_outgoing(reader, ctx.settings, kind, day)
+    now = ctx.clock.now()
+    sent = skipped = 0
+    for out in outs:
+        if await claim_and_queue(ctx.session, out, now=now) and out.bodies:
+            sent += 1
+        else:
+            skipped += 1
+    log.info("digest %s %s: %d sent, %d already sent or empty", kind, day, sent, skipped)
+    return sent, skipped
+
+
+async def digest_reps(ctx: Context) -> None:
+    """Each rep's to-do list for today."""
+    await send_digests(ctx, "reps", today(ctx.settings, ctx.clock.now()))
+
+
+async def digest_managers(ctx: Context) -> None:
+    """Each manager's digest of yesterday."""
+    await send_digests(ctx, "managers", today(ctx.settings, ctx.clock.now()))
