@@ -337,7 +337,7 @@ class Alert(Base):
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
     kind: Mapped[str] = mapped_column(String(24))
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(12), default="pending")  # pending|sent|suppressed
+    status: Mapped[str] = mapped_column(String(12), default="pending")  # pending|sent|suppressed|merged (into detail.merged_into)
     score_delta: Mapped[float] = mapped_column(Float, default=0.0)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     card_task_id: Mapped[str | None] = mapped_column(String(128), unique=True)
@@ -365,7 +365,10 @@ class Playbook(Base):
 
 class Enrollment(Base):
     __tablename__ = "sop_enrollments"
-    __table_args__ = (Index("ix_sop_enrollments_status_due", "status", "next_due_at"),)
+    __table_args__ = (
+        Index("ix_sop_enrollments_status_due", "status", "next_due_at"),
+        Index("ix_sop_enrollments_key_contact", "playbook_key", "contact_id"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     playbook_id: Mapped[int] = mapped_column(ForeignKey("sop_playbooks.id"))
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
@@ -375,6 +378,10 @@ class Enrollment(Base):
     next_due_at: Mapped[dt.datetime | None]
     stopped_reason: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    playbook_key: Mapped[str] = mapped_column(String(64), default="", server_default="")  # denormalised: "enrolled in this playbook?" without a join
+    start_stage: Mapped[str | None] = mapped_column(String(16))  # the contact's stage at enrollment; a later one stops it
+    trigger: Mapped[str] = mapped_column(String(64), default="", server_default="")  # what enrolled the contact
+    finished_at: Mapped[dt.datetime | None]
 
 
 class Digest(Base):

@@ -7,6 +7,7 @@ The hot path resolves tokens through a small TTL cache: shares never change, ite
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import secrets
 import time
@@ -35,8 +36,10 @@ async def create_share(
     contact_id: int | None = None,
     channel_id: int | None = None,
     source: str = "api",
+    now: dt.datetime | None = None,
 ) -> Share:
-    """The share for (current version, rep, contact, channel): reused if it exists, else created."""
+    """The share for (current version, rep, contact, channel): reused if it exists, else created
+    (at `now` when given: the caller's clock)."""
     if item.internal:
         raise NotShareable(f"{item.slug} is internal material for reps only")
     if item.retired_at is not None or item.current_version_id is None:
@@ -61,6 +64,8 @@ async def create_share(
         channel_id=channel_id,
         source=source,
     )
+    if now is not None:
+        share.created_at = now
     session.add(share)
     await session.flush()
     return share

@@ -20,6 +20,7 @@ async def upsert_members(session: AsyncSession, members: Iterable[TeamMember]) -
         rep.role = member.role
         rep.manager_userid = member.manager or None
         rep.region = member.region
+        rep.quiet_start, rep.quiet_end = member.quiet_start, member.quiet_end
         rep.source = "config"
         rep.active = True
 

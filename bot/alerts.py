@@ -1,0 +1,206 @@
+"""Follow-up alerts: the alert service (`rt.services["alerts"]`) and its tracker hook.
+
+The hook runs after scoring on every attributed event. Engagement by a contact with an owner (opens,
+reading to the end, downloads, CTA clicks, gate forms, forwards, a stage crossed) becomes an alert for
+the owner: one alert per burst. The first event opens a pending alert due `delay_s` later; more
+activity within `merge_window_s` joins it (a pending alert absorbs everything until it is sent), and
+activity after it was sent updates the same card once. `lifecycle.raise_alert` (MQL hand-off, dormant
+wake-up) lands in `on_alert` and joins the contact's open alert the same way. Urgent activity (a demo
+request, a dormant customer waking up) is sent at once. Sending itself is bot/alert_delivery.py; the
+scheduled pass over due alerts is bot/alert_jobs.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.alert_delivery import can_update, decide, deliver, is_loud, refresh, suppress, unsent_card
+from bot.lifecycle import raise_alert
+from bot.models import Alert, Contact, Event, Rep, ScoreEntry, StageChange
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger("beacon.alerts")
+
+TRIGGERS = frozenset({"open", "download", "cta", "form_submit", "forward", "demo_request", "webinar_attended"})
+FOLLOWERS = frozenset({"read", "dwell", "menu_click", "message"})  # join an open alert; start one only at 100 % read
+KIND_RANK = {"dormant_wakeup": 3, "mql": 2, "reminder": 1}
+MAX_ACTIVITIES = 30
+MAX_EVENT_IDS = 200
+
+
+def is_urgent(event: Event) -> bool:
+    props = event.props or {}
+    return event.type == "demo_request" or (event.type == "cta" and props.get("cta") == "demo")
+
+
+def is_trigger(event: Event) -> bool:
+    return event.type in TRIGGERS or (event.type == "read" and int((event.props or {}).get("depth") or 0) >= 100)
+
+
+class AlertService:
+    """Turns contact activity and lifecycle alerts into throttled WeCom cards for the owning rep."""
+
+    def __init__(self, runtime: "Runtime") -> None:
+        self.rt = runtime
+
+    # ---- entry points ------------------------------------------------------------------------
+
+    async def on_alert(self, session: AsyncSession, alert: Alert, contact: Contact) -> None:
+        """A new alert row (from lifecycle.raise_alert or this service): join the contact's open alert
+        or stand alone; loud ones are due at once, the rest after `delay_s`."""
+        now = alert.first_event_at
+        alert.detail = {**(alert.detail or {})}
+        target = await self.open_alert(session, alert.rep_userid, contact.id, now, exclude=alert.id)
+        if target is not None and (await self._fresh(session, target) or not is_loud(alert)):
+            self._absorb(target, alert, now)
+            alert.status = "merged"
+            alert.detail = {**alert.detail, "merged_into": target.id}
+            await self.settle(session, target, contact, now)
+            return
+        alert.send_after = now if is_loud(alert) else now + dt.timedelta(seconds=self.rt.settings.alerts.delay_s)
+        await self.settle(session, alert, contact, now)
+
+    async def on_event(self, session: AsyncSession, event: Event) -> None:
+        """Tracker hook (after scoring): fold one behavior event into the owner's alert for the contact."""
+        if event.contact_id is None or event.type not in TRIGGERS | FOLLOWERS:
+            return
+        contact = await session.get(Contact, event.contact_id)
+        if contact is None or contact.owner_userid is None or contact.erased_at is not None:
+            return
+        try:
+            async with session.begin_nested():
+                await self._track(session, contact, event)
+        except Exception:  # an alert must never cost the event its score: the tracker's savepoint covers both
+            log.exception("alerting on event %s failed; the event stays scored", event.id)
+
+    # ---- the alert a contact's activity belongs to -------------------------------------------
+
+    async def open_alert(
+        self, session: AsyncSession, rep: str, contact_id: int, now: dt.datetime, *, exclude: int | None = None
+    ) -> Alert | None:
+        """The newest alert that can still take activity: pending (always), or sent within the merge
+        window with its one card update still unused (or its card still unsent in this transaction)."""
+        window = now - dt.timedelta(seconds=self.rt.settings.alerts.merge_window_s)
+        # Locked and re-read: the send job may be sending this very alert in another process.
+        rows = (await session.scalars(
+            select(Alert).where(Alert.rep_userid == rep, Alert.contact_id == contact_id, Alert.status.in_(("pending", "sent")),
+                                Alert.clicked_at.is_(None)).order_by(Alert.id.desc()).limit(5)
+            .with_for_update().execution_options(populate_existing=True)
+        )).all()
+        for alert in rows:
+            if alert.id == exclude:
+                continue
+            if alert.status == "pending" or await self._fresh(session, alert):
+                return alert
+            if alert.first_event_at >= window and can_update(alert):
+                return alert
+            return None  # only the newest alert may grow; older cards are history
+        return None
+
+    async def _fresh(self, session: AsyncSession, alert: Alert) -> bool:
+        """Not seen by the rep yet: pending, or its card is still in this transaction's outbox."""
+        return alert.status == "pending" or await unsent_card(session, alert) is not None
+
+    async def _track(self, session: AsyncSession, contact: Contact, event: Event) -> None:
+        now = self.rt.clock.now()
+        alert = await self.open_alert(session, contact.owner_userid or "", contact.id, now)
+        if alert is not None and event.id in (alert.detail.get("events") or []):
+            return  # the tracker re-processes events when a browser is identified
+        stage = await self._stage_change(session, contact, event)
+        urgent = is_urgent(event)
+        if alert is None or (urgent and not alert.urgent and not await self._fresh(session, alert)):
+            if not (is_trigger(event) or stage is not None):
+                return
+            created = await raise_alert(self.rt, session, contact, kind="engagement", task=None, urgent=urgent, now=now, detail={})
+            if created is None:
+                return
+            alert = await self._resolve(session, created)
+        elif urgent and not alert.urgent:
+            alert.urgent = True
+            if alert.status == "pending":
+                alert.send_after = now
+        await self._add_event(session, alert, contact, event, stage)
+        await self.settle(session, alert, contact, now)
+
+    async def _resolve(self, session: AsyncSession, alert: Alert) -> Alert:
+        into = (alert.detail or {}).get("merged_into")
+        return (await session.get(Alert, into) or alert) if into else alert
+
+    async def _stage_change(self, session: AsyncSession, contact: Contact, event: Event) -> StageChange | None:
+        """The stage move (by rule) that processing this event caused, if any."""
+        change = await session.scalar(
+            select(StageChange).where(StageChange.contact_id == contact.id).order_by(StageChange.id.desc()).limit(1)
+        )
+        if change is None or not change.by.startswith("rule:") or change.at < event.received_at:
+            return None
+        return change
+
+    # ---- merging -----------------------------------------------------------------------------
+
+    def _absorb(self, target: Alert, alert: Alert, now: dt.datetime) -> None:
+        """Fold a new alert (e.g. MQL hand-off) into the open one: its task, its note, its urgency."""
+        detail = dict(target.detail or {})
+        if alert.detail.get("text"):
+            detail["notes"] = [*(detail.get("notes") or []), alert.detail["text"]][-5:]
+        detail["merged"] = [*(detail.get("merged") or []), alert.id]
+        target.detail = detail
+        if KIND_RANK.get(alert.kind, 0) > KIND_RANK.get(target.kind, 0):
+            target.kind = alert.kind
+        if alert.task_id is not None:
+            target.task_id = alert.task_id
+        target.urgent = bool(target.urgent or alert.urgent)
+        target.score_delta = (target.score_delta or 0.0) + (alert.score_delta or 0.0)
+        if target.status == "pending" and is_loud(target):
+            target.send_after = min(target.send_after, now)
+
+    async def _add_event(
+        self, session: AsyncSession, alert: Alert, contact: Contact, event: Event, stage: StageChange | None
+    ) -> None:
+        rows = (await session.execute(
+            select(ScoreEntry.reason, ScoreEntry.points).where(ScoreEntry.contact_id == contact.id, ScoreEntry.event_id == event.id)
+        )).all()
+        _, _, _, title = await self.rt.services["scoring"].facts.get(session, event.item_id)
+        props = event.props or {}
+        activity: dict[str, Any] = {"event": event.id, "type": event.type, "item": event.item_id, "title": title,
+                                    "at": event.occurred_at.isoformat()}
+        for key in ("depth", "seconds", "cta"):
+            if key in props:
+                activity[key] = props[key]
+        detail = dict(alert.detail or {})
+        detail["events"] = [*(detail.get("events") or []), event.id][-MAX_EVENT_IDS:]
+        detail["activities"] = [*(detail.get("activities") or []), activity][-MAX_ACTIVITIES:]
+        reasons = [r for r in detail.get("reasons") or []]
+        reasons += [{"reason": reason, "points": points} for reason, points in rows if points]
+        detail["reasons"] = reasons[-10:]
+        if stage is not None and stage.id not in {s["id"] for s in detail.get("stages") or []}:
+            detail["stages"] = [*(detail.get("stages") or []), {"id": stage.id, "from": stage.from_stage, "to": stage.to_stage}]
+        alert.detail = detail
+        alert.score_delta = round((alert.score_delta or 0.0) + sum(points for _, points in rows), 2)
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    async def settle(self, session: AsyncSession, alert: Alert, contact: Contact, now: dt.datetime) -> None:
+        """After a change: send a due pending alert now if the rules allow, or refresh a sent card."""
+        if alert.status == "sent":
+            await refresh(session, self.rt, alert, contact, now)
+            return
+        if alert.status != "pending" or alert.send_after > now:
+            return
+        rep = await session.get(Rep, alert.rep_userid)
+        if rep is None or not rep.active:
+            await suppress(session, self.rt, alert, contact, now, "rep inactive")
+            return
+        decision = await decide(session, self.rt, alert, rep, now)
+        if decision.action == "send":
+            await deliver(session, self.rt, alert, contact, now)
+        elif decision.action == "suppress":
+            await suppress(session, self.rt, alert, contact, now, "daily cap")
+        elif decision.until is not None:
+            alert.send_after = decision.until
