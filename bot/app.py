@@ -17,10 +17,10 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "content" / "static"
 
 def routers() -> list:
     """Callback routers in priority order: first match wins."""
-    from handlers import channels, commands, kf
+    from handlers import alert_cards, channels, commands, kf
 
     # channels and kf before commands: the commands router ends in a catch-all for rep text.
-    return [channels.router, kf.router, commands.router]
+    return [channels.router, kf.router, alert_cards.router, commands.router]
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, background: bool = True) -> web.Application:
@@ -51,4 +51,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None, background: bo
     from handlers import channels_api
 
     app.add_routes(channels_api.routes)
+    from handlers import tasks_api
+
+    app.add_routes(tasks_api.routes)
+    from handlers import admin_pages, auth_pages, dashboard, sidebar
+
+    for pages in (auth_pages, sidebar, dashboard, admin_pages):
+        app.add_routes(pages.routes)
     return app

@@ -221,5 +221,59 @@ def restore(settings: Settings, source: Path) -> None:
     run_backup(settings, source, restore=True)
 
 
+@cli.group("sop")
+def sop_group() -> None:
+    """SOP playbooks: import files, list versions."""
+
+
+@sop_group.command("import")
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
+@click.pass_obj
+def sop_import(settings: Settings, folder: Path) -> None:
+    """Import playbooks (*.toml, *.yaml) from DIR; a changed file becomes a new version.
+
+    Exit 0 all imported, 1 some files had errors (`path: field: why`), 2 no playbook files in DIR.
+    """
+    from bot.sop.command import run_import
+
+    sys.exit(run_import(settings, folder))
+
+
+@sop_group.command("list")
+@click.pass_obj
+def sop_list(settings: Settings) -> None:
+    """Playbook versions, which one is in force, and running enrollments per version."""
+    from bot.sop.command import run_list
+
+    sys.exit(run_list(settings))
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["reps", "managers"]))
+@click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="The digest's day (default today, local): reps' to-do list for it; managers' digest of the day before.")
+@click.option("--dry-run", is_flag=True, help="Print what would be sent (charts to a temp folder); change nothing.")
+@click.pass_obj
+def digest(settings: Settings, kind: str, day: Any, dry_run: bool) -> None:
+    """Build and send (or print) the reps' to-do lists or the managers' digests, once per day."""
+    from bot.digest.command import run_digest
+
+    sys.exit(run_digest(settings, kind, day.date() if day else None, dry_run))
+
+
+@cli.group("menu")
+def menu_group() -> None:
+    """The self-built app's custom menu (from [menu] in the config)."""
+
+
+@menu_group.command("sync")
+@click.pass_obj
+def menu_sync(settings: Settings) -> None:
+    """Create the app menu in WeCom (menu/create?agentid=); replaces the current one."""
+    from bot.menu import run_sync
+
+    sys.exit(run_sync(settings))
+
+
 def main() -> None:
     cli(prog_name="python -m bot")

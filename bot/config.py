@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
@@ -163,6 +164,76 @@ class LifecycleSettings(_Section):
         return value
 
 
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _clock_time(value: str) -> str:
+    if value and not _HHMM.match(value):
+        raise ValueError(f"must be HH:MM (24 h) or empty, got {value!r}")
+    return value
+
+
+class AlertSettings(_Section):
+    """Follow-up alerts to reps (bot/alerts.py): throttling, quiet hours, daily cap, SLA escalation."""
+
+    delay_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    merge_window_s: Annotated[float, Field(ge=0, le=86400)] = 1800.0
+    daily_cap: Annotated[int, Field(ge=0)] = 20
+    quiet_start: str = "21:00"
+    quiet_end: str = "08:00"
+    per_minute_limit: Annotated[int, Field(ge=1, le=20)] = 10
+    sla_hours: Annotated[float, Field(gt=0)] = 4.0
+    language: Literal["zh", "en"] = "zh"
+
+    @field_validator("quiet_start", "quiet_end")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        return _clock_time(value)
+
+
+MENU_KEYS = ("tasks", "hot", "find", "help")  # click EventKeys handled in handlers/commands.py
+
+
+def _menu_key(value: str) -> str:
+    if value not in MENU_KEYS:
+        raise ValueError(f"must be one of {', '.join(MENU_KEYS)} (got {value!r})")
+    return value
+
+
+class MenuItem(_Section):
+    name: Annotated[str, Field(min_length=1, max_length=16)]
+    key: str
+
+    @field_validator("key")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _menu_key(value)
+
+
+class MenuButton(_Section):
+    name: Annotated[str, Field(min_length=1, max_length=16)]
+    key: str = ""
+    sub_buttons: Annotated[list[MenuItem], Field(max_length=5)] = []
+
+    @model_validator(mode="after")
+    def _key_or_subs(self) -> "MenuButton":
+        if bool(self.key) == bool(self.sub_buttons):
+            raise ValueError(f"menu button {self.name!r} needs either a key or sub_buttons")
+        if self.key:
+            _menu_key(self.key)
+        return self
+
+
+class MenuSettings(_Section):
+    """The self-built app's custom menu (`python -m bot menu sync`); keys are click EventKeys."""
+
+    buttons: Annotated[list[MenuButton], Field(min_length=1, max_length=3)] = [
+        MenuButton(name="我的任务", key="tasks"),
+        MenuButton(name="热线索", key="hot"),
+        MenuButton(name="更多", sub_buttons=[MenuItem(name="找资料", key="find"), MenuItem(name="帮助", key="help")]),
+    ]
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -174,6 +245,19 @@ class TeamMember(_Section):
     role: Literal["rep", "manager", "admin"] = "rep"
     manager: str = ""
     region: str = ""
+    quiet_start: str | None = None  # this rep's quiet hours; None = [alerts] quiet_start/quiet_end
+    quiet_end: str | None = None
+
+    @field_validator("quiet_start", "quiet_end")
+    @classmethod
+    def _hhmm(cls, value: str | None) -> str | None:
+        return value if value is None else _clock_time(value)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> "TeamMember":
+        if (self.quiet_start is None) != (self.quiet_end is None):
+            raise ValueError(f"member {self.userid!r}: set both quiet_start and quiet_end, or neither")
+        return self
 
 
 class TeamSettings(_Section):
@@ -240,7 +324,6 @@ class DigestSettings(_Section):
 
     reps_at: str = "08:30"
     managers_at: str = "09:00"
-    follow_up_sla_hours: Annotated[float, Field(gt=0)] = 4.0
     max_tasks: Annotated[int, Field(ge=1, le=50)] = 10
     top_items: Annotated[int, Field(ge=1, le=10)] = 3
     chart: bool = True
@@ -250,6 +333,24 @@ class DigestSettings(_Section):
     @classmethod
     def _time(cls, value: str) -> str:
         return _hhmm(value)
+
+
+class PagesSettings(_Section):
+    """Web pages for members: the chat-toolbar sidebar, the dashboard and the admin pages."""
+
+    simulator_mode: bool = False
+    jssdk_url: str = "https://res.wx.qq.com/open/js/jweixin-1.2.0.js"
+    session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
+    default_days: Annotated[int, Field(ge=1, le=731)] = 30
+    upload_max_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
+    login_attempts_per_minute: Annotated[int, Field(ge=1)] = 10
+
+    @field_validator("jssdk_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("must start with https:// (its origin is added to the sidebar's CSP)")
+        return value
 
 
 class Settings(_Section):
@@ -263,10 +364,13 @@ class Settings(_Section):
     kf: KfSettings = KfSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     logging: LoggingSettings = LoggingSettings()
+    alerts: AlertSettings = AlertSettings()
+    menu: MenuSettings = MenuSettings()
     team: TeamSettings = TeamSettings()
     scoring: ScoringSettings = ScoringSettings()
     sop: SopSettings = SopSettings()
     digest: DigestSettings = DigestSettings()
+    pages: PagesSettings = PagesSettings()
 
     def replace(self, **sections: Mapping[str, Any]) -> "Settings":
         """A copy with some keys changed, validated like a file (`replace(wecom={"token": "x"})`)."""

@@ -121,6 +121,8 @@ class Demo:
             f"contact (API):    curl -H 'Authorization: Bearer {admin}' {self.base}/api/contacts/wmDemoCustomer01",
             f"content (API):    curl -H 'Authorization: Bearer {admin}' {self.base}/api/content",
             f"WeCom simulator:  http://127.0.0.1:{self.sim_port}/sim/state  (what Beacon sent to \"WeCom\")",
+            f"dashboard:        {self.base}/login  (admin token {admin}, or 模拟登录 as 王经理 / 张三)",
+            f"sidebar:          {self.base}/sidebar?sim=1&customer=wmDemoCustomer01  (log in as 张三; 模拟模式)",
         ]
         for line in lines:
             click.echo(f"  {line}")

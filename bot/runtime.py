@@ -94,6 +94,14 @@ class Runtime:
         rt.services["scoring"] = ScoringService(settings.scoring)
         rt.services["tags"] = TagMirror(rt)
         rt.tracker.hooks.append(scoring_hook(rt))
+        from bot.alerts import AlertService
+
+        rt.services["alerts"] = AlertService(rt)
+        rt.tracker.hooks.append(rt.services["alerts"].on_event)  # after scoring: alerts read the new ledger rows
+        from bot.sop.triggers import sop_hook, sop_service
+
+        sop_service(rt)
+        rt.tracker.hooks.append(sop_hook(rt))  # after scoring: stops see the stage the event led to
         rt.links = ShareResolver(rt.read_sessions, ttl_s=settings.links.share_cache_s)
         rt.signer = Signer(settings.server.secret_key)
         rt.pages = Pages()

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from bot.app import RUNTIME, create_app
 from bot.config import Settings
-from bot.scheduler import build_scheduler, default_jobs
+from bot.scheduler import build_scheduler, catch_up, default_jobs
 
 log = logging.getLogger("beacon.serve")
 
@@ -23,9 +23,14 @@ async def serve_forever(settings: Settings, *, host: str, port: int, ready: asyn
     await site.start()
     rt = app[RUNTIME]
     scheduler = None
+    from bot.sop.command import load_folder
+
+    await load_folder(rt)
     if settings.scheduler.enabled:
-        scheduler = build_scheduler(rt, default_jobs(settings.scheduler.timezone))
+        jobs = default_jobs(settings.scheduler.timezone, settings)
+        scheduler = build_scheduler(rt, jobs)
         scheduler.start()
+        rt.spawn(catch_up(rt, jobs), "scheduler-catch-up")
     log.info("serving on http://%s:%s (public %s)", host, port, settings.server.public_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
