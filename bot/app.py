@@ -54,8 +54,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, background: bo
     from handlers import tasks_api
 
     app.add_routes(tasks_api.routes)
-    from handlers import admin_pages, auth_pages, dashboard, sidebar
+    from handlers import admin_pages, auth_pages, dashboard, sidebar, task_pages
 
-    for pages in (auth_pages, sidebar, dashboard, admin_pages):
+    for pages in (auth_pages, sidebar, dashboard, admin_pages, task_pages):
         app.add_routes(pages.routes)
     return app
