@@ -188,7 +188,8 @@ async def render_card(session: AsyncSession, rt: "Runtime", alert: Alert, contac
     if pick is not None:
         rows.append({"keyname": say(lang, "next"), "value": cut(say(lang, "send", title=pick.title), 30)})
     if task is not None:
-        rows.append({"keyname": say(lang, "task"), "value": cut(f"#{task.id} {task.title}", 30)})
+        rows.append({"keyname": say(lang, "task"), "value": cut(f"#{task.id} {task.title}", 30),
+                     "type": 1, "url": f"{rt.settings.server.public_url}/tasks/{task.id}"})  # opens the task page
     source = "source_urgent" if alert.urgent else ("source_reminder" if alert.kind == "reminder" else "source")
     card: dict[str, Any] = {
         "card_type": "button_interaction",

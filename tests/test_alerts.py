@@ -139,6 +139,8 @@ async def test_card_buttons_update_the_task_and_the_card(beacon: Any) -> None:
     await send_due(beacon)
     (card,) = cards(beacon)
     (alert,) = await alerts(beacon)
+    (task_row,) = [row for row in card["horizontal_content_list"] if row["keyname"] == "任务"]
+    assert task_row["type"] == 1 and task_row["url"] == f"{beacon.rt.settings.server.public_url}/tasks/{alert.task_id}"
 
     # Someone else's click changes nothing and sends nothing.
     await beacon.driver.card_click("rep2", card["task_id"], "done")
