@@ -24,8 +24,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beacon.outbox")
 
-DUPLICATE_CHECK_S = 1800  # long enough to cover a crash-and-resend; short enough not to swallow a real repeat
-MAX_ATTEMPTS = 8
+DUPLICATE_CHECK_S = 4 * 3600  # WeCom's longest dedupe window: it covers every retry of a row (below)
+RETRY_BACKOFF_CAP_S = 900.0
+# Transient failures (WeCom down, busy, rate-limited, timeouts) are retried while the row is younger than
+# this: a WeCom outage of hours is survived, and every retry still falls inside the dedupe window, so a
+# send that reached WeCom but whose answer was lost is never delivered twice. Older rows are failed
+# (logged, counted in /healthz and /metrics) for an operator to look at.
+RETRY_FOR = dt.timedelta(seconds=DUPLICATE_CHECK_S - 2 * RETRY_BACKOFF_CAP_S)
+TRANSIENT_ERRCODES = (-1, 45009, 45033, 42001, 40014)
 
 
 def _with_dedupe(path: str, payload: dict[str, Any], key: str, agent_id: int) -> dict[str, Any]:
@@ -95,16 +101,16 @@ class OutboxWorker:
             item = await session.get(OutboxItem, item_id)
             if item is None or item.status != "pending":
                 return
-            path, key, attempts = item.path, item.idempotency_key, item.attempts
+            path, key, attempts, created_at = item.path, item.idempotency_key, item.attempts, item.created_at
             payload = _with_dedupe(path, item.payload, key, self.rt.settings.wecom.agent_id)
         outcome: dict[str, Any]
         try:
             result = await self._call(path, key, payload)
         except (WeComUnavailable, WeComError) as exc:
             error = f"{type(exc).__name__}: {exc}"
-            transient = isinstance(exc, WeComUnavailable) or exc.errcode in (-1, 45009, 45033, 42001, 40014)
-            if transient and attempts + 1 < MAX_ATTEMPTS:
-                delay = backoff_s(attempts + 1, 2.0, 900.0)
+            transient = isinstance(exc, WeComUnavailable) or exc.errcode in TRANSIENT_ERRCODES
+            if transient and self.rt.clock.now() - created_at < RETRY_FOR:
+                delay = backoff_s(attempts + 1, 2.0, RETRY_BACKOFF_CAP_S)
                 outcome = {"last_error": error, "next_attempt_at": self.rt.clock.now() + dt.timedelta(seconds=delay)}
                 log.warning("outbox %s %s failed (attempt %d), will retry", item_id, path, attempts + 1)
             else:

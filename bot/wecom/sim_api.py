@@ -627,16 +627,18 @@ def _api_handler(endpoint: Endpoint) -> Callable[[web.Request], Any]:
         state = request.app[STATE_KEY]
         call = await _read_call(request)
         entry = state.record(request.path, request.path_qs, _logged_payload(request, call))
-        delay = state.take_fault(request.path, "delay")
-        if delay is not None:
-            await _hold(request.app, delay)
         status = state.take_fault(request.path, "http")
-        if status is not None:
+        if status is not None:  # a gateway in front of WeCom failed: the call had no effect
             return web.Response(
                 status=int(status), text="<html><body>bad gateway</body></html>", content_type="text/html"
             )
         answer = _answer(state, request.path, call, endpoint)
         entry.errcode = answer["errcode"]
+        delay = state.take_fault(request.path, "delay")
+        if delay is not None:
+            # A slow answer, not a slow call: the call took effect (a message was delivered) and only the
+            # answer is late, so a caller that times out and retries meets WeCom's own dedupe.
+            await _hold(request.app, delay)
         return web.json_response(answer, dumps=_dumps)
 
     return handle
@@ -682,7 +684,7 @@ async def sim_fail(request: web.Request) -> web.Response:
 
 
 async def sim_delay(request: web.Request) -> web.Response:
-    """POST /sim/delay {path, seconds, times}: hold answers (timeout tests)."""
+    """POST /sim/delay {path, seconds, times}: the calls take effect, their answers are held (timeout tests)."""
     body = await _json_body(request)
     try:
         request.app[STATE_KEY].delay_next(str(body["path"]), float(body["seconds"]), int(body.get("times", 1)))

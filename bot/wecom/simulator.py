@@ -291,7 +291,8 @@ class SimState:
         self._faults.setdefault((path, "http"), deque()).append(_Fault(status, times))
 
     def delay_next(self, path: str, seconds: float, times: int = 1) -> None:
-        """Hold the next `times` answers of `path` for `seconds` (cut short when the app shuts down)."""
+        """Hold the next `times` answers of `path` for `seconds` (cut short when the app shuts down); the
+        calls themselves take effect at once, as when WeCom is slow to answer."""
         self._faults.setdefault((path, "delay"), deque()).append(_Fault(seconds, times))
 
     def take_fault(self, path: str, kind: str) -> float | None:
