@@ -51,6 +51,7 @@ class DatabaseSettings(_Section):
     url: str = "sqlite+aiosqlite:///beacon.db"
     pool_size: Annotated[int, Field(ge=1)] = 5
     max_overflow: Annotated[int, Field(ge=0)] = 10
+    busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
 
     @field_validator("url")
     @classmethod

@@ -1,0 +1,97 @@
+"""SQLite under duress: a full disk and a database locked by someone else. Beacon answers with a clear
+5xx (WeCom retries, the customer can reload), acknowledges nothing it did not store, logs why, and the
+database stays intact; when the disk has room again, redelivered callbacks are taken as usual."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from bot.app import RUNTIME, create_app
+from bot.models import InboxItem
+from tests.conftest import make_settings
+from tests.test_callback import Poster, text_xml
+
+
+class DiskLimit:
+    """Caps the database's size on every connection Beacon checks out (SQLite's max_page_count): once
+    the file is at the cap, growing it fails with SQLITE_FULL, "database or disk is full", exactly as
+    a full disk does."""
+
+    def __init__(self) -> None:
+        self.pages: int | None = None
+
+    def install(self, engine: Any) -> None:
+        @event.listens_for(engine.sync_engine, "checkout")
+        def cap(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f"PRAGMA max_page_count = {self.pages or 1_073_741_823}")
+            cursor.close()
+
+
+@pytest.fixture
+async def app_on_sqlite(aiohttp_client: Any, sqlite_url: str, clock: Any) -> Any:
+    settings = make_settings(sqlite_url, database={"busy_timeout_ms": 300})
+    app = create_app(settings, clock=clock, background=False)
+    limit = DiskLimit()
+    limit.install(app[RUNTIME].engine)
+    client = await aiohttp_client(app)
+    return client, app[RUNTIME], limit, Path(sqlite_url.removeprefix("sqlite+aiosqlite:///"))
+
+
+async def stored(rt: Any) -> int:
+    async with rt.read_sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(InboxItem)))
+
+
+def pages_of(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA page_count").fetchone()[0])
+
+
+async def test_disk_full_refuses_callbacks_then_takes_the_redelivery(app_on_sqlite: Any, caplog: pytest.LogCaptureFixture) -> None:
+    client, rt, limit, path = app_on_sqlite
+    poster = Poster(client, rt.clock.now().timestamp())
+    assert (await poster.post(text_xml("rep1", "帮助", "8001"))).status == 200
+    before = await stored(rt)
+
+    limit.pages = pages_of(path)  # the disk is full: not one more page
+    big = "资料" * 4000  # a callback that needs new pages
+    with caplog.at_level(logging.ERROR, logger="beacon"):
+        resp = await poster.post(text_xml("rep1", big, "8002"))
+    assert resp.status == 503  # WeCom will retry; nothing was acknowledged
+    assert "database or disk is full" in caplog.text
+    health = await client.get("/healthz")
+    assert health.status == 200  # reads still work: the operator sees the backlog, not an outage
+
+    limit.pages = None  # room again: WeCom's redelivery of the same message is taken once
+    assert (await poster.post(text_xml("rep1", big, "8002"))).status == 200
+    assert (await poster.post(text_xml("rep1", big, "8002"))).status == 200
+    assert await stored(rt) == before + 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_database_locked_by_another_process_is_a_clear_503(app_on_sqlite: Any, caplog: pytest.LogCaptureFixture) -> None:
+    client, rt, _, path = app_on_sqlite
+    poster = Poster(client, rt.clock.now().timestamp())
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # e.g. a careless maintenance script
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="beacon"):
+            resp = await poster.post(text_xml("rep1", "帮助", "8101"))
+        assert resp.status == 503
+        assert time.monotonic() - started < 5  # waited about busy_timeout_ms, not forever
+        assert "database is locked" in caplog.text
+    finally:
+        other.rollback()
+        other.close()
+    assert (await poster.post(text_xml("rep1", "帮助", "8101"))).status == 200
+    assert await stored(rt) == 1
