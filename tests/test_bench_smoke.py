@@ -1,0 +1,64 @@
+"""The callback and latency benchmarks run end to end with their smallest settings (issue 9).
+
+Each runs `python -m bench NAME ...` as a subprocess, as a developer would, and checks that it ran
+(exit 0: nothing lost, targets may MISS), printed its ratio table and passed its integrity check. With
+wrk installed, the wrk path is used; the aiohttp fallback load generator is exercised either way.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_bench(*args: str, timeout: float = 120) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-4000:]}"
+    return out
+
+
+def test_callbacks_bench_runs() -> None:
+    out = run_bench("callbacks", "--duration", "2", "--rounds", "1")
+    assert "× bare (req/s)" in out
+    assert "bare aiohttp (verify + decrypt)" in out and "beacon (python -m bot serve)" in out
+    assert "throughput" in out and "p99" in out
+    assert "none lost, no extra, no non-2xx: PASS" in out
+
+
+def test_callbacks_bench_fallback_loadgen_and_nightly_jobs() -> None:
+    out = run_bench(
+        "callbacks", "--duration", "2", "--rounds", "1", "--loadgen", "aiohttp", "--nightly", "--nightly-contacts", "3000",
+        "--quiet-share", "0.02",
+    )
+    assert "× bare (req/s)" in out
+    assert "beacon during nightly jobs" in out and "p99 during the nightly jobs" in out
+    assert "decay-scores" in out
+    assert "none lost, no extra, no non-2xx: PASS" in out
+
+
+def test_latency_bench_runs() -> None:
+    out = run_bench("latency", "--duration", "2", "--rounds", "1", "--contacts", "2000", "--shares", "50")
+    assert "× bare (req/s)" in out
+    assert "bare aiohttp (links baseline)" in out and "beacon, as fast as it answers" in out
+    assert "event p99" in out
+    if shutil.which("wrk"):
+        assert "beacon, paced at" in out
+    assert "events stored == opens answered with 2xx, no non-2xx: PASS" in out
+
+
+def test_latency_bench_fallback_loadgen() -> None:
+    out = run_bench("latency", "--duration", "2", "--rounds", "1", "--contacts", "1000", "--shares", "100", "--loadgen", "aiohttp")
+    assert "× bare (req/s)" in out and "event p99" in out
+    assert "events stored == opens answered with 2xx, no non-2xx: PASS" in out
