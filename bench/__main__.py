@@ -13,6 +13,10 @@ import sys
 BENCHMARKS = {
     "links": "bench.links",
     "rescore": "bench.rescore",
+    "callbacks": "bench.callbacks",
+    "latency": "bench.latency",
+    "nightly": "bench.nightly",
+    "memory": "bench.memory",
 }
 
 

@@ -142,6 +142,34 @@ def rescore(settings: Settings) -> None:
     click.echo(report.summary())
 
 
+@cli.command()
+@click.option("--contacts", type=click.IntRange(min=1), required=True, help="Contacts to add.")
+@click.option("--events", type=click.IntRange(min=0), required=True, help="Behavior events to add (exactly).")
+@click.option("--reps", type=click.IntRange(min=1), default=None, help="Sales reps (default 2,000 per 1M contacts, at least 3).")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed and sizes, same company.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Worker processes generating chunks (default: 2 from 20,000 contacts).")
+@click.option("--now", "now_text", metavar="ISO", default=None, help="The moment the company is as of (default: the current time).")
+@click.pass_obj
+def synth(settings: Settings, contacts: int, events: int, reps: int | None, seed: int, jobs: int | None, now_text: str | None) -> None:
+    """Write a synthetic company (team, contacts, shares, events, score ledger) into the database, for benchmarks."""
+    import datetime as dt
+    import os
+
+    from bot.synth import Plan, default_reps
+    from bot.synth import run as run_synth
+
+    try:
+        now = dt.datetime.fromisoformat(now_text) if now_text else dt.datetime.now(dt.timezone.utc)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO date-time: {now_text!r}", param_hint="--now") from None
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=dt.timezone.utc)
+    if jobs is None:
+        jobs = min(2, len(os.sched_getaffinity(0))) if contacts >= 20_000 else 1
+    plan = Plan(contacts=contacts, events=events, reps=reps or default_reps(contacts), seed=seed, now=now, jobs=jobs)
+    sys.exit(run_synth(settings, plan))
+
+
 @cli.group("channel")
 def channel_group() -> None:
     """Channel QR codes: where customers come from, and what welcomes them."""
