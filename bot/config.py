@@ -48,9 +48,14 @@ class ServerSettings(_Section):
 
 
 class DatabaseSettings(_Section):
+    """The store. The pool keys apply to PostgreSQL only (SQLite has one writer and pools by itself):
+    each process keeps up to `pool_size` connections open, opens up to `max_overflow` more under load,
+    and a unit of work waits at most `pool_timeout` seconds for a free connection before failing."""
+
     url: str = "sqlite+aiosqlite:///beacon.db"
-    pool_size: Annotated[int, Field(ge=1)] = 5
-    max_overflow: Annotated[int, Field(ge=0)] = 10
+    pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
+    max_overflow: Annotated[int, Field(ge=0, le=1000)] = 10
+    pool_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
 
     @field_validator("url")

@@ -66,6 +66,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         url,
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout,
         pool_pre_ping=True,
     )
 

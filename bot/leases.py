@@ -8,15 +8,15 @@ A claim that is never finished (process killed) expires with its lease and is pi
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
-async def claim(session: AsyncSession, model: Any, *, now: dt.datetime, lease_s: float, limit: int) -> list[int]:
-    """Lease up to `limit` due rows with status 'pending'; returns their ids (oldest first)."""
-    due = (
+def due_rows(model: Any, *, now: dt.datetime, limit: int) -> Any:
+    """The ids of due 'pending' rows, oldest first (served by the table's (status, next_attempt_at) index)."""
+    return (
         select(model.id)
         .where(
             model.status == "pending",
@@ -25,8 +25,12 @@ async def claim(session: AsyncSession, model: Any, *, now: dt.datetime, lease_s:
         )
         .order_by(model.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
+
+
+async def claim(session: AsyncSession, model: Any, *, now: dt.datetime, lease_s: float, limit: int) -> list[int]:
+    """Lease up to `limit` due rows with status 'pending'; returns their ids (oldest first)."""
+    due = due_rows(model, now=now, limit=limit).with_for_update(skip_locked=True)
     ids = list((await session.scalars(due)).all())
     if not ids:
         return []
@@ -45,11 +49,16 @@ def backoff_s(attempts: int, base: float, cap: float) -> float:
     return min(cap, base * (2 ** max(0, attempts - 1)))
 
 
-async def hold_lease(rt: Any, name: str, lease_s: float) -> bool:
+async def hold_lease(rt: Any, name: str, lease_s: float, *, on_acquire: Callable[[], None] | None = None) -> bool:
     """Take or renew the named lease for this process (`rt.worker_id`); False if another holds it.
 
     A lease this process holds with more than half its time left is not renewed: no write transaction
-    per call, so checking it on every wake-up costs nothing on the hot path's database."""
+    per call, so checking it on every wake-up costs nothing on the hot path's database.
+
+    `on_acquire` is called when the lease is taken rather than renewed: nobody held it, or another
+    process did (its holder released it or let it expire). Whatever this process cached while holding
+    the lease before may have been changed since by the other holder, so that is the moment to drop it.
+    A lease of this process that expired without anyone else taking it is simply renewed."""
     from bot.inbox import insert_ignore
     from bot.models import Lease
 
@@ -59,19 +68,26 @@ async def hold_lease(rt: Any, name: str, lease_s: float) -> bool:
         return True
     until = now + dt.timedelta(seconds=lease_s)
     async with rt.sessions() as session, session.begin():
-        await session.execute(
-            insert_ignore(session.bind.dialect.name, Lease.__table__, "name"),
-            {"name": name, "owner": rt.worker_id, "locked_until": until},
-        )
+        stmt = insert_ignore(session.bind.dialect.name, Lease.__table__, "name").returning(Lease.__table__.c.name)
+        inserted = (await session.execute(stmt, {"name": name, "owner": rt.worker_id, "locked_until": until})).first() is not None
         lease = await session.get(Lease, name, with_for_update=True, populate_existing=True)
         if lease is None:
             return False
         if lease.owner != rt.worker_id and lease.locked_until > now:
             return False
+        taken = inserted or lease.owner != rt.worker_id
         lease.owner = rt.worker_id
         lease.locked_until = until
     rt.held_leases[name] = until
+    if taken and on_acquire is not None:
+        on_acquire()
     return True
+
+
+def holds_lease(rt: Any, name: str) -> bool:
+    """Whether this process holds the named lease now (as far as it knows: its last take or renewal)."""
+    held = rt.held_leases.get(name)
+    return held is not None and held > rt.clock.now()
 
 
 async def release_leases(rt: Any) -> None:

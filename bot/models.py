@@ -307,7 +307,10 @@ class StageChange(Base):
 
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_owner_status_due", "owner_userid", "status", "due_at"),)
+    __table_args__ = (
+        Index("ix_tasks_owner_status_due", "owner_userid", "status", "due_at"),
+        Index("ix_tasks_status_snoozed", "status", "snoozed_until"),  # send-due-alerts: snoozes that ran out
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # follow_up | sop | hot_lead | dormant | manual
     title: Mapped[str] = mapped_column(String(255))
@@ -330,7 +333,18 @@ class Alert(Base):
     """A follow-up alert to a rep; a burst of activity merges into one alert (one WeCom card)."""
 
     __tablename__ = "alerts"
-    __table_args__ = (Index("ix_alerts_rep_contact_status", "rep_userid", "contact_id", "status"),)
+    __table_args__ = (
+        Index("ix_alerts_rep_contact_status", "rep_userid", "contact_id", "status"),
+        Index("ix_alerts_status_send_after", "status", "send_after"),  # send-due-alerts: pending alerts now due
+        # send-due-alerts: sent cards with news for an update, in id order (a handful at any time; the
+        # predicate compares two columns, so it also holds for prepared statements with parameters)
+        Index(
+            "ix_alerts_updates_due",
+            "id",
+            sqlite_where=text("send_after > sent_at"),
+            postgresql_where=text("send_after > sent_at"),
+        ),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     rep_userid: Mapped[str] = mapped_column(ForeignKey("reps.userid"))
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))

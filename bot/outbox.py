@@ -107,15 +107,14 @@ class OutboxWorker:
         try:
             result = await self._call(path, key, payload)
         except (WeComUnavailable, WeComError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
             transient = isinstance(exc, WeComUnavailable) or exc.errcode in TRANSIENT_ERRCODES
-            if transient and self.rt.clock.now() - created_at < RETRY_FOR:
-                delay = backoff_s(attempts + 1, 2.0, RETRY_BACKOFF_CAP_S)
-                outcome = {"last_error": error, "next_attempt_at": self.rt.clock.now() + dt.timedelta(seconds=delay)}
-                log.warning("outbox %s %s failed (attempt %d), will retry", item_id, path, attempts + 1)
-            else:
-                outcome = {"last_error": error, "status": "failed"}
-                log.error("outbox %s %s failed for good: %s", item_id, path, error)
+            outcome = self._failed(item_id, path, attempts, created_at, exc, transient)
+        except Exception as exc:
+            # Our side, not WeCom's answer (a database error in a handler, a bad payload): retried like a
+            # transient failure. Escaping here would end the pass and leave this row and the rest of the
+            # batch leased (untouched until the lease ran out), with no attempt ever counted.
+            log.exception("outbox %s %s: error while sending", item_id, path)
+            outcome = self._failed(item_id, path, attempts, created_at, exc, True)
         else:
             outcome = {"status": "sent", "result": result, "sent_at": self.rt.clock.now()}
         async with self.rt.sessions() as session, session.begin():
@@ -125,6 +124,17 @@ class OutboxWorker:
                 row.locked_until = None
                 for name, value in outcome.items():
                     setattr(row, name, value)
+
+    def _failed(self, item_id: int, path: str, attempts: int, created_at: dt.datetime, exc: Exception,
+                transient: bool) -> dict[str, Any]:
+        """The row's new state after a failed attempt: retried with backoff, or failed for good."""
+        error = f"{type(exc).__name__}: {exc}"
+        if transient and self.rt.clock.now() - created_at < RETRY_FOR:
+            delay = backoff_s(attempts + 1, 2.0, RETRY_BACKOFF_CAP_S)
+            log.warning("outbox %s %s failed (attempt %d), will retry", item_id, path, attempts + 1)
+            return {"last_error": error, "next_attempt_at": self.rt.clock.now() + dt.timedelta(seconds=delay)}
+        log.error("outbox %s %s failed for good: %s", item_id, path, error)
+        return {"last_error": error, "status": "failed"}
 
     async def _call(self, path: str, key: str, payload: dict[str, Any]) -> dict[str, Any]:
         if path == "tags:mark":

@@ -14,15 +14,18 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.inbox import insert_ignore
 from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
 from bot.models import Contact, OutboxItem, WeComTag
 from bot.outbox import enqueue
 from bot.tracker_batch import BATCH_KEY
+from bot.wecom.client import WeComError
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 log = logging.getLogger("beacon.tags")
+TAG_EXISTS = 40071  # add_corp_tag: a tag of that name exists in the group
 
 
 def stage_tag(stage: str) -> str:
@@ -42,37 +45,49 @@ class TagMirror:
         self._ids: dict[str, str] = {}
 
     async def tag_ids(self) -> dict[str, str]:
-        """name → WeCom tag id, creating Beacon's group and tags in WeCom on first use."""
+        """name → WeCom tag id, creating Beacon's group and tags in WeCom on first use.
+
+        Several processes may do this at once (each outbox worker sends tag changes): the one whose
+        `add_corp_tag` comes second gets 40071 (name exists) and takes the ids from a new listing, and
+        storing them ignores rows another process stored first (WeCom gives one id per name)."""
         if len(self._ids) == len(ALL_TAGS):
             return self._ids
         async with self.rt.read_sessions() as session:
             stored = {t.name: t.tag_id for t in (await session.scalars(select(WeComTag))).all()}
-        new: list[WeComTag] = []
         missing = [name for name in ALL_TAGS if name not in stored]
         if missing:
             group = self.rt.settings.lifecycle.tag_group
-            listing = await self.rt.wecom.post("/cgi-bin/externalcontact/get_corp_tag_list", {})
-            for g in listing.get("tag_group", []):
-                if g.get("group_name") == group:
-                    for tag in g.get("tag", []):
-                        if tag.get("name") in missing:
-                            stored[tag["name"]] = tag["id"]
-                            new.append(WeComTag(name=tag["name"], group_name=group, tag_id=tag["id"]))
-            still = [name for name in ALL_TAGS if name not in stored]
+            found = await self._listed(group, missing)
+            still = [name for name in missing if name not in found]
             if still:
-                created = await self.rt.wecom.post(
-                    "/cgi-bin/externalcontact/add_corp_tag",
-                    {"group_name": group, "tag": [{"name": name} for name in still]},
-                )
-                for tag in created.get("tag_group", {}).get("tag", []):
-                    stored[tag["name"]] = tag["id"]
-                    new.append(WeComTag(name=tag["name"], group_name=group, tag_id=tag["id"]))
-            if new:
+                try:
+                    created = await self.rt.wecom.post(
+                        "/cgi-bin/externalcontact/add_corp_tag",
+                        {"group_name": group, "tag": [{"name": name} for name in still]},
+                    )
+                except WeComError as exc:
+                    if exc.errcode != TAG_EXISTS:
+                        raise
+                    found.update(await self._listed(group, still))  # created meanwhile by another process
+                else:
+                    for tag in created.get("tag_group", {}).get("tag", []):
+                        found[tag["name"]] = tag["id"]
+            if found:
                 async with self.rt.sessions() as session, session.begin():
-                    for row in new:
-                        await session.merge(row)
+                    stmt = insert_ignore(session.bind.dialect.name, WeComTag.__table__, "name")
+                    await session.execute(stmt, [{"name": n, "group_name": group, "tag_id": i} for n, i in found.items()])
+            stored.update(found)
         self._ids = stored
         return stored
+
+    async def _listed(self, group: str, names: list[str]) -> dict[str, str]:
+        """The ids of these tag names in Beacon's group, as WeCom lists them now."""
+        listing = await self.rt.wecom.post("/cgi-bin/externalcontact/get_corp_tag_list", {})
+        return {
+            tag["name"]: tag["id"]
+            for g in listing.get("tag_group", []) if g.get("group_name") == group
+            for tag in g.get("tag", []) if tag.get("name") in names
+        }
 
     async def mirror(self, session: AsyncSession, contact: Contact) -> None:
         """Queue the tag change for the contact's current stage and temperature (in this transaction)."""

@@ -6,7 +6,9 @@ One process at a time holds the "tracker" lease and works through unprocessed ev
   chain (share → child share per viewer) records who passed it to whom;
 - a gate form identifies the browser: by phone to an existing contact (merging if needed), else a new
   contact attributed to the referrer, owned by the sharing rep.
-Hooks (scoring, alerts) run on every processed event in the same transaction.
+Hooks (scoring, alerts) run on every processed event in the same transaction. A hook that caches
+state between passes carries `lease_taken()`, called whenever this process takes the lease over (the
+cache may be stale: another process was the tracker in between).
 
 A batch is processed set-based (bot/tracker_batch.py): one query per table to preload what its events
 refer to, attribution in memory, writes queued and flushed together. Gate forms (identity, merges) take
@@ -81,7 +83,7 @@ class Tracker:
     async def drain(self) -> int:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""
         handled = 0
-        while await hold_lease(self.rt, "tracker", self.lease_s):
+        while await hold_lease(self.rt, "tracker", self.lease_s, on_acquire=self._lease_taken):
             done = await (self._pass_batched() if self.batched else self._pass_one_by_one())
             handled += done
             if not done:
@@ -90,15 +92,17 @@ class Tracker:
             self.rt.outbox.wake()
         return handled
 
+    def _lease_taken(self) -> None:
+        """This process just became the tracker (at start, or taking over from another process): what
+        the hooks cached as the tracker before may be out of date, since another process was the tracker
+        in between. Hooks with such state carry `lease_taken()` (scoring: forget the ScoreBook)."""
+        for hook in self.hooks:
+            taken = getattr(hook, "lease_taken", None)
+            if taken is not None:
+                taken()
+
     async def _next_events(self, session: AsyncSession, limit: int | None = None) -> list[Event]:
-        return list(
-            (
-                await session.scalars(
-                    # `= false`, not `IS false`: only the former matches the partial index.
-                    select(Event).where(Event.processed == false()).order_by(Event.id).limit(limit or self.batch)
-                )
-            ).all()
-        )
+        return list((await session.scalars(unprocessed_events(limit or self.batch))).all())
 
     async def _pass_one_by_one(self) -> int:
         async with self.rt.sessions() as session, session.begin():
@@ -293,6 +297,12 @@ class Tracker:
                 "processed": False,
             },
         )
+
+
+def unprocessed_events(limit: int) -> Any:
+    """The oldest events the tracker has not processed yet (served by the partial ix_events_unprocessed)."""
+    # `= false`, not `IS false`: only the former matches the partial index.
+    return select(Event).where(Event.processed == false()).order_by(Event.id).limit(limit)
 
 
 async def _has_browser(session: AsyncSession, contact_id: int) -> bool:

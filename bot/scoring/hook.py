@@ -32,6 +32,7 @@ def scoring_hook(rt: "Runtime") -> Callable[[AsyncSession, Event], Awaitable[Non
         else:
             event.contact_id = contact.id
         service = rt.services["scoring"]
+        service.check(contact)
         if contact.id in rt.tracker.merged:  # two histories became one: replay it
             rt.tracker.merged.discard(contact.id)
             await rescore_contact(service, session, contact, event.occurred_at)
@@ -45,14 +46,21 @@ def scoring_hook(rt: "Runtime") -> Callable[[AsyncSession, Event], Awaitable[Non
         await service.facts.load(session, {e.item_id for e in batch.events[batch.index:] if e.item_id is not None})
         live = {batch.live_contact_id(cid) for cid in batch.contacts}
         live.discard(None)
+        for cid in live:
+            service.check(batch.contacts[cid])  # type: ignore[index,arg-type]
         batch.prepared["scoring"] = await service.prefetch(session, live)  # type: ignore[arg-type]
 
     def abandon(batch: TrackerBatch) -> None:
         """The batch was rolled back: the book must not keep what it applied."""
         rt.services["scoring"].restore(batch)
 
+    def lease_taken() -> None:
+        """Another process may have scored since this one last was the tracker: start from the log."""
+        rt.services["scoring"].forget()
+
     hook: Any = score_event
     hook.batch_aware = True  # keeps its reads and writes in the tracker's batch (bot/tracker_batch.py)
     hook.prepare = prepare
     hook.abandon = abandon
+    hook.lease_taken = lease_taken
     return hook

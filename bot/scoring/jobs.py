@@ -1,19 +1,46 @@
-"""Nightly scoring jobs: inactivity decay and dormancy, in chunks so the write lock is held briefly."""
+"""Nightly scoring jobs: inactivity decay and dormancy, set-based, with the write lock held briefly.
+
+Decay (`decay-scores`) goes through the quiet contacts in id order, CHUNK at a time:
+1. Read, in a read-only session (no write lock): the chunk's contacts, and per contact two grouped
+   aggregates: from the ledger the positive behavior points left (event points > 0 plus the decay
+   ticks so far) and the day of the last tick; from the event log the last engagement. That is all
+   decay needs (see bot/scoring/engine.py): ticks fall on the local midnights after the later of the
+   last tick and `decay_after_days` past the last engagement, while behavior points are left. The
+   ticks are computed by the scorer itself (`Scorer.decay`), so they are the entries a replay makes.
+   Contacts this process's ScoreBook holds are decayed through the book instead, which carries the
+   same state (the book must not miss a tick it would otherwise apply again at the next event).
+2. Write, in a short transaction of its own: the chunk's contacts are read again (FOR UPDATE on
+   PostgreSQL), those whose score or last activity changed since step 1 (the tracker scored them
+   meanwhile, decaying them itself) are left out, and the ledger rows and new scores / temperatures
+   of the others go in with one executemany each. On SQLite the write lock is held for that
+   transaction only (milliseconds), not for the whole job: link opens and callbacks keep committing.
+The job needs no replay of the event log, so its cost is a few indexed aggregates per chunk, not a
+rescore of every quiet contact. The longest write transaction (BEGIN to COMMIT) is logged.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import time
+from types import SimpleNamespace
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
 from bot.context import Context
+from bot.leases import holds_lease
 from bot.lifecycle import mark_dormant, recently_reactivated
-from bot.models import Contact
+from bot.models import Contact, Event, ScoreEntry
+from bot.scoring.engine import NOT_ENGAGEMENT, ContactScoreState
+from bot.scoring.rules import DECAY_RULE
+from bot.scoring.service import ledger_rows
 from bot.scoring.stages import temperature
 
 log = logging.getLogger("beacon.scoring.jobs")
-CHUNK = 1000
+CHUNK = 500  # contacts per write transaction: about 10-20 ms of write lock on SQLite
 
 
 async def decay_scores(ctx: Context) -> None:
@@ -21,30 +48,166 @@ async def decay_scores(ctx: Context) -> None:
     rt = ctx.runtime
     service = rt.services["scoring"]
     now = ctx.clock.now()
+    if not holds_lease(rt, "tracker"):
+        # This process is not the tracker: whatever its ScoreBook holds may be stale (the tracker of
+        # another process scored since). Start from the ledger, as for contacts the book lacks.
+        service.forget()
     quiet_days = min(m.decay_after_days for m in rt.settings.scoring.models)
-    # Quiet contacts only (the scorer's definition of activity, kept in last_activity_at); a contact
-    # never active has no behavior points to lose.
-    ids = list((await ctx.session.scalars(
-        select(Contact.id).where(
-            Contact.last_activity_at < now - dt.timedelta(days=quiet_days),
-            Contact.merged_into_id.is_(None),
-            Contact.erased_at.is_(None),
-        ).order_by(Contact.id)
+    cutoff = now - dt.timedelta(days=quiet_days)
+    days = _LocalDays()
+    after = 0
+    quiet = decayed = chunks = 0
+    longest = 0.0
+    while True:
+        async with rt.read_sessions() as reader:
+            seen, prepared = await _read_chunk(reader, service, days, cutoff, after, now)
+        if not seen:
+            break
+        after = max(seen)
+        quiet += len(seen)
+        chunks += 1
+        written, held = await _write_chunk(rt, service, seen, prepared, now)
+        decayed += written
+        longest = max(longest, held)
+        await asyncio.sleep(0)  # let the loop serve requests between chunks
+    log.info("decay: %d of %d quiet contacts lost points (%d chunks, longest write transaction %.1f ms)",
+             decayed, quiet, chunks, longest * 1000)
+
+
+class _LocalDays:
+    """Local day ordinals in each model's time zone (as the scorer counts days)."""
+
+    def __init__(self) -> None:
+        self._zones: dict[str, ZoneInfo] = {}
+
+    def day(self, at: dt.datetime, tz: str) -> int:
+        zone = self._zones.get(tz)
+        if zone is None:
+            zone = self._zones[tz] = ZoneInfo(tz)
+        return at.astimezone(zone).date().toordinal()
+
+
+async def _read_chunk(reader: Any, service: Any, days: _LocalDays, cutoff: dt.datetime, after: int,
+                      now: dt.datetime) -> tuple[dict[int, tuple[Any, ...]], dict[int, tuple[list[dict[str, Any]], dict[str, Any]]]]:
+    """The next chunk of quiet contacts after id `after`: {id: (score, last_activity_at, region,
+    reactivated_at)} as read, and for those the book does not hold and that lose points, {id:
+    (ledger rows, contact update)}."""
+    c = Contact.__table__.c
+    conn = await reader.connection()
+    contacts = (await conn.execute(
+        select(c.id, c.score, c.last_activity_at, c.region, c.profile["reactivated_at"].as_string())
+        .where(c.id > after, c.last_activity_at < cutoff, c.merged_into_id.is_(None), c.erased_at.is_(None))
+        .order_by(c.id).limit(CHUNK)
+    )).all()
+    if not contacts:
+        return {}, {}
+    ids = [row[0] for row in contacts]
+    led = ScoreEntry.__table__.c
+    is_behavior = or_(led.rule == DECAY_RULE, and_(led.event_id.is_not(None), led.points > 0))
+    ledger = {row[0]: row[1:] for row in await conn.execute(
+        select(led.contact_id, func.sum(led.points), func.sum(case((is_behavior, led.points), else_=0.0)),
+               func.max(led.at).filter(led.rule == DECAY_RULE))
+        .where(led.contact_id.in_(ids)).group_by(led.contact_id)
+    )}
+    ev = Event.__table__.c
+    engaged = dict((await conn.execute(
+        select(ev.contact_id, func.max(ev.occurred_at))
+        .where(ev.contact_id.in_(ids), ev.processed.is_(True), ev.type.not_in(sorted(NOT_ENGAGEMENT)))
+        .group_by(ev.contact_id)
     )).all())
-    decayed = 0
-    for start in range(0, len(ids), CHUNK):
-        contacts = (await ctx.session.scalars(select(Contact).where(Contact.id.in_(ids[start:start + CHUNK])))).all()
-        for contact in contacts:
-            await service.ensure(ctx.session, contact)
-            entries = service.book.decay(contact.id, now)
-            if entries:
-                await service.store(ctx.session, entries)
-                decayed += 1
-                contact.score = service.score(contact.id)
-                if not recently_reactivated(contact, now):
-                    contact.temperature = temperature(contact.score, service.model(contact))
-        await ctx.session.flush()
-    log.info("decay: %d of %d quiet contacts lost points", decayed, len(ids))
+    scorer = service.scorer
+    seen: dict[int, tuple[Any, ...]] = {}
+    prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
+    for n, (contact_id, score, last_activity, region, reactivated) in enumerate(contacts):
+        if n % 100 == 99:
+            await asyncio.sleep(0)  # a chunk's arithmetic is tens of milliseconds: let requests in
+        seen[contact_id] = (score, last_activity, region, reactivated)
+        total, behavior, last_tick = ledger.get(contact_id, (0.0, 0.0, None))
+        last_engaged = engaged.get(contact_id)
+        if contact_id in service.book or last_engaged is None:
+            continue  # the book's state is used at write time; never engaged: nothing decays
+        spec = scorer.model_for(region or None)
+        active = days.day(last_engaged, spec.timezone)
+        clock = active if last_tick is None else max(active, days.day(last_tick, spec.timezone))
+        state = ContactScoreState(contact_id, spec.name, behavior=round(float(behavior or 0.0) * 100),
+                                  active_day=active, clock_day=clock)
+        entries = scorer.decay(state, now)
+        if entries:
+            new_score = round(float(total or 0.0) + sum(e.points for e in entries), 2)
+            prepared[contact_id] = (ledger_rows(entries), _update(contact_id, new_score, _temperature(new_score, spec, reactivated, now), now))
+    return seen, prepared
+
+
+def _temperature(score: float, model: Any, reactivated: str | None, now: dt.datetime) -> str:
+    return "hot" if recently_reactivated(SimpleNamespace(profile={"reactivated_at": reactivated}), now) else temperature(score, model)  # type: ignore[arg-type]
+
+
+def _update(contact_id: int, score: float, temp: str, now: dt.datetime) -> dict[str, Any]:
+    return {"b_id": contact_id, "b_score": score, "b_temperature": temp, "b_now": now}
+
+
+async def _write_chunk(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]],
+                       prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]], now: dt.datetime) -> tuple[int, float]:
+    """One short transaction: the chunk's ticks and new scores, for contacts nobody scored meanwhile
+    (everything but the book's contacts was computed before the transaction began). Returns how many
+    contacts lost points and how long the transaction held the write lock (BEGIN to COMMIT)."""
+    changed_book: list[int] = []
+    try:
+        async with rt.sessions() as session:
+            async with session.begin():
+                conn = await session.connection()  # BEGIN IMMEDIATE on SQLite: the write lock from here
+                began = time.perf_counter()
+                rows, updates = await _chunk_changes(conn, service, seen, prepared, now, changed_book)
+                if rows:
+                    await conn.execute(insert(ScoreEntry), rows)
+                if updates:
+                    c = Contact.__table__.c
+                    await conn.execute(
+                        update(Contact.__table__).where(c.id == bindparam("b_id")).values(
+                            score=bindparam("b_score"), temperature=bindparam("b_temperature"), updated_at=bindparam("b_now"),
+                        ),
+                        updates,
+                    )
+                # Up to COMMIT (itself quick in WAL mode; a checkpoint after it does not block writers).
+                held = time.perf_counter() - began
+    except BaseException:
+        for contact_id in changed_book:  # the book moved on, the database did not: replay them later
+            service.forget(contact_id)
+        raise
+    return len(updates), held
+
+
+async def _chunk_changes(conn: Any, service: Any, seen: dict[int, tuple[Any, ...]],
+                         prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]], now: dt.datetime,
+                         changed_book: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Inside the write transaction: the ledger rows and contact updates of the chunk's contacts that
+    are as they were read (locked on PostgreSQL), decaying the book's contacts through the book."""
+    c = Contact.__table__.c
+    current = select(c.id, c.score, c.last_activity_at).where(c.id.in_(list(seen)))
+    if conn.dialect.name == "postgresql":
+        current = current.with_for_update()
+    rows: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for contact_id, score, last_activity in (await conn.execute(current)).all():
+        score_then, activity_then, region, reactivated = seen[contact_id]
+        if (score, last_activity) != (score_then, activity_then):
+            continue  # scored since it was read (and decayed by that), or changed: the next run
+        if contact_id in service.book:
+            service.check(SimpleNamespace(id=contact_id, score=score))  # drops a state gone stale
+        if contact_id in service.book:
+            ticks = service.book.decay(contact_id, now)
+            if not ticks:
+                continue
+            changed_book.append(contact_id)
+            new_score = service.score(contact_id)
+            model = service.scorer.model_for(region or None)
+            rows += ledger_rows(ticks)
+            updates.append(_update(contact_id, new_score, _temperature(new_score, model, reactivated, now), now))
+        elif contact_id in prepared:
+            ledger, change = prepared[contact_id]
+            rows += ledger
+            updates.append(change)
+    return rows, updates
 
 
 async def mark_dormant_customers(ctx: Context) -> None:

@@ -161,6 +161,16 @@ class ScoringService:
                         contact.id, float(stored), state.score)
         self.book.put(state)
 
+    def check(self, contact: Contact) -> None:
+        """Drop the contact's cached state if its stored score disagrees with it: another process wrote
+        to its ledger since (the nightly decay job runs wherever its run was claimed, `rescore` is a
+        process of its own). Every writer of the ledger sets `contacts.score` in the same transaction,
+        so `contact`, read in this transaction, tells. The state is replayed from the log on `ensure`."""
+        if contact.id in self.book and round(contact.score or 0.0, 2) != self.score(contact.id):
+            log.info("contact %s: score changed elsewhere (%.2f, cached %.2f); replaying its log",
+                     contact.id, contact.score or 0.0, self.score(contact.id))
+            self.forget(contact.id)
+
     async def on_event(self, session: AsyncSession, contact: Contact, event: Event) -> list[Entry]:
         """Score one new event (and any profile change) for its contact; writes ledger rows."""
         await self.ensure(session, contact, exclude=event.id)
