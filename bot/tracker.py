@@ -279,24 +279,7 @@ class Tracker:
             sharer = await session.get(Visitor, share.visitor_id)
             referrer = sharer.contact_id if sharer is not None else None
         stmt = insert_ignore(session.bind.dialect.name, Event.__table__, "idempotency_key")
-        await session.execute(
-            stmt,
-            {
-                "type": "forward",
-                "contact_id": referrer,
-                "visitor_id": share.visitor_id if referrer is None else None,
-                "share_id": share.id,
-                "item_id": share.item_id,
-                "version_id": share.version_id,
-                "rep_userid": share.rep_userid,
-                "channel_id": share.channel_id,
-                "props": {"to_visitor": visitor.id, "to_contact": event.contact_id},
-                "occurred_at": event.occurred_at,
-                "received_at": now,
-                "idempotency_key": f"forward:{share.id}:{visitor.id}",
-                "processed": False,
-            },
-        )
+        await session.execute(stmt, forward_params(share, visitor.id, event.contact_id, referrer, event.occurred_at, now))
 
 
 def unprocessed_events(limit: int) -> Any:

@@ -56,9 +56,3 @@ def test_latency_bench_runs() -> None:
     if shutil.which("wrk"):
         assert "beacon, paced at" in out
     assert "events stored == opens answered with 2xx, no non-2xx: PASS" in out
-
-
-def test_latency_bench_fallback_loadgen() -> None:
-    out = run_bench("latency", "--duration", "2", "--rounds", "1", "--contacts", "1000", "--shares", "100", "--loadgen", "aiohttp")
-    assert "× bare (req/s)" in out and "event p99" in out
-    assert "events stored == opens answered with 2xx, no non-2xx: PASS" in out
