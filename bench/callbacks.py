@@ -339,7 +339,7 @@ class CallbacksBench:
             cpu0 = harness.cpu_seconds(server.proc.pid)
             result, _sent = self.load(base)
             result.server_cpu_s = harness.cpu_seconds(server.proc.pid) - cpu0
-        self._print_run(n, "bare", result)
+        harness.print_round(n, "bare", result, name_width=7)
         return result
 
     def _start_beacon(self, db: Path, label: str) -> tuple[Server, str]:
@@ -365,7 +365,7 @@ class CallbacksBench:
         check = integrity(db, self.prep.requests, result, sent, rc, strict_answers=True)
         check.update(round=n, stop_s=round(server.stop_seconds or 0, 2))
         self.checks.append(check)
-        self._print_run(n, "beacon", result)
+        harness.print_round(n, "beacon", result, name_width=7)
         return result
 
     def run_nightly(self) -> LoadResult:
@@ -414,18 +414,9 @@ class CallbacksBench:
             "jobs_running_s": round(load_ended - jobs_started, 1),
             "load_window_s": round(self.active_s, 1),
         }
-        self._print_run(0, "nightly", result)
+        harness.print_round(0, "nightly", result, name_width=7)
         return result
 
-    @staticmethod
-    def _print_run(n: int, name: str, r: LoadResult) -> None:
-        cpu = r.cpu_us_per_request
-        print(
-            f"  round {n + 1} {name:<7} {r.rps:>8,.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:8.2f} ms  "
-            f"server CPU {cpu or 0:6.0f} µs/request  ({r.requests:,} requests, {r.non_2xx} non-2xx, "
-            f"{r.socket_errors} socket errors)",
-            flush=True,
-        )
 
 
 def main(argv: list[str]) -> int:

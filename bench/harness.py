@@ -409,3 +409,14 @@ class timed:
 
     def __exit__(self, *exc: Any) -> None:
         print(f" {time.monotonic() - self.start:.1f} s", flush=True)
+
+
+def print_round(n: int, name: str, r: LoadResult, *, name_width: int = 6) -> None:
+    """One load run's line: throughput, latency, server CPU per request and what went wrong."""
+    cpu = r.cpu_us_per_request
+    print(
+        f"  round {n + 1} {name:<{name_width}} {r.rps:>9,.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:8.2f} ms  "
+        f"server CPU {cpu or 0:6.0f} µs/request  ({r.requests:,} requests, {r.non_2xx} non-2xx, "
+        f"{r.socket_errors} socket errors)",
+        flush=True,
+    )

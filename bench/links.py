@@ -302,7 +302,7 @@ class LinksBench:
             cpu0 = harness.cpu_seconds(server.proc.pid)  # nothing to warm up in a bare server
             result = self.load(base)
             result.server_cpu_s = harness.cpu_seconds(server.proc.pid) - cpu0
-        self._print_run(n, "bare", result)
+        harness.print_round(n, "bare", result, name_width=6)
         return result
 
     def run_beacon(self, n: int) -> LoadResult:
@@ -357,18 +357,9 @@ class LinksBench:
         }
         check["ok"] = rc == 0 and stored == answered and check["non_2xx"] == 0 and result.socket_errors == 0
         self.checks.append(check)
-        self._print_run(n, "beacon", result)
+        harness.print_round(n, "beacon", result, name_width=6)
         return result
 
-    @staticmethod
-    def _print_run(n: int, name: str, r: LoadResult) -> None:
-        cpu = r.cpu_us_per_request
-        print(
-            f"  round {n + 1} {name:<6} {r.rps:>9,.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
-            f"server CPU {cpu or 0:6.0f} µs/request  ({r.requests:,} requests, {r.non_2xx} non-2xx, "
-            f"{r.socket_errors} socket errors)",
-            flush=True,
-        )
 
 
 def main(argv: list[str]) -> int:

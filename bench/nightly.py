@@ -213,16 +213,16 @@ async def _serve(config: Path, job_at: dt.datetime, results: Path) -> None:
     chart_s = [0.0]
     import bot.digest.chart as chart_module
 
-    draw = chart_module.render_chart
+    draw = chart_module.draw_charts
 
-    def timed_chart(*args: Any, **kwargs: Any) -> Any:  # instrumentation only: how long the charts take
+    async def timed_charts(*args: Any, **kwargs: Any) -> Any:  # instrumentation only: how long the charts take
         started = time.perf_counter()
         try:
-            return draw(*args, **kwargs)
+            return await draw(*args, **kwargs)
         finally:
             chart_s[0] += time.perf_counter() - started
 
-    chart_module.render_chart = timed_chart  # type: ignore[assignment]
+    chart_module.draw_charts = timed_charts  # type: ignore[assignment]
     app = create_app(settings, clock=FrozenClock(job_at))
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
     await runner.setup()

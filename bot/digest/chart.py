@@ -1,14 +1,20 @@
 """The managers' chart: the team's funnel (contacts by stage) beside a 7-day trend of new contacts and
 new MQLs, as a PNG (matplotlib, Agg backend: no display needed).
 
+`draw_charts` draws a run's charts in a child process: matplotlib holds the GIL for about a second per
+chart, which in a thread of the server would stall link opens and callbacks for that long.
+
 Labels are Chinese when a CJK font is installed (Noto Sans CJK, WenQuanYi, Source Han, SimHei …),
 and English otherwise: a font without the glyphs would draw empty boxes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+import multiprocessing
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 
 from bot.digest.team import FUNNEL_STAGES, TeamDigest
@@ -67,3 +73,21 @@ def render_chart(digest: TeamDigest, title: str) -> bytes:
         finally:
             plt.close(fig)
     return out.getvalue()
+
+
+def render_charts(jobs: list[tuple[TeamDigest, str]]) -> list[bytes]:
+    """PNG bytes of several charts (run in the child process)."""
+    return [render_chart(digest, title) for digest, title in jobs]
+
+
+async def draw_charts(jobs: list[tuple[TeamDigest, str]]) -> list[bytes]:
+    """`render_charts` in a fresh child process ("spawn": nothing of this process's threads or
+    connections is inherited), awaited without blocking the event loop."""
+    if not jobs:
+        return []
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, render_charts, jobs)
+    finally:
+        pool.shutdown(wait=False)
+

@@ -7,7 +7,6 @@ milliseconds, not for the whole build.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 
@@ -39,15 +38,14 @@ async def build_outgoing(session: AsyncSession, settings: Settings, kind: str, d
             outs.append(Outgoing(kind, todo.userid, day, bodies, None, numbers))
         return outs
     teams = await build_team_digests(session, settings, window)
-    outs = []
-    for team in teams:
-        body = render_team(team, window, public, settings.alerts.sla_hours)
-        chart = None
-        if settings.digest.chart:
-            from bot.digest.chart import render_chart
+    charts: list[bytes | None] = [None] * len(teams)
+    if settings.digest.chart and teams:
+        from bot.digest.chart import draw_charts
 
-            title = f"{team.name} · {window.report_day.isoformat()}"
-            chart = await asyncio.to_thread(render_chart, team, title)
+        charts = list(await draw_charts([(team, f"{team.name} · {window.report_day.isoformat()}") for team in teams]))
+    outs = []
+    for team, chart in zip(teams, charts):
+        body = render_team(team, window, public, settings.alerts.sla_hours)
         outs.append(Outgoing(kind, team.manager, day, split_markdown(body), chart, summary(team)))
     return outs
 
