@@ -6,12 +6,16 @@ Nothing here runs at import time; `create_engine(settings)` is called by the app
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import weakref
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.util import await_only
 
 from bot.config import DatabaseSettings
 
@@ -26,14 +30,111 @@ def is_sqlite(engine_or_url: AsyncEngine | str) -> bool:
 READ_ONLY = "beacon_read_only"
 
 
-def _sqlite_begin(conn: Any) -> None:
-    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY_SNAPSHOT when
-    # another connection committed in between (WAL mode; the busy timeout does not apply). Units of
-    # work therefore take the write lock up front; read-only sessions opt out and never block.
-    if conn.get_execution_options().get(READ_ONLY):
-        conn.exec_driver_sql("BEGIN")
-    else:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+class WriteGate:
+    """SQLite: one write transaction at a time in this process, queued in the event loop.
+
+    SQLite has one write lock per database. Without the gate, a writer that finds it taken (another
+    of this process's connections holds it) waits in SQLite's busy handler, which sleeps in growing
+    steps (1, 2, 5 … 100 ms) on its connection's thread and retries: under steady writes (the link
+    and callback group commits, the tracker, the inbox worker) the waits pile up into hundreds of
+    milliseconds and the one who waited longest is not the one who goes next. With the gate, `BEGIN
+    IMMEDIATE` is issued only by the holder; the others wait on an asyncio lock, first come first
+    served, and go the moment the holder commits or rolls back. Other processes (a CLI command
+    beside `serve`) still meet SQLite's busy handler.
+
+    Waiting longer than `busy_timeout_ms` raises sqlite3's "database is locked", as SQLite would:
+    a unit of work that waits for another one holding the gate in the same task is a bug either way.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
+        self._held: dict[int, asyncio.Lock] = {}  # id(DBAPI connection) → the gate it holds
+        self._waiting = 0  # writers queued for the gate (the fast path must not pass them)
+
+    def install(self, engine: AsyncEngine) -> None:
+        sync = engine.sync_engine
+        event.listen(sync, "begin", self._begin)
+        # Opened only once SQLite's lock is free: after COMMIT / ROLLBACK has run (the engine's commit
+        # and rollback events come before), whoever ends the transaction (the pool's reset included).
+        dialect = sync.dialect
+        dialect.do_commit = self._after(dialect.do_commit)  # type: ignore[method-assign]
+        dialect.do_rollback = self._after(dialect.do_rollback)  # type: ignore[method-assign]
+        # A connection given up mid-transaction (its task cancelled, as at shutdown) is terminated or
+        # closed without a rollback: that ends its transaction too.
+        dialect.do_terminate = self._after(dialect.do_terminate, always=True)  # type: ignore[method-assign]
+        dialect.do_close = self._after(dialect.do_close, always=True)  # type: ignore[method-assign]
+        event.listen(sync.pool, "invalidate", self._dropped)
+        event.listen(sync.pool, "close", self._dropped)
+
+    def _lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
+
+    def _begin(self, conn: Any) -> None:
+        # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY_SNAPSHOT when
+        # another connection committed in between (WAL mode; the busy timeout does not apply). Units of
+        # work therefore take the write lock up front, through the gate; read-only sessions opt out and
+        # never block.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+            return
+        key = id(conn.connection.dbapi_connection)
+        lock = self._lock()
+        try:  # inside SQLAlchemy's greenlet: wait for the gate in the event loop
+            await_only(self._acquire(lock))
+        except TimeoutError:
+            cause = sqlite3.OperationalError("database is locked (waited for this process's other writer)")
+            raise OperationalError("BEGIN IMMEDIATE", None, cause) from None  # as SQLite's own would be
+        self._held[key] = lock
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self._open(key)
+            raise
+
+    async def _acquire(self, lock: asyncio.Lock) -> None:
+        """lock.acquire() within the timeout, never leaving the lock taken by nobody: `wait_for` alone
+        can lose an acquisition that completes just as it times out or is cancelled (shutdown)."""
+        if not lock.locked() and not self._waiting:
+            await lock.acquire()  # free, nobody queued: taken at once, without suspending
+            return
+        attempt = asyncio.ensure_future(lock.acquire())
+        self._waiting += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(attempt), self.timeout_s)
+        except BaseException:
+            if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+                lock.release()  # it was ours after all: give it back
+            else:
+                attempt.cancel()  # a cancelled Lock.acquire hands the turn on, holding nothing
+            raise
+        finally:
+            self._waiting -= 1
+
+    def _after(self, end: Any, *, always: bool = False) -> Any:
+        def wrapped(connection: Any) -> None:
+            key = id(getattr(connection, "dbapi_connection", connection))
+            try:
+                end(connection)  # a COMMIT that fails leaves the gate to the ROLLBACK that follows
+            except BaseException:
+                if always:
+                    self._open(key)
+                raise
+            self._open(key)
+
+        return wrapped
+
+    def _dropped(self, dbapi_conn: Any, *_args: Any) -> None:
+        self._open(id(dbapi_conn))
+
+    def _open(self, key: int) -> None:
+        lock = self._held.pop(key, None)
+        if lock is not None:
+            lock.release()
 
 
 def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
@@ -60,7 +161,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms))
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        WriteGate(settings.busy_timeout_ms / 1000).install(engine)
         return engine
     return create_async_engine(
         url,

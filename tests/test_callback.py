@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.app import RUNTIME, create_app
-from bot.models import InboxItem, OutboxItem
+from bot.models import Contact, InboxItem, OutboxItem
 from bot.wecom.inbound import CallbackCrypto
 from tests.conftest import AGENT_ID, CB_AES_KEY, CB_TOKEN, CORP_ID, make_settings
 
@@ -307,11 +307,24 @@ async def test_healthz_and_metrics(beacon: Any, poster: Poster) -> None:
     assert resp.status == 200
     body = await resp.json()
     assert body["status"] == "ok"
+    assert body["tracker"] == {"unprocessed": 0, "lag_s": 0.0}
     await poster.post(text_xml("rep1", "帮助", "5001"))
     body = await (await beacon.client.get("/healthz")).json()
     assert body["inbox"]["pending"] == 1
-    await beacon.process()
+    async with beacon.rt.sessions() as session, session.begin():
+        contact = Contact(external_userid="wmHealth", created_at=beacon.clock.now(), updated_at=beacon.clock.now())
+        session.add(contact)
+    now = beacon.clock.now()
+    await beacon.rt.events.contact_event("call", contact.id, occurred_at=now, received_at=now, key="health:call")
+    beacon.clock.advance(seconds=90)  # the tracker does not run by itself here: the event waits
+    body = await (await beacon.client.get("/healthz")).json()
+    assert body["tracker"] == {"unprocessed": 1, "lag_s": 90.0}
     metrics = await (await beacon.client.get("/metrics")).text()
+    assert "beacon_tracker_backlog 1.0" in metrics and "beacon_tracker_lag_seconds 90.0" in metrics
+    await beacon.process()
+    assert await beacon.rt.tracker.drain() == 1
+    metrics = await (await beacon.client.get("/metrics")).text()
+    assert "beacon_tracker_backlog 0.0" in metrics and "beacon_tracker_lag_seconds 0.0" in metrics
     assert 'beacon_callbacks_received_total{source="app"} 1.0' in metrics
     assert 'beacon_callbacks_processed_total{kind="text"} 1.0' in metrics
     assert 'beacon_wecom_api_calls_total{errcode="0",path="/cgi-bin/message/send"} 1.0' in metrics
