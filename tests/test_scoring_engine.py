@@ -21,6 +21,7 @@ from bot.scoring import (
     stage_for_score,
     temperature,
 )
+from bot.scoring.engine import pack_totals, unpack_totals
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # 10:00 in Asia/Shanghai
@@ -430,8 +431,28 @@ def test_book_memory_is_within_one_and_a_half_of_a_score_dict() -> None:
         state = SCORER.new_state(cid)
         state.profile_mask, state.profile = 1, 1000
         state.behavior, state.active_day, state.clock_day = rng.randrange(9000), 739700, 739720
+        state.totals = {0: 1, 7: rng.randrange(1, 4)}  # contact_added once, and another `max_times` rule
         book.put(state)
     used = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert len(plain) == len(book) == n
     assert used <= 1.5 * baseline, used / baseline
+    assert not book._totals  # every contact's totals packed into its row
+
+
+@pytest.mark.parametrize("totals", [None, {0: 1}, {3: 2, 0: 1, 254: 255, 9: 0}, {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, {0: 256}, {255: 1}])
+def test_book_keeps_max_times_totals_packed_or_beside(totals: dict[int, int] | None) -> None:
+    book = ScoreBook(SCORER)
+    state = SCORER.new_state(7)
+    state.totals = None if totals is None else dict(totals)
+    book.put(state)
+    fits = totals is None or (len(totals) <= 4 and all(i < 255 and c < 256 for i, c in totals.items()))
+    if fits:
+        assert unpack_totals(pack_totals(totals)) == (totals or None)
+    assert (book.get(7).totals or None) == (totals or None)
+    assert (7 in book._totals) == (not fits)
+    state.totals = {0: 1}  # back to a packable one: the side entry goes
+    book.put(state)
+    assert book.get(7).totals == {0: 1} and 7 not in book._totals
+    book.remove(7)
+    assert not book._totals

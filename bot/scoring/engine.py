@@ -396,16 +396,48 @@ def _unpack_day(value: int) -> int | None:
     return None if value == 0 else value + _DAY0
 
 
+_UNPACKED = (1 << 64) - 1  # in the packed column: this contact's totals are in the side dict
+
+
+def pack_totals(totals: Mapping[int, int] | None) -> int:
+    """`max_times` totals (rule index → times fired) in one 64-bit word: up to four (index, count)
+    pairs of 16 bits, each (index + 1) << 8 | count, so an empty slot is 0 and no totals at all is 0.
+    Returns _UNPACKED when they do not fit (more than four rules, an index past 254, a count past 255)."""
+    if not totals:
+        return 0
+    if len(totals) > 4:
+        return _UNPACKED
+    word = 0
+    for slot, (index, count) in enumerate(sorted(totals.items())):
+        if not (0 <= index < 255 and 0 <= count < 256):
+            return _UNPACKED
+        word |= ((index + 1) << 8 | count) << (16 * slot)
+    return word
+
+
+def unpack_totals(word: int) -> dict[int, int] | None:
+    """pack_totals, reversed (None for no totals, as ContactScoreState has it)."""
+    if not word:
+        return None
+    totals: dict[int, int] = {}
+    while word:
+        pair = word & 0xFFFF
+        if pair:
+            totals[(pair >> 8) - 1] = pair & 0xFF
+        word >>= 16
+    return totals
+
+
 class ScoreBook:
     """Scoring states of many contacts, packed into parallel typed arrays.
 
     Per contact: model index (1 byte), profile-rule mask (4), behavior cents (8), penalty cents (4),
-    last-engagement day and clock day (2 each, days since 1970 — good until 2149): 21 bytes beside
-    the id → row index, against ~24 for a float in a dict id → score (about 1.35× that dict in all,
-    where a dict of ContactScoreState objects is about 2.5×). Profile points come from the mask.
-    Cap counters and `max_times` totals live in side dicts only for contacts that have them;
-    `decay_all` drops counters of days that are over. `get` hands out a working ContactScoreState;
-    `put` packs it back.
+    last-engagement day and clock day (2 each, days since 1970 — good until 2149) and the `max_times`
+    totals (8, see `pack_totals`): 29 bytes beside the id → row index, against ~24 for a float in a
+    dict id → score. Profile points come from the mask. Totals that do not pack (more than four rules,
+    or a count past 255) and today's cap counters live in side dicts, only for contacts that have
+    them; `decay_all` drops counters of days that are over. `get` hands out a working
+    ContactScoreState; `put` packs it back.
     """
 
     def __init__(self, scorer: Scorer) -> None:
@@ -418,8 +450,9 @@ class ScoreBook:
         self._penalty = array("i")
         self._active = array("H")
         self._clock = array("H")
+        self._packed_totals = array("Q")
         self._caps: dict[int, DayCaps] = {}
-        self._totals: dict[int, dict[int, int]] = {}
+        self._totals: dict[int, dict[int, int]] = {}  # totals that do not pack
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -445,7 +478,7 @@ class ScoreBook:
             active_day=_unpack_day(self._active[row]),
             clock_day=_unpack_day(self._clock[row]),
             caps=self._caps.get(contact_id),
-            totals=self._totals.get(contact_id),
+            totals=unpack_totals(self._packed_totals[row]) if self._packed_totals[row] != _UNPACKED else self._totals.get(contact_id),
         )
 
     def put(self, state: ContactScoreState) -> None:
@@ -459,8 +492,9 @@ class ScoreBook:
             state.penalty,
             _pack_day(state.active_day),
             _pack_day(state.clock_day),
+            pack_totals(state.totals),
         )
-        columns = (self._model, self._mask, self._behavior, self._penalty, self._active, self._clock)
+        columns = (self._model, self._mask, self._behavior, self._penalty, self._active, self._clock, self._packed_totals)
         if row is None and not self._free:
             self._rows[cid] = len(self._model)
             for column, value in zip(columns, values):
@@ -471,7 +505,7 @@ class ScoreBook:
             for column, value in zip(columns, values):
                 column[row] = value
         self._side(self._caps, cid, state.caps)
-        self._side(self._totals, cid, state.totals)
+        self._side(self._totals, cid, state.totals if values[-1] == _UNPACKED else None)
 
     @staticmethod
     def _side(table: dict[int, Any], contact_id: int, value: Any) -> None:
