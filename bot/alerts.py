@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.alert_delivery import can_update, decide, deliver, is_loud, refresh, suppress, unsent_card
 from bot.lifecycle import raise_alert
 from bot.models import Alert, Contact, Event, Rep, ScoreEntry, StageChange
+from bot.tracker_batch import BATCH_KEY, TrackerBatch
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -68,12 +69,28 @@ class AlertService:
         await self.settle(session, alert, contact, now)
 
     async def on_event(self, session: AsyncSession, event: Event) -> None:
-        """Tracker hook (after scoring): fold one behavior event into the owner's alert for the contact."""
+        """Tracker hook (after scoring): fold one behavior event into the owner's alert for the contact.
+
+        Batch-aware only in its first step: whether the event can concern an alert at all is decided
+        from the batch's contacts; the work itself runs as for a hook that knows nothing of batches
+        (the batch's queued writes flushed first: it reads the ledger and stage history). In a batch it
+        runs without a savepoint of its own: if it fails, the tracker rolls the batch back and does it
+        again one event at a time, where the savepoint below keeps the event scored."""
         if event.contact_id is None or event.type not in TRIGGERS | FOLLOWERS:
             return
-        contact = await session.get(Contact, event.contact_id)
+        batch: TrackerBatch | None = session.info.get(BATCH_KEY)
+        contact = await (batch.contact(event.contact_id) if batch is not None else session.get(Contact, event.contact_id))
         if contact is None or contact.owner_userid is None or contact.erased_at is not None:
             return
+        if batch is not None:
+            scored = batch.prepared.get("ledger")
+            await batch.call_unaware(lambda s, e: self._track(s, contact, e, scored), event)
+        else:
+            await self._track_safely(session, contact, event)
+
+    on_event.batch_aware = True  # type: ignore[attr-defined]  # see the docstring
+
+    async def _track_safely(self, session: AsyncSession, contact: Contact, event: Event) -> None:
         try:
             async with session.begin_nested():
                 await self._track(session, contact, event)
@@ -108,7 +125,8 @@ class AlertService:
         """Not seen by the rep yet: pending, or its card is still in this transaction's outbox."""
         return alert.status == "pending" or await unsent_card(session, alert) is not None
 
-    async def _track(self, session: AsyncSession, contact: Contact, event: Event) -> None:
+    async def _track(self, session: AsyncSession, contact: Contact, event: Event,
+                     scored: dict[tuple[int, int], list[Any]] | None = None) -> None:
         now = self.rt.clock.now()
         alert = await self.open_alert(session, contact.owner_userid or "", contact.id, now)
         if alert is not None and event.id in (alert.detail.get("events") or []):
@@ -126,7 +144,7 @@ class AlertService:
             alert.urgent = True
             if alert.status == "pending":
                 alert.send_after = now
-        await self._add_event(session, alert, contact, event, stage)
+        await self._add_event(session, alert, contact, event, stage, scored)
         await self.settle(session, alert, contact, now)
 
     async def _resolve(self, session: AsyncSession, alert: Alert) -> Alert:
@@ -161,11 +179,15 @@ class AlertService:
             target.send_after = min(target.send_after, now)
 
     async def _add_event(
-        self, session: AsyncSession, alert: Alert, contact: Contact, event: Event, stage: StageChange | None
+        self, session: AsyncSession, alert: Alert, contact: Contact, event: Event, stage: StageChange | None,
+        scored: dict[tuple[int, int], list[Any]] | None = None,
     ) -> None:
-        rows = (await session.execute(
-            select(ScoreEntry.reason, ScoreEntry.points).where(ScoreEntry.contact_id == contact.id, ScoreEntry.event_id == event.id)
-        )).all()
+        # The event's ledger rows: as the scoring hook just wrote them in this tracker batch, else read.
+        rows = (scored or {}).get((contact.id, event.id))
+        if rows is None:
+            rows = (await session.execute(
+                select(ScoreEntry.reason, ScoreEntry.points).where(ScoreEntry.contact_id == contact.id, ScoreEntry.event_id == event.id)
+            )).all()
         _, _, _, title = await self.rt.services["scoring"].facts.get(session, event.item_id)
         props = event.props or {}
         activity: dict[str, Any] = {"event": event.id, "type": event.type, "item": event.item_id, "title": title,

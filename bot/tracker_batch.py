@@ -27,6 +27,7 @@ from sqlalchemy import bindparam, event as sa_event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql import TableClause
 from sqlalchemy.sql.util import find_tables
 
 from bot.inbox import insert_ignore
@@ -342,13 +343,15 @@ class TrackerBatch:
         if not self.pending:
             return
         try:
-            tables = {t.name for t in find_tables(state.statement, include_joins=True, include_selects=True, include_crud=True)}
+            found = find_tables(state.statement, include_joins=True, include_selects=True, include_crud=True)
+            tables = {t.name for t in found if isinstance(t, TableClause)}  # (the statement itself is among them)
         except Exception:  # an unusual construct: flush rather than guess
             tables = set()
         if not tables or not tables.isdisjoint(TABLE_ORDER):
             # Inside a savepoint only what was decided before it is pending: keep `processed` flags
-            # out of it, or rolling it back would take them.
-            self._flush_sync(processed=not self._savepoints)
+            # out of it, or rolling it back would take them. Nor are they written for a statement
+            # that does not touch `events` (an alert reading the stage history, once per event).
+            self._flush_sync(processed=not self._savepoints and (not tables or "events" in tables))
 
     def _before_savepoint(self, session: Session, transaction: Any) -> None:
         # A savepoint is beginning (its SAVEPOINT is emitted on first use): what is queued goes in

@@ -24,8 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from bot.leases import due_rows
 from bot.models import (
-    Alert, Contact, ContentItem, ContentVersion, Event, InboxItem, OutboxItem, Rep, ScoreEntry, Share, Task,
+    Alert, Contact, ContentItem, ContentVersion, Enrollment, Event, InboxItem, OutboxItem, Playbook, Rep, ScoreEntry, Share,
+    Task,
 )
+from bot.sop.triggers import enrollments_of
 from bot.tracker import unprocessed_events
 from tests.conftest import T0
 
@@ -142,6 +144,13 @@ async def _fill(conn: AsyncConnection) -> dict[str, Any]:
          "sent_at": None if n % 250 == 0 else now - dt.timedelta(hours=1)}
         for n in range(1, N_WORK + 1)
     ])
+    await conn.execute(insert(Playbook), [{"id": 1, "key": "pb", "version": 1, "definition": {}, "definition_hash": "h", "created_at": now}])
+    await conn.execute(insert(Enrollment), [
+        {"playbook_id": 1, "playbook_key": "pb", "contact_id": (n % N_CONTACTS) + 1, "owner_userid": REPS[n % len(REPS)],
+         "status": "active" if n % 3 == 0 else "stopped", "next_step": 1, "next_due_at": now + dt.timedelta(hours=n % 72),
+         "started_at": now}
+        for n in range(1, N_WORK + 1)
+    ])
     return {"now": now, "contact": 1234, "rep": REPS[3], "token": "tok00000777", "external": "wm000042"}
 
 
@@ -209,6 +218,9 @@ def hot_queries(keys: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
          # PostgreSQL knows from its statistics how few rows the partial index holds; SQLite, without
          # statistics, narrows to sent alerts due by the status index (still no full scan)
          {"postgresql": "ix_alerts_updates_due", "sqlite": "ix_alerts_status_send_after"}),
+        # bot/sop/triggers.py: the SOP hook's running enrollments of a tracker batch's contacts
+        ("enrollments of a batch's contacts", enrollments_of([contact, contact + 1, contact + 2]), "sop_enrollments",
+         "ix_sop_enrollments_contact_id"),
         ("snoozes that ran out", select(Task).where(Task.status == "open", Task.snoozed_until.is_not(None),
                                                     Task.snoozed_until <= now)
          .order_by(Task.snoozed_until, Task.id).limit(100), "tasks", "ix_tasks_status_snoozed"),

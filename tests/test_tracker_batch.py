@@ -23,6 +23,7 @@ from bot.identity import add_identity
 from bot.models import Contact, ContentItem
 from bot.runtime import Runtime
 from bot.shares import create_share
+from bot.sop.store import import_playbooks
 from content.importer import import_library
 from tests.conftest import T0, make_settings
 
@@ -36,8 +37,8 @@ PHONES = ["13800000001", "13800000002", "13900000003", "13700000004", "136000000
 class World:
     """One runtime on its own database, driven by the scenario."""
 
-    def __init__(self, rt: Runtime, clock: FrozenClock) -> None:
-        self.rt, self.clock = rt, clock
+    def __init__(self, rt: Runtime, clock: FrozenClock, playbooks: Path) -> None:
+        self.rt, self.clock, self.playbooks = rt, clock, playbooks
         self.links: list[Any] = []  # LinkInfo of base shares, then of child shares as they appear
         self.contacts: list[int] = []
 
@@ -61,6 +62,9 @@ class World:
             shares.append(await create_share(session, items[GATED], rep_userid="rep1", now=self.clock.now()))
             shares.append(await create_share(session, items[SLUGS[0]], rep_userid=None, now=self.clock.now()))
             tokens = [s.token for s in shares]
+            # A playbook on the real-time path: reads enroll, replies and later stages stop (the SOP hook).
+            report = await import_playbooks(session, self.playbooks, now=self.clock.now())
+            assert report.ok, report.errors
         for token in tokens:
             self.links.append(await self.rt.links.resolve(token))
 
@@ -105,6 +109,7 @@ class World:
             "outbox": "SELECT idempotency_key, path, payload, status FROM outbox",
             "tasks": "SELECT kind, title, owner_userid, contact_id, priority, source_event_id FROM tasks",
             "alerts": "SELECT rep_userid, contact_id, kind, urgent, status, score_delta, detail FROM alerts",
+            "enrollments": "SELECT playbook_key, contact_id, owner_userid, status, stopped_reason, start_stage FROM sop_enrollments ORDER BY id",
         }
         out: dict[str, Any] = {}
         async with self.rt.sessions() as session:
@@ -112,6 +117,20 @@ class World:
                 rows = [tuple(_stable(v) for v in r) for r in (await session.execute(text(sql))).all()]
                 out[name] = rows if "ORDER BY" in sql else sorted(rows, key=repr)
         return out
+
+
+PLAYBOOK = """
+key: batch-reader
+name: 读到一半
+trigger:
+  type: item_read
+  min_depth: 50
+steps:
+  - day: 1
+    at: "10:00"
+    title: 跟进
+    message: "{name}您好"
+"""
 
 
 def _stable(value: Any) -> Any:
@@ -128,7 +147,10 @@ async def _world(path: Path, template: Path, *, batched: bool, batch: int, extra
     rt.tracker.batch = batch
     rt.tracker.max_batch_s = 1e9  # batch boundaries by count only, so both sides cut alike
     rt.tracker.hooks.extend(extra_hooks)
-    world = World(rt, clock)
+    playbooks = path.with_suffix(".playbooks")
+    playbooks.mkdir()
+    (playbooks / "batch-reader.yaml").write_text(PLAYBOOK, encoding="utf-8")
+    world = World(rt, clock, playbooks)
     await world.setup()
     return world
 
@@ -144,6 +166,20 @@ async def _run(world: World, seed: int, steps: int) -> dict[str, Any]:
     return await world.snapshot()
 
 
+async def _both(tmp_path: Path, template: Path, seed: int, steps: int, *, batch: int,
+                extra_hooks: list[Any] = ()) -> tuple[dict[str, Any], dict[str, Any], World]:
+    """The same scenario through the one-by-one tracker and the batched one: (expected, got, batched world)."""
+    one = await _world(tmp_path / "one.db", template, batched=False, batch=batch, extra_hooks=extra_hooks)
+    many = await _world(tmp_path / "many.db", template, batched=True, batch=batch, extra_hooks=extra_hooks)
+    try:
+        expected = await _run(one, seed, steps)
+        got = await _run(many, seed, steps)
+    finally:
+        await one.rt.stop()
+        await many.rt.stop()
+    return expected, got, many
+
+
 def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     for name in a:
         if a[name] != b[name]:
@@ -154,16 +190,10 @@ def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("seed,batch", [(1, 50), (2, 7), (3, 3), (4, 50)])
 async def test_batched_equals_one_by_one(tmp_path: Path, sqlite_template: Path, seed: int, batch: int) -> None:
-    one = await _world(tmp_path / "one.db", sqlite_template, batched=False, batch=batch)
-    many = await _world(tmp_path / "many.db", sqlite_template, batched=True, batch=batch)
-    try:
-        expected = await _run(one, seed, 160)
-        got = await _run(many, seed, 160)
-    finally:
-        await one.rt.stop()
-        await many.rt.stop()
+    expected, got, many = await _both(tmp_path, sqlite_template, seed, 160, batch=batch)
     assert any(e[1] == "forward" for e in expected["events"])
     assert expected["merges"] and expected["ledger"] and expected["stages"]
+    assert any(row[3] == "stopped" for row in expected["enrollments"])  # the SOP hook enrolled, and stopped some
     assert many.rt.tracker.fallbacks == 0
     _assert_same(expected, got)
 
@@ -176,17 +206,33 @@ async def test_a_failing_event_is_isolated_like_before(tmp_path: Path, sqlite_te
         if event.type == "cta":
             raise RuntimeError("boom")
 
-    one = await _world(tmp_path / "one.db", sqlite_template, batched=False, batch=10, extra_hooks=[flaky])
-    many = await _world(tmp_path / "many.db", sqlite_template, batched=True, batch=10, extra_hooks=[flaky])
-    try:
-        expected = await _run(one, 5, 120)
-        got = await _run(many, 5, 120)
-    finally:
-        await one.rt.stop()
-        await many.rt.stop()
+    expected, got, many = await _both(tmp_path, sqlite_template, 5, 120, batch=10, extra_hooks=[flaky])
     assert any(e[1] == "cta" for e in expected["events"])
     assert many.rt.tracker.fallbacks > 0
     assert all(e[5] for e in got["events"])  # every event processed, the failing ones too
+    _assert_same(expected, got)
+
+
+async def test_a_failing_alert_leaves_the_event_scored_batched_or_not(tmp_path: Path, sqlite_template: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alerting fails on downloads. One by one, its savepoint catches that; in a batch, where it runs
+    without one, the batch falls back to one by one: either way those events are scored, only their
+    alert is missing, and the two trackers end alike."""
+    from bot.alerts import AlertService
+
+    real = AlertService._track
+
+    async def track(self: Any, session: Any, contact: Any, event: Any) -> None:
+        if event.type == "download":
+            raise RuntimeError("alerting broke")
+        await real(self, session, contact, event)
+
+    monkeypatch.setattr(AlertService, "_track", track)
+    expected, got, many = await _both(tmp_path, sqlite_template, 6, 140, batch=10)
+    downloads = {e[0] for e in expected["events"] if e[1] == "download" and e[2] is not None}
+    assert downloads and many.rt.tracker.fallbacks > 0
+    assert downloads & {row[4] for row in got["ledger"]}  # scored (those the caps let through)
+    assert all(e[5] for e in got["events"])
     _assert_same(expected, got)
 
 

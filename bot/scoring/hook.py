@@ -36,7 +36,11 @@ def scoring_hook(rt: "Runtime") -> Callable[[AsyncSession, Event], Awaitable[Non
         if contact.id in rt.tracker.merged:  # two histories became one: replay it
             rt.tracker.merged.discard(contact.id)
             await rescore_contact(service, session, contact, event.occurred_at)
-        await service.on_event(session, contact, event)
+        entries = await service.on_event(session, contact, event)
+        if batch is not None:  # what alerts would read back from the ledger (bot/alerts.py _add_event)
+            batch.prepared.setdefault("ledger", {})[(contact.id, event.id)] = [
+                (e.reason[:255], e.points) for e in entries if e.event_id == event.id
+            ]
         await after_scoring(rt, session, contact, event, rt.clock.now())
 
     async def prepare(session: AsyncSession, batch: TrackerBatch) -> None:

@@ -24,6 +24,7 @@ from bot.models import Channel, Contact, ContentItem, Enrollment, Event, StageCh
 from bot.sop.calendar import BusinessCalendar
 from bot.sop.enroll import enroll, first_due, stop_enrollments, stop_reason
 from bot.sop.store import LoadedPlaybook, SopService
+from bot.tracker_batch import BATCH_KEY, TrackerBatch
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -45,29 +46,68 @@ def contact_tags(contact: Contact) -> list[str]:
 
 
 def sop_hook(rt: "Runtime") -> Callable[[AsyncSession, Event], Awaitable[None]]:
+    """The tracker hook. Batch-aware: a tracker batch preloads the running enrollments of all its
+    contacts in one query (`prepare`), so an event that stops or enrolls nothing costs no query."""
     calendar = BusinessCalendar.from_settings(rt.settings)
 
     async def on_event(session: AsyncSession, event: Event) -> None:
         if event.contact_id is None:
             return
-        contact = await live_contact(session, event.contact_id)
+        batch: TrackerBatch | None = session.info.get(BATCH_KEY)
+        contact = await (batch.live_contact(event.contact_id) if batch is not None else live_contact(session, event.contact_id))
         if contact is None or contact.erased_at is not None:
             return
         now = rt.clock.now()
         service = sop_service(rt)
-        await _apply_stops(session, service, contact, event, now)
+        running = await _running(session, batch, contact.id)
+        await _apply_stops(session, service, contact, event, now, running)
         for playbook in await service.active(session):
             if await _event_matches(session, playbook, contact, event):
-                await enroll(session, playbook, contact, now=now, calendar=calendar)
+                enrollment = await enroll(session, playbook, contact, now=now, calendar=calendar)
+                if enrollment is not None:
+                    running.append(enrollment)
 
-    return on_event
+    async def prepare(session: AsyncSession, batch: TrackerBatch) -> None:
+        """The running enrollments of the batch's (live) contacts, in one query."""
+        ids = {batch.live_contact_id(cid) for cid in batch.contacts}
+        ids.discard(None)
+        by_contact: dict[int, list[Enrollment]] = {cid: [] for cid in ids}  # type: ignore[misc]
+        if ids:
+            for enrollment in (await session.scalars(enrollments_of(ids))).all():
+                if enrollment.status == "active":
+                    by_contact[enrollment.contact_id].append(enrollment)
+        batch.prepared["sop"] = by_contact
+
+    hook: Any = on_event
+    hook.batch_aware = True  # reads and writes only tables the tracker batch does not queue
+    hook.prepare = prepare
+    return hook
 
 
-async def _apply_stops(session: AsyncSession, service: SopService, contact: Contact, event: Event, now: dt.datetime) -> None:
-    running = (await session.scalars(
-        select(Enrollment).where(Enrollment.contact_id == contact.id, Enrollment.status == "active")
-    )).all()
+def enrollments_of(contact_ids: Any) -> Any:
+    """Every enrollment of the contacts, by the contact_id index. The running ones are picked out in
+    Python: with `status = 'active'` in the query, SQLite prefers the status index and reads every
+    running enrollment of every contact."""
+    return select(Enrollment).where(Enrollment.contact_id.in_(list(contact_ids))).order_by(Enrollment.id)
+
+
+async def _running(session: AsyncSession, batch: "TrackerBatch | None", contact_id: int) -> list[Enrollment]:
+    """The contact's running enrollments: from the batch's preload when there is one (kept current:
+    enrollments started in the batch are added, stopped ones change status), else queried."""
+    prepared = batch.prepared.get("sop") if batch is not None else None
+    if prepared is not None and contact_id in prepared:
+        return prepared[contact_id]
+    found = [e for e in (await session.scalars(enrollments_of([contact_id]))).all() if e.status == "active"]
+    if prepared is not None:
+        prepared[contact_id] = found
+    return found
+
+
+async def _apply_stops(session: AsyncSession, service: SopService, contact: Contact, event: Event, now: dt.datetime,
+                       running: list[Enrollment]) -> None:
     for enrollment in running:
+        if enrollment.status != "active":
+            continue
         definition = await service.definition(session, enrollment.playbook_id)
         if definition is None:
             continue
