@@ -190,6 +190,38 @@ async def test_reps_todo_lists_overdue_first_with_task_links(beacon: Any) -> Non
     assert len(beacon.sim.state.messages_to("rep1")) == 1 and beacon.sim.state.messages_to("mgr1") == []
 
 
+async def test_digests_commit_in_chunks_and_a_failed_run_is_finished_by_the_next(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims are written CLAIM_CHUNK recipients per transaction: a run that dies half-way keeps (and
+    sends) what it committed, and the next run sends the rest: one to-do list per rep in the end."""
+    import bot.digest.jobs as jobs
+
+    await seed(beacon.rt)
+    beacon.clock.set(mon(8, 30, day=24))
+    monkeypatch.setattr(jobs, "CLAIM_CHUNK", 2)
+    real = jobs.claim_and_queue
+    calls: list[str] = []
+
+    async def dies_on_the_fourth(session: Any, out: Any, *, now: dt.datetime) -> bool:
+        calls.append(out.recipient)
+        if len(calls) == 4:
+            raise RuntimeError("process killed")
+        return await real(session, out, now=now)
+
+    monkeypatch.setattr(jobs, "claim_and_queue", dies_on_the_fourth)
+    assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:first")
+    async with beacon.rt.sessions() as session:
+        first = sorted((await session.scalars(select(Digest.recipient).where(Digest.kind == "reps"))).all())
+    assert first == sorted(calls[:2])  # the first chunk committed; the third claim went with the failed one
+    monkeypatch.setattr(jobs, "claim_and_queue", real)
+    assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:second")
+    await beacon.rt.outbox.drain()
+    async with beacon.rt.sessions() as session:
+        rows = (await session.scalars(select(Digest.recipient).where(Digest.kind == "reps"))).all()
+    assert sorted(rows) == ["mgr1", "mgr2", "rep1", "rep2", "rep3"]
+    for rep in ("rep1", "rep2", "rep3"):
+        assert len(beacon.sim.state.messages_to(rep)) == 1, rep
+
+
 async def test_two_processes_send_one_digest_per_manager(db_url: str, sim: Any) -> None:
     settings = make_settings(db_url, api_base=sim.url, team={"members": TEAM})
     clock = FrozenClock(mon(9, day=24))
