@@ -24,6 +24,8 @@ class Metrics:
         self.callbacks_parked = Counter("beacon_callbacks_parked", "Inbox items parked", registry=r)
         self.inbox_depth = Gauge("beacon_inbox_depth", "Inbox items waiting", ["status"], registry=r)
         self.outbox_depth = Gauge("beacon_outbox_depth", "Outbox items waiting", ["status"], registry=r)
+        self.tracker_backlog = Gauge("beacon_tracker_backlog", "Events not yet attributed and scored", registry=r)
+        self.tracker_lag = Gauge("beacon_tracker_lag_seconds", "How long the oldest unprocessed event has waited", registry=r)
         self.wecom_calls = Counter(
             "beacon_wecom_api_calls", "WeCom API answers by path and errcode", ["path", "errcode"], registry=r
         )

@@ -7,6 +7,7 @@ from aiohttp import web
 from bot import __version__
 from bot.app import RUNTIME
 from bot.inbox import inbox_counts
+from bot.tracker import backlog
 
 routes = web.RouteTableDef()
 
@@ -19,6 +20,7 @@ async def handle_healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
     async with rt.read_sessions() as session:
         counts = await inbox_counts(session)
+        tracker = await backlog(session, rt.clock.now())
     outbox = await rt.outbox.depth()
     return web.json_response(
         {
@@ -27,6 +29,7 @@ async def handle_healthz(request: web.Request) -> web.Response:
             "version": __version__,
             "inbox": counts,
             "outbox": {"pending": outbox.get("pending", 0), "failed": outbox.get("failed", 0)},
+            "tracker": tracker,
             "wecom_configured": rt.settings.wecom.configured,
         }
     )
@@ -40,6 +43,9 @@ async def handle_metrics(request: web.Request) -> web.Response:
         async with rt.read_sessions() as session:
             for status, count in (await inbox_counts(session)).items():
                 rt.metrics.inbox_depth.labels(status=status).set(count)
+            tracker = await backlog(session, rt.clock.now())
+            rt.metrics.tracker_backlog.set(tracker["unprocessed"])
+            rt.metrics.tracker_lag.set(tracker["lag_s"])
         for status in ("pending", "failed"):
             rt.metrics.outbox_depth.labels(status=status).set((await rt.outbox.depth()).get(status, 0))
     return web.Response(body=rt.metrics.render(), content_type="text/plain", charset="utf-8")
