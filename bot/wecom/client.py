@@ -226,6 +226,6 @@ def _body_kwargs(body: _Body) -> dict[str, Any]:
         form = aiohttp.FormData()
         form.add_field(body.field, body.data, filename=body.filename, content_type=body.content_type)
         return {"data": form}
-    # WeCom rejects \uXXXX escapes (errcode 40033), so the JSON must carry raw UTF-8.
+    # WeCom rejects JSON unicode escapes such as \u4e2d (errcode 40033), so the JSON must carry raw UTF-8.
     raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return {"data": raw, "headers": {"Content-Type": "application/json; charset=utf-8"}}

@@ -1,7 +1,7 @@
 """The simulator's HTTP side: WeCom's API paths and JSON shapes over a `SimState`, plus `/sim/` controls.
 
 Every answer carries errcode and errmsg, as WeCom's do. Requests are checked the way WeCom checks
-them (access token, agentid, message size, \\uXXXX escapes) and every request is logged in
+them (access token, agentid, message size, JSON unicode escapes) and every request is logged in
 `state.received` before anything else, so tests can assert on exactly what Beacon sent.
 """
 
@@ -54,7 +54,7 @@ KF_UNKNOWN_ACCOUNT = 95004  # not confirmed against WeCom's error table
 MEMBER_PER_MINUTE = 30
 MEMBER_PER_HOUR = 1000
 TICKETS_PER_HOUR = 100
-# A \uXXXX escape preceded by an even number of backslashes (so not an escaped backslash + "u").
+# A JSON unicode escape (backslash, "u", four hex digits) preceded by an even number of backslashes (so not an escaped backslash + "u").
 _UNICODE_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u[0-9a-fA-F]{4}")
 _KF_MSGID = re.compile(r"[0-9a-zA-Z_-]{1,32}")
 _dumps = functools.partial(json.dumps, ensure_ascii=False)
@@ -74,7 +74,7 @@ class ApiCall:
     query: dict[str, str]
     payload: dict[str, Any] = field(default_factory=dict)
     files: dict[str, UploadedFile] = field(default_factory=dict)
-    error: int | None = None  # a body WeCom would refuse (47001 bad JSON, 40033 \uXXXX)
+    error: int | None = None  # a body WeCom would refuse (47001 bad JSON, 40033 unicode escape)
 
 
 Endpoint = Callable[[SimState, ApiCall], dict[str, Any]]

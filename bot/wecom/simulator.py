@@ -6,7 +6,7 @@ callback side in `bot.wecom.sim_driver` (`CallbackDriver`); both are re-exported
 
 Error codes are WeCom's where we could confirm them: 40001 bad secret, 40014 unknown access token,
 41001 missing access token (WeCom's real code for that case, not 40014), 42001 expired token, 40033
-\uXXXX escapes in the body, 41051 welcome code already used, 95001 kf message quota, 95007 invalid kf
+JSON unicode escapes in the body, 41051 welcome code already used, 95001 kf message quota, 95007 invalid kf
 msg token, 95018 kf session state does not allow sending. Not confirmed, chosen and kept stable here:
 41052 for an expired or unknown welcome code, 95004 for an unknown open_kfid, 40035 (WeCom's generic
 "invalid parameter") for other bad arguments.
