@@ -38,6 +38,7 @@ class ServerSettings(_Section):
     admin_token: str = ""
     secret_key: str = ""
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    stop_grace_s: Annotated[float, Field(ge=0, le=300)] = 5.0
 
     @field_validator("public_url")
     @classmethod

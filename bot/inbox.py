@@ -9,7 +9,6 @@ Rows leased by a process that died are picked up again when the lease runs out.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from typing import TYPE_CHECKING
@@ -20,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.batch import BatchWriter
 from bot.context import Context
-from bot.leases import backoff_s, claim
+from bot.leases import backoff_s, claim, unclaim
 from bot.models import InboxItem
 from bot.wecom.inbound import Inbound, parse_inbound
+from bot.worker import PollingWorker
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -58,40 +58,31 @@ class InboxStore:
         )
 
 
-class InboxWorker:
+class InboxWorker(PollingWorker):
+    name = "inbox"
+
     def __init__(self, runtime: "Runtime") -> None:
+        super().__init__()
         self.rt = runtime
         self.cfg = runtime.settings.inbox
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            try:
-                handled = await self.drain()
-            except Exception:
-                log.exception("inbox pass failed")
-                handled = 0
-            if not handled:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.cfg.poll_s)
-                except TimeoutError:
-                    pass
+        self.poll_s = self.cfg.poll_s
 
     async def drain(self, limit: int = 50) -> int:
-        """Process everything due now; returns how many rows were handled."""
+        """Process everything due now; returns how many rows were handled. Asked to stop, it hands the
+        rows it claimed but has not started back at once, so the next start need not wait out their lease."""
         handled = 0
-        while True:
+        while not self.stopping:
             async with self.rt.sessions() as session, session.begin():
                 ids = await claim(session, InboxItem, now=self.rt.clock.now(), lease_s=self.cfg.lease_s, limit=limit)
             if not ids:
                 return handled
-            for item_id in ids:
+            for n, item_id in enumerate(ids):
+                if self.stopping:
+                    await unclaim(self.rt, InboxItem, ids[n:])
+                    return handled
                 await self.process(item_id)
                 handled += 1
+        return handled
 
     async def process(self, item_id: int) -> None:
         async with self.rt.sessions() as session:

@@ -44,6 +44,16 @@ async def claim(session: AsyncSession, model: Any, *, now: dt.datetime, lease_s:
     return sorted(claimed.all())
 
 
+async def unclaim(rt: Any, model: Any, ids: list[int]) -> None:
+    """Give back the lease on claimed rows this process will not handle after all (it is stopping)."""
+    if not ids:
+        return
+    async with rt.sessions() as session, session.begin():
+        await session.execute(
+            update(model).where(model.id.in_(ids), model.status == "pending").values(locked_until=None)
+        )
+
+
 def backoff_s(attempts: int, base: float, cap: float) -> float:
     """Exponential backoff: base, 2·base, 4·base … capped."""
     return min(cap, base * (2 ** max(0, attempts - 1)))

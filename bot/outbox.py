@@ -7,7 +7,6 @@ A crash between "decided" and "sent" loses nothing (the row is there); a crash b
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -16,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.leases import backoff_s, claim
+from bot.leases import backoff_s, claim, unclaim
 from bot.models import OutboxItem
+from bot.worker import PollingWorker
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -54,43 +54,33 @@ def enqueue(session: AsyncSession, path: str, payload: dict[str, Any], *, key: s
     return item
 
 
-class OutboxWorker:
+class OutboxWorker(PollingWorker):
     """Sends due outbox rows; retries transient failures with backoff; marks permanent ones failed."""
 
+    name = "outbox"
+
     def __init__(self, runtime: "Runtime", *, batch: int = 20, lease_s: float = 60.0) -> None:
+        super().__init__()
         self.rt = runtime
         self.batch = batch
         self.lease_s = lease_s
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self, poll_s: float = 1.0) -> None:
-        while True:
-            try:
-                sent = await self.drain()
-            except Exception:
-                log.exception("outbox pass failed")
-                sent = 0
-            if not sent:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), poll_s)
-                except TimeoutError:
-                    pass
 
     async def drain(self) -> int:
-        """Send everything due now; returns how many rows were handled."""
+        """Send everything due now; returns how many rows were handled. Asked to stop, it gives back
+        the rows it claimed but has not sent (the next start sends them without waiting out the lease)."""
         handled = 0
-        while True:
+        while not self.stopping:
             async with self.rt.sessions() as session, session.begin():
                 ids = await claim(session, OutboxItem, now=self.rt.clock.now(), lease_s=self.lease_s, limit=self.batch)
             if not ids:
                 return handled
-            for item_id in ids:
+            for n, item_id in enumerate(ids):
+                if self.stopping:
+                    await unclaim(self.rt, OutboxItem, ids[n:])
+                    return handled
                 await self._send_one(item_id)
                 handled += 1
+        return handled
 
     async def _send_one(self, item_id: int) -> None:
         """Send one leased row. No transaction is open during the call: on SQLite a transaction holds

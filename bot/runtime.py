@@ -38,6 +38,7 @@ from bot.wecom.client import WeComClient
 from bot.wecom.inbound import CallbackCrypto
 
 log = logging.getLogger("beacon.runtime")
+STOP_STEP_S = 5.0  # longest a shutdown waits for the database to hand back leases or close connections
 
 
 @dataclass
@@ -146,24 +147,36 @@ class Runtime:
         self._stoppers.append(stopper)
 
     async def stop(self) -> None:
-        """Finish what was acknowledged: flush the writer, stop workers (a row mid-flight is rolled
-        back and picked up by the next start), close connections."""
+        """Finish what was acknowledged: flush the writer, let the workers finish the row or batch in
+        hand (claimed rows not started are handed back), cancel only a worker still busy after the grace
+        period (its row is rolled back and picked up again), hand back leases, close connections.
+        Every step that talks to the database is bounded, so a stop always ends."""
         for stopper in reversed(self._stoppers):
             await stopper()
         await self.writer.close()
         await self.events.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in (self.inbox, self.outbox, self.tracker):
+            worker.request_stop()
+        tasks = list(self._tasks)
+        if tasks:
+            _, busy = await asyncio.wait(tasks, timeout=self.settings.server.stop_grace_s)
+            for task in busy:
+                log.warning("stop: %s still busy after %.1f s; cancelling it", task.get_name(),
+                            self.settings.server.stop_grace_s)
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         try:
             from bot.leases import release_leases
 
-            await release_leases(self)
-        except Exception:  # the database may be gone; leases then expire by themselves
+            await asyncio.wait_for(release_leases(self), STOP_STEP_S)
+        except Exception:  # the database may be gone or stuck; leases then expire by themselves
             log.warning("could not release leases on stop", exc_info=True)
         if self.http is not None:
             await self.http.close()
-        await self.engine.dispose()
+        try:
+            await asyncio.wait_for(self.engine.dispose(), STOP_STEP_S)
+        except TimeoutError:
+            log.warning("stop: closing database connections took over %.0f s; leaving them to the OS", STOP_STEP_S)
 
     async def db_ok(self) -> bool:
         try:

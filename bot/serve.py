@@ -42,6 +42,35 @@ async def serve_forever(settings: Settings, *, host: str, port: int, ready: asyn
         await stop.wait()
     finally:
         log.info("shutting down: finishing stored work")
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
-        await runner.cleanup()
+        watchdog = asyncio.ensure_future(_report_slow_stop(after_s=8.0))
+        try:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
+            await runner.cleanup()
+        finally:
+            watchdog.cancel()
+
+
+async def _report_slow_stop(*, after_s: float) -> None:
+    """If shutdown takes longer than it should, log where every task is waiting (once)."""
+    await asyncio.sleep(after_s)
+    me = asyncio.current_task()
+    lines = [f"shutdown still running after {after_s:.0f} s; tasks:"]
+    for task in asyncio.all_tasks():
+        if task is me:
+            continue
+        lines.append(f"  {task.get_name()}: {_awaiting(task.get_coro())}")
+    log.warning("\n".join(lines))
+
+
+def _awaiting(coro: object) -> str:
+    """The chain of awaits a suspended coroutine sits in, outermost first."""
+    steps = []
+    while coro is not None and len(steps) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            steps.append(type(coro).__name__)
+            break
+        steps.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " -> ".join(steps) or "(finished)"

@@ -24,13 +24,12 @@ events, and `abandon(batch)`, called when a batch is rolled back to drop in-memo
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from sqlalchemy import false, select, update
+from sqlalchemy import false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.identity import add_identity, find_by_identity, live_contact, merge_contacts, normalize_phone
@@ -38,6 +37,7 @@ from bot.inbox import insert_ignore
 from bot.leases import hold_lease
 from bot.models import Contact, Event, Share, Visitor
 from bot.tracker_batch import TrackerBatch, forward_params
+from bot.worker import PollingWorker
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -47,11 +47,14 @@ log = logging.getLogger("beacon.tracker")
 Hook = Callable[[AsyncSession, Event], Awaitable[None]]
 
 
-class Tracker:
+class Tracker(PollingWorker):
+    name = "tracker"
+
     # Small batches: on SQLite the tracker's transaction holds the one write lock, and the link path's
     # group commit waits behind it; at most 50 events or about 20 ms keep that wait short.
     def __init__(self, runtime: "Runtime", *, batch: int = 50, lease_s: float = 30.0, max_batch_s: float = 0.02,
                  batched: bool = True) -> None:
+        super().__init__()
         self.rt = runtime
         self.batch = batch
         self.lease_s = lease_s
@@ -61,29 +64,11 @@ class Tracker:
         self._limit = batch  # events per batched transaction, adapted to max_batch_s
         self.fallbacks = 0  # batches that failed and were done again one event at a time
         self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
-        self._wake = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def run(self, poll_s: float = 1.0) -> None:
-        while True:
-            try:
-                handled = await self.drain()
-            except Exception:
-                log.exception("tracker pass failed")
-                handled = 0
-            if not handled:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), poll_s)
-                except TimeoutError:
-                    pass
 
     async def drain(self) -> int:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""
         handled = 0
-        while await hold_lease(self.rt, "tracker", self.lease_s, on_acquire=self._lease_taken):
+        while not self.stopping and await hold_lease(self.rt, "tracker", self.lease_s, on_acquire=self._lease_taken):
             done = await (self._pass_batched() if self.batched else self._pass_one_by_one())
             handled += done
             if not done:
@@ -280,6 +265,19 @@ class Tracker:
             referrer = sharer.contact_id if sharer is not None else None
         stmt = insert_ignore(session.bind.dialect.name, Event.__table__, "idempotency_key")
         await session.execute(stmt, forward_params(share, visitor.id, event.contact_id, referrer, event.occurred_at, now))
+
+
+async def backlog(session: AsyncSession, now: dt.datetime) -> dict[str, Any]:
+    """Events stored but not yet attributed and scored, and how long the oldest has waited (seconds;
+    0 with none). Served by the partial index on unprocessed events: cheap while the tracker keeps up."""
+    count, oldest = (await session.execute(
+        select(func.count(), func.min(Event.received_at)).where(Event.processed == false())
+    )).one()
+    if isinstance(oldest, str):  # an aggregate comes back without the column type's result processing
+        oldest = dt.datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=dt.timezone.utc)
+    return {"unprocessed": int(count or 0), "lag_s": round(max(0.0, (now - oldest).total_seconds()), 1) if oldest else 0.0}
 
 
 def unprocessed_events(limit: int) -> Any:
