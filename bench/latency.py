@@ -25,7 +25,8 @@ new visitor per request, Zipf-popular tokens), pinned to one core with the load 
   measured as above (its runs end with 3 quiet seconds, not 1, for its slowest answers to come back);
   after the load it gets up to 15 s to finish processing the backlog.
 Then one paced run of the app (wrk only, bench/latency.lua): opens at a fixed rate (--rate, default
-half the app's median saturated throughput), the latency of a steady load the tracker can keep up with.
+half the rate the whole pipeline sustained in the saturated runs: the opens stored over the time until
+the tracker had processed them all), the latency of a steady load the tracker can keep up with.
 After SIGTERM every run must have stored one `open` per 2xx answer, with nothing answered non-2xx.
 
 Targets (issue 9): event->processed p99 <= the bare handler's request p99; throughput >= 0.75x bare,
@@ -53,6 +54,7 @@ from typing import Any
 
 from bench import harness, links
 from bench.harness import BenchError, CpuPlan, LoadResult, Server
+from bench.store import SqliteStore
 
 NAME = "latency"
 SUMMARY = "event -> scored -> alert decided latency under link-open load, 100k contacts, vs links' bare server"
@@ -162,14 +164,16 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 def prepare(tmp: Path, *, shares: int, contacts: int) -> links.Prepared:
     from bench.population import add_contacts
 
-    prep = links.prepare(tmp, shares=shares)
-    with sqlite3.connect(prep.db) as conn:
+    store = SqliteStore(tmp)  # the watcher and bench/population.py read and write with sqlite3
+    prep = links.prepare(tmp, store, shares=shares)
+    db = store.path(prep.db)
+    with sqlite3.connect(db) as conn:
         have = conn.execute("SELECT COUNT(*) FROM contacts").fetchone()[0]
         # the shares' contacts get an owner: their opens raise follow-up alerts for that rep
         conn.execute("UPDATE contacts SET owner_userid = CASE id % 2 WHEN 0 THEN 'rep1' ELSE 'rep2' END WHERE owner_userid IS NULL")
     if contacts > have:
         with harness.timed(f"add {contacts - have:,} contacts ({contacts:,} in all)"):
-            add_contacts(prep.db, contacts - have, owners=("rep1", "rep2"))
+            add_contacts(db, contacts - have, owners=("rep1", "rep2"))
     return prep
 
 
@@ -202,6 +206,12 @@ class LatencyBench:
     def run_beacon(self, n: int) -> LoadResult:
         return self._run_app(n, rate=None)
 
+    def sustained_rate(self) -> float:
+        """Opens per second the whole pipeline kept up with in the saturated runs (median): the opens
+        stored, over the time until the tracker had processed them all (the load, then the drain)."""
+        rates = [r["opens_stored"] / (self.active_s + r["drain_s"]) for r in self.runs if r["rate"] is None and r["opens_stored"]]
+        return statistics.median(rates) if rates else 0.0
+
     def run_paced(self, rate: float) -> LoadResult:
         return self._run_app(len(self.runs), rate=rate)
 
@@ -217,20 +227,19 @@ class LatencyBench:
 
     def _run_app(self, n: int, *, rate: float | None) -> LoadResult:
         label = f"paced-{n}" if rate else f"run-{n}"
-        db = self.prep.tmp / f"{label}.db"
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.prep.db}{suffix}")
-            if src.exists():
-                shutil.copyfile(src, f"{db}{suffix}")
+        store = self.prep.store
+        assert isinstance(store, SqliteStore)
+        store.copy(self.prep.db, label)
+        db = store.path(label)
         with sqlite3.connect(db) as conn:
             start_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
             alerts_before = conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
         port = harness.free_port()
         base = f"http://127.0.0.1:{port}"
         config = self.prep.tmp / f"{label}.toml"
-        config.write_text(links.config_text(port, db), encoding="utf-8")
+        config.write_text(links.config_text(port, store.url(label)), encoding="utf-8")
         log = self.prep.tmp / f"beacon-{label}.log"
-        server = Server.start("beacon", links.bot(config, "serve"), core=self.plan.server, ready_url=f"{base}/healthz", log=log)
+        server = Server.start("beacon", harness.bot(config, "serve"), core=self.plan.server, ready_url=f"{base}/healthz", log=log)
         watcher = Watcher(db, self.plan.load)
         drain_s = 0.0
         try:
@@ -292,7 +301,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--shares", type=int, default=1000)
     parser.add_argument("--contacts", type=int, default=100_000, help="contacts in the database (at least the shares')")
     parser.add_argument("--zipf", type=float, default=1.0, help="popularity exponent s (rank r has weight 1/r^s)")
-    parser.add_argument("--rate", type=float, default=0.0, help="opens/s of the paced run; 0: half the app's median throughput; -1: no paced run")
+    parser.add_argument("--rate", type=float, default=0.0, help="opens/s of the paced run; 0: half the rate the whole pipeline sustained (see the docstring); -1: no paced run")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "aiohttp"], default="auto")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs) and print its path")
@@ -325,7 +334,7 @@ def main(argv: list[str]) -> int:
         )
         paced_rate = None
         if tool == "wrk" and args.rate >= 0:
-            paced_rate = args.rate or round(harness.median_of(rounds["beacon"])["rps"] / 2, 1)
+            paced_rate = args.rate or round(bench.sustained_rate() / 2, 1)
             if paced_rate > 0:
                 bench.run_paced(paced_rate)
     except BenchError as exc:

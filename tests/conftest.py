@@ -55,14 +55,19 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Any:
-    """A private database for this test session, migrated once, dropped at the end."""
+def require_postgres() -> None:
+    """Skip the test without a PostgreSQL at 127.0.0.1:5432, or fail it when REQUIRE_POSTGRES=1."""
     problem = _pg_available()
     if problem:
         if REQUIRE_POSTGRES:
             pytest.fail(f"REQUIRE_POSTGRES=1 but PostgreSQL is not reachable at 127.0.0.1:5432: {problem}")
         pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({problem})")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Any:
+    """A private database for this test session, migrated once, dropped at the end."""
+    require_postgres()
     import asyncpg
 
     name = f"beacon_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"

@@ -1,4 +1,5 @@
-"""The callback and latency benchmarks run end to end with their smallest settings (issue 9).
+"""The callback and latency benchmarks run end to end with their smallest settings (issue 9), the
+callback one on PostgreSQL too.
 
 Each runs `python -m bench NAME ...` as a subprocess, as a developer would, and checks that it ran
 (exit 0: nothing lost, targets may MISS), printed its ratio table and passed its integrity check. With
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import PG_ADMIN_DSN, require_postgres
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -29,12 +32,32 @@ def run_bench(*args: str, timeout: float = 120) -> str:
     return out
 
 
-def test_callbacks_bench_runs() -> None:
-    out = run_bench("callbacks", "--duration", "2", "--rounds", "1")
+@pytest.mark.postgres
+def test_callbacks_bench_runs_on_postgresql() -> None:
+    require_postgres()
+    before = set(_bench_databases())  # a developer's `--keep` runs may have left some: not ours
+    out = run_bench("callbacks", "--duration", "2", "--rounds", "1", "--db", "postgresql", "--pg-url", PG_ADMIN_DSN)
+    assert "database: PostgreSQL" in out
     assert "× bare (req/s)" in out
-    assert "bare aiohttp (verify + decrypt)" in out and "beacon (python -m bot serve)" in out
+    assert "bare aiohttp (verify + decrypt)" in out and "beacon (python -m bot serve, postgresql)" in out
     assert "throughput" in out and "p99" in out
     assert "none lost, no extra, no non-2xx: PASS" in out
+    assert set(_bench_databases()) <= before, "every database the run made is dropped"
+
+
+def _bench_databases() -> list[str]:
+    import asyncio
+
+    import asyncpg
+
+    async def names() -> list[str]:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            return [r[0] for r in await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'beacon_bench_%'")]
+        finally:
+            await conn.close()
+
+    return asyncio.run(names())
 
 
 def test_callbacks_bench_fallback_loadgen_and_nightly_jobs() -> None:

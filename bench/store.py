@@ -1,0 +1,177 @@
+"""Where a benchmark's databases live: SQLite files (the default) or PostgreSQL databases.
+
+A benchmark prepares one database by name, then starts each round from a fresh copy of it, and reads
+counts back after the app stopped. `Store` gives those three operations for either kind, so the same
+benchmark runs on both (`--db sqlite|postgresql`):
+- SQLite: files in the benchmark's temp dir, copied with their -wal/-shm files;
+- PostgreSQL: databases on one server (`--pg-url`, default the local test server), named
+  `beacon_bench_<pid>_<name>`, copied with `CREATE DATABASE … TEMPLATE …` (the app that used the
+  source is stopped by then), all dropped by `close()`.
+SQL given to `query` / `execute` must be valid on both (`processed = false`, not `= 0`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+KINDS = ("sqlite", "postgresql")
+
+
+class Store:
+    kind: str
+
+    @staticmethod
+    def open(kind: str, tmp: Path, *, pg_url: str = DEFAULT_PG_URL) -> "Store":
+        if kind == "sqlite":
+            return SqliteStore(tmp)
+        if kind == "postgresql":
+            return PostgresStore(pg_url)
+        raise ValueError(f"unknown database kind {kind!r} (one of {', '.join(KINDS)})")
+
+    def url(self, name: str) -> str:
+        """The app's `[database] url` for the database `name`."""
+        raise NotImplementedError
+
+    def create(self, name: str) -> None:
+        """An empty database (the app's `migrate` creates the tables)."""
+
+    def copy(self, src: str, dst: str) -> None:
+        raise NotImplementedError
+
+    def query(self, name: str, sql: str) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def execute(self, name: str, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
+        """One statement; with `rows`, once per row (placeholders: `?` on SQLite, `$1…` on PostgreSQL)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drop what this store created (SQLite: nothing; the temp dir goes with the benchmark)."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class SqliteStore(Store):
+    kind = "sqlite"
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+
+    def path(self, name: str) -> Path:
+        return self.tmp / f"{name}.db"
+
+    def url(self, name: str) -> str:
+        return f"sqlite+aiosqlite:///{self.path(name)}"
+
+    def copy(self, src: str, dst: str) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path(src)}{suffix}")
+            target = Path(f"{self.path(dst)}{suffix}")
+            if source.exists():
+                shutil.copyfile(source, target)
+            elif target.exists():
+                target.unlink()
+
+    def query(self, name: str, sql: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(f"file:{self.path(name)}?mode=ro", uri=True) as conn:
+            return conn.execute(sql).fetchall()
+
+    def execute(self, name: str, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
+        conn = sqlite3.connect(self.path(name))
+        try:
+            with conn:
+                if rows:
+                    conn.executemany(sql, rows)
+                else:
+                    conn.execute(sql)
+        finally:
+            conn.close()
+
+    def describe(self) -> str:
+        return f"SQLite {sqlite3.sqlite_version} (WAL), files in {self.tmp}"
+
+
+class PostgresStore(Store):
+    kind = "postgresql"
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.prefix = f"beacon_bench_{os.getpid()}"
+        self.created: list[str] = []
+        server, _, _db = admin_url.rpartition("/")
+        self.server = server  # postgresql://user@host:port
+
+    def _db(self, name: str) -> str:
+        return f"{self.prefix}_{name}"
+
+    def _dsn(self, name: str) -> str:
+        return f"{self.server}/{self._db(name)}"
+
+    def url(self, name: str) -> str:
+        return self._dsn(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    def _run(self, dsn: str, work: Any) -> Any:
+        import asyncpg
+
+        async def go() -> Any:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return await work(conn)
+            finally:
+                await conn.close()
+
+        return asyncio.run(go())
+
+    def _admin(self, *statements: str) -> None:
+        async def work(conn: Any) -> None:
+            for sql in statements:
+                await conn.execute(sql)
+
+        self._run(self.admin_url, work)
+
+    def create(self, name: str) -> None:
+        db = self._db(name)
+        self._admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', f'CREATE DATABASE "{db}"')
+        self.created.append(db)
+
+    def copy(self, src: str, dst: str) -> None:
+        source, target = self._db(src), self._db(dst)
+        self._admin(
+            f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)',
+            # A template must have no other connections; the app that used it has stopped.
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}' AND pid <> pg_backend_pid()",
+            f'CREATE DATABASE "{target}" TEMPLATE "{source}"',
+        )
+        self.created.append(target)
+
+    def query(self, name: str, sql: str) -> list[tuple[Any, ...]]:
+        async def work(conn: Any) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in await conn.fetch(sql)]
+
+        return self._run(self._dsn(name), work)
+
+    def execute(self, name: str, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
+        async def work(conn: Any) -> None:
+            if rows:
+                await conn.executemany(sql, rows)
+            else:
+                await conn.execute(sql)
+
+        self._run(self._dsn(name), work)
+
+    def close(self) -> None:
+        if not self.created:
+            return
+        self._admin(*(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)' for db in dict.fromkeys(self.created)))
+        self.created.clear()
+
+    def describe(self) -> str:
+        version = self._run(self.admin_url, lambda conn: conn.fetchval("SHOW server_version"))
+        return f"PostgreSQL {version} at {self.server.rsplit('@', 1)[-1]} (asyncpg)"
