@@ -124,6 +124,7 @@ class InboxSettings(_Section):
     retry_base_s: Annotated[float, Field(gt=0)] = 2.0
     retry_max_s: Annotated[float, Field(gt=0)] = 600.0
     lease_s: Annotated[float, Field(gt=0)] = 60.0
+    outbox_lease_s: Annotated[float, Field(gt=0)] = 60.0
     poll_s: Annotated[float, Field(gt=0)] = 1.0
     keep_days: Annotated[int, Field(ge=1)] = 14
 

@@ -89,7 +89,7 @@ class Runtime:
         rt.writer = BatchWriter(engine, name="inbox")
         rt.inbox_store = InboxStore(rt.writer)
         rt.inbox = InboxWorker(rt)
-        rt.outbox = OutboxWorker(rt)
+        rt.outbox = OutboxWorker(rt, lease_s=settings.inbox.outbox_lease_s)
         rt.events = EventLog(engine)
         rt.tracker = Tracker(rt)
         rt.services["scoring"] = ScoringService(settings.scoring)

@@ -55,7 +55,7 @@ async def test_kill_during_storms_then_restart(tmp_path: Path, aiohttp_server: A
     db = tmp_path / "beacon.db"
     port = free_port()
     config = write_config(tmp_path / "beacon.toml", db_url=f"sqlite+aiosqlite:///{db}", api_base=str(sim.make_url("")).rstrip("/"),
-                          port=port, extra="[security]\npublic_per_ip_per_minute = 0\n")
+                          port=port, extra="[security]\npublic_per_ip_per_minute = 0\n[inbox]\nlease_s = 3\noutbox_lease_s = 3\n")
     assert run_cli("--config", str(config), "migrate").returncode == 0
     assert run_cli("--config", str(config), "content", "import", str(ROOT / "content" / "library")).returncode == 0
     rng = random.Random(7)
