@@ -16,7 +16,7 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.alert_delivery import can_update, decide, deliver, is_loud, refresh, suppress, unsent_card
@@ -45,17 +45,92 @@ def is_trigger(event: Event) -> bool:
     return event.type in TRIGGERS or (event.type == "read" and int((event.props or {}).get("depth") or 0) >= 100)
 
 
+OPEN_STATUSES = ("pending", "sent")
+
+
+class BatchPreload:
+    """What the hook reads for every event, read once per tracker batch for the batch's contacts with
+    an owner: their open alerts (newest first, locked as `open_alert` locks them) and their latest
+    stage change. Kept current through the batch: alerts raised in it are added, status changes are
+    seen on the objects themselves, and a contact whose stage the batch moves is read again."""
+
+    __slots__ = ("open", "latest_stage")
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[str, int], list[Alert]] = {}
+        self.latest_stage: dict[int, StageChange | None] = {}
+
+
+def open_alerts_of(rep: str, contact_ids: set[int]) -> Any:
+    """A rep's open alerts on some contacts, newest first (by the rep/contact/status index; one query
+    per rep, since with several reps OR-ed SQLite prefers the status index and reads every open alert)."""
+    return (
+        select(Alert)
+        .where(Alert.rep_userid == rep, Alert.contact_id.in_(sorted(contact_ids)), Alert.status.in_(OPEN_STATUSES),
+               Alert.clicked_at.is_(None))
+        .order_by(Alert.id.desc())
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+def latest_stage_changes_of(contact_ids: set[int]) -> Any:
+    """Each contact's newest stage change (by the contact_id index)."""
+    newest = (
+        select(func.max(StageChange.id)).where(StageChange.contact_id.in_(sorted(contact_ids))).group_by(StageChange.contact_id)
+    )
+    return select(StageChange).where(StageChange.id.in_(newest))
+
+
 class AlertService:
     """Turns contact activity and lifecycle alerts into throttled WeCom cards for the owning rep."""
 
     def __init__(self, runtime: "Runtime") -> None:
         self.rt = runtime
 
+    def tracker_hook(self) -> Any:
+        """`on_event` as the tracker's hook, with the batch preload it uses."""
+
+        async def hook(session: AsyncSession, event: Event) -> None:
+            await self.on_event(session, event)
+
+        hook.batch_aware = True  # type: ignore[attr-defined]  # see on_event
+        hook.prepare = self.prepare  # type: ignore[attr-defined]
+        return hook
+
+    async def prepare(self, session: AsyncSession, batch: TrackerBatch) -> None:
+        keys: dict[str, set[int]] = {}
+        for contact in batch.contacts.values():
+            if contact is not None and contact.owner_userid is not None and contact.merged_into_id is None \
+                    and contact.erased_at is None:
+                keys.setdefault(contact.owner_userid, set()).add(contact.id)
+        preload = BatchPreload()
+        if keys:
+            for rep, ids in keys.items():
+                for cid in ids:
+                    preload.open[(rep, cid)] = []
+            for rep, ids in keys.items():
+                for alert in (await session.scalars(open_alerts_of(rep, ids))).all():
+                    preload.open[(rep, alert.contact_id)].append(alert)
+            owned = set().union(*keys.values())
+            preload.latest_stage = dict.fromkeys(owned)
+            for change in (await session.scalars(latest_stage_changes_of(owned))).all():
+                preload.latest_stage[change.contact_id] = change
+        batch.prepared["alerts"] = preload
+
+    @staticmethod
+    def _preload(session: AsyncSession) -> tuple[TrackerBatch | None, BatchPreload | None]:
+        batch: TrackerBatch | None = session.info.get(BATCH_KEY)
+        return batch, (batch.prepared.get("alerts") if batch is not None else None)
+
     # ---- entry points ------------------------------------------------------------------------
 
     async def on_alert(self, session: AsyncSession, alert: Alert, contact: Contact) -> None:
         """A new alert row (from lifecycle.raise_alert or this service): join the contact's open alert
         or stand alone; loud ones are due at once, the rest after `delay_s`."""
+        _, preload = self._preload(session)
+        if preload is not None and (alert.rep_userid, alert.contact_id) in preload.open:
+            preload.open[(alert.rep_userid, alert.contact_id)].insert(0, alert)  # the newest
         now = alert.first_event_at
         alert.detail = {**(alert.detail or {})}
         target = await self.open_alert(session, alert.rep_userid, contact.id, now, exclude=alert.id)
@@ -71,24 +146,21 @@ class AlertService:
     async def on_event(self, session: AsyncSession, event: Event) -> None:
         """Tracker hook (after scoring): fold one behavior event into the owner's alert for the contact.
 
-        Batch-aware only in its first step: whether the event can concern an alert at all is decided
-        from the batch's contacts; the work itself runs as for a hook that knows nothing of batches
-        (the batch's queued writes flushed first: it reads the ledger and stage history). In a batch it
-        runs without a savepoint of its own: if it fails, the tracker rolls the batch back and does it
-        again one event at a time, where the savepoint below keeps the event scored."""
+        In a tracker batch it reads the contact's open alerts and latest stage change from the batch's
+        preload (`prepare`) and the event's ledger rows from the scoring hook; whatever else it reads
+        sees the batch's queued writes (the batch flushes a queued table before any statement touching
+        it). It runs without a savepoint of its own there: if it fails, the tracker rolls the batch
+        back and does it again one event at a time, where the savepoint below keeps the event scored."""
         if event.contact_id is None or event.type not in TRIGGERS | FOLLOWERS:
             return
-        batch: TrackerBatch | None = session.info.get(BATCH_KEY)
+        batch, _ = self._preload(session)
         contact = await (batch.contact(event.contact_id) if batch is not None else session.get(Contact, event.contact_id))
         if contact is None or contact.owner_userid is None or contact.erased_at is not None:
             return
         if batch is not None:
-            scored = batch.prepared.get("ledger")
-            await batch.call_unaware(lambda s, e: self._track(s, contact, e, scored), event)
+            await self._track(session, contact, event, batch.prepared.get("ledger"))
         else:
             await self._track_safely(session, contact, event)
-
-    on_event.batch_aware = True  # type: ignore[attr-defined]  # see the docstring
 
     async def _track_safely(self, session: AsyncSession, contact: Contact, event: Event) -> None:
         try:
@@ -105,12 +177,15 @@ class AlertService:
         """The newest alert that can still take activity: pending (always), or sent within the merge
         window with its one card update still unused (or its card still unsent in this transaction)."""
         window = now - dt.timedelta(seconds=self.rt.settings.alerts.merge_window_s)
-        # Locked and re-read: the send job may be sending this very alert in another process.
-        rows = (await session.scalars(
-            select(Alert).where(Alert.rep_userid == rep, Alert.contact_id == contact_id, Alert.status.in_(("pending", "sent")),
-                                Alert.clicked_at.is_(None)).order_by(Alert.id.desc()).limit(5)
-            .with_for_update().execution_options(populate_existing=True)
-        )).all()
+        _, preload = self._preload(session)
+        known = preload.open.get((rep, contact_id)) if preload is not None else None
+        if known is not None:
+            rows = [a for a in known if a.status in OPEN_STATUSES and a.clicked_at is None]
+        else:
+            # Locked and re-read: the send job may be sending this very alert in another process.
+            rows = list((await session.scalars(open_alerts_of(rep, {contact_id}).limit(5))).all())
+            if preload is not None:
+                preload.open[(rep, contact_id)] = rows
         for alert in rows:
             if alert.id == exclude:
                 continue
@@ -153,9 +228,13 @@ class AlertService:
 
     async def _stage_change(self, session: AsyncSession, contact: Contact, event: Event) -> StageChange | None:
         """The stage move (by rule) that processing this event caused, if any."""
-        change = await session.scalar(
-            select(StageChange).where(StageChange.contact_id == contact.id).order_by(StageChange.id.desc()).limit(1)
-        )
+        batch, preload = self._preload(session)
+        if preload is not None and contact.id in preload.latest_stage and contact.id not in batch.stage_moved:  # type: ignore[union-attr]
+            change = preload.latest_stage[contact.id]
+        else:
+            change = await session.scalar(
+                select(StageChange).where(StageChange.contact_id == contact.id).order_by(StageChange.id.desc()).limit(1)
+            )
         if change is None or not change.by.startswith("rule:") or change.at < event.received_at:
             return None
         return change

@@ -98,7 +98,7 @@ class Runtime:
         from bot.alerts import AlertService
 
         rt.services["alerts"] = AlertService(rt)
-        rt.tracker.hooks.append(rt.services["alerts"].on_event)  # after scoring: alerts read the new ledger rows
+        rt.tracker.hooks.append(rt.services["alerts"].tracker_hook())  # after scoring: alerts read the new ledger rows
         from bot.sop.triggers import sop_hook, sop_service
 
         sop_service(rt)

@@ -3,7 +3,8 @@ is queued and written together.
 
 `TrackerBatch` preloads, per batch (one query each, `IN (...)`): the shares, visitors and contacts the
 events refer to, which share contacts already have a browser, and whatever the hooks ask for in their
-`prepare` (scoring: the replay data of contacts not yet in the ScoreBook). Attribution then runs in
+`prepare` (scoring: the replay data of contacts not yet in the ScoreBook; SOP: running enrollments;
+alerts: the open alerts and latest stage change of contacts with an owner). Attribution then runs in
 memory. Writes (visitor bindings, re-flagged anonymous events, forward events, ledger rows, stage
 history, tag-mirror outbox rows, and at the end each event's `contact_id` / `processed`) go to a
 queue per table, in order, flushed as executemany runs (the tables do not depend on one another:
@@ -87,6 +88,7 @@ class TrackerBatch:
         self.has_browser: set[int] = set()
         self._browser_known: set[int] = set()
         self.prepared: dict[str, Any] = {}  # hooks' own preloads, by hook
+        self.stage_moved: set[int] = set()  # contacts with a stage change queued in this batch
         self.stale = True
         self._forward = insert_ignore(session.bind.dialect.name, _EVENTS, "idempotency_key")
         self._inserts: dict[str, Any] = {}
@@ -246,6 +248,8 @@ class TrackerBatch:
 
     def insert(self, table: Any, row: dict[str, Any]) -> None:
         """A new row for one of the queued tables (same keys for every row of a table, please)."""
+        if table.name == "stage_history":
+            self.stage_moved.add(row["contact_id"])
         stmt = self._inserts.get(table.name)
         if stmt is None:
             stmt = self._inserts[table.name] = table.insert()

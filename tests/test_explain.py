@@ -22,10 +22,11 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from bot.alerts import latest_stage_changes_of, open_alerts_of
 from bot.leases import due_rows
 from bot.models import (
     Alert, Contact, ContentItem, ContentVersion, Enrollment, Event, InboxItem, OutboxItem, Playbook, Rep, ScoreEntry, Share,
-    Task,
+    StageChange, Task,
 )
 from bot.sop.triggers import enrollments_of
 from bot.tracker import unprocessed_events
@@ -144,6 +145,10 @@ async def _fill(conn: AsyncConnection) -> dict[str, Any]:
          "sent_at": None if n % 250 == 0 else now - dt.timedelta(hours=1)}
         for n in range(1, N_WORK + 1)
     ])
+    await conn.execute(insert(StageChange), [
+        {"contact_id": (n % N_CONTACTS) + 1, "from_stage": "nurturing", "to_stage": "mql", "by": "rule:mql", "at": now}
+        for n in range(1, N_WORK + 1)
+    ])
     await conn.execute(insert(Playbook), [{"id": 1, "key": "pb", "version": 1, "definition": {}, "definition_hash": "h", "created_at": now}])
     await conn.execute(insert(Enrollment), [
         {"playbook_id": 1, "playbook_key": "pb", "contact_id": (n % N_CONTACTS) + 1, "owner_userid": REPS[n % len(REPS)],
@@ -206,9 +211,15 @@ def hot_queries(keys: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
                                                           Task.due_at < now + dt.timedelta(days=1)), "tasks",
          "ix_tasks_owner_status_due"),
         # bot/alerts.py AlertService.open_alert (every alerting event)
-        ("open alert of a contact", select(Alert).where(Alert.rep_userid == rep, Alert.contact_id == contact,
-                                                        Alert.status.in_(("pending", "sent")), Alert.clicked_at.is_(None))
-         .order_by(Alert.id.desc()).limit(5).with_for_update(), "alerts", "ix_alerts_rep_contact_status"),
+        ("open alert of a contact", open_alerts_of(rep, {contact}).limit(5), "alerts", "ix_alerts_rep_contact_status"),
+        # the same for a tracker batch's contacts with an owner (AlertService.prepare)
+        ("open alerts of a batch's contacts", open_alerts_of(rep, {contact, contact + 5, contact + 10}), "alerts",
+         "ix_alerts_rep_contact_status"),
+        # bot/alerts.py AlertService._stage_change, and per tracker batch
+        ("latest stage change of a contact", select(StageChange).where(StageChange.contact_id == contact)
+         .order_by(StageChange.id.desc()).limit(1), "stage_history", "ix_stage_history_contact_id"),
+        ("latest stage changes of a batch's contacts", latest_stage_changes_of({contact, contact + 1, contact + 2}),
+         "stage_history", "ix_stage_history_contact_id"),
         # bot/alert_jobs.py send_due_alerts, send_card_updates, remind_snoozed (every 30 s)
         ("due pending alerts", select(Alert).where(Alert.status == "pending", Alert.send_after <= now).order_by(Alert.id)
          .limit(100).with_for_update(skip_locked=True), "alerts", "ix_alerts_status_send_after"),

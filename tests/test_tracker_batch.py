@@ -9,6 +9,7 @@ out the same.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import re
 import shutil
@@ -194,6 +195,9 @@ async def test_batched_equals_one_by_one(tmp_path: Path, sqlite_template: Path, 
     assert any(e[1] == "forward" for e in expected["events"])
     assert expected["merges"] and expected["ledger"] and expected["stages"]
     assert any(row[3] == "stopped" for row in expected["enrollments"])  # the SOP hook enrolled, and stopped some
+    # alerts joined several events and recorded the stage moves they caused (the batch preload's reads)
+    details = [json.loads(row[6]) if isinstance(row[6], str) else row[6] for row in expected["alerts"]]
+    assert any(len(d.get("events") or []) > 1 and d.get("stages") for d in details), details
     assert many.rt.tracker.fallbacks == 0
     _assert_same(expected, got)
 
@@ -222,10 +226,10 @@ async def test_a_failing_alert_leaves_the_event_scored_batched_or_not(tmp_path: 
 
     real = AlertService._track
 
-    async def track(self: Any, session: Any, contact: Any, event: Any) -> None:
+    async def track(self: Any, session: Any, contact: Any, event: Any, *rest: Any) -> None:
         if event.type == "download":
             raise RuntimeError("alerting broke")
-        await real(self, session, contact, event)
+        await real(self, session, contact, event, *rest)
 
     monkeypatch.setattr(AlertService, "_track", track)
     expected, got, many = await _both(tmp_path, sqlite_template, 6, 140, batch=10)
