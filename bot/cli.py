@@ -32,8 +32,9 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
     """Beacon: a WeCom bot for B2B sales enablement."""
     import os
 
+    ctx.meta["beacon.config_path"] = path = config_path(config_file, os.environ)
     try:
-        settings = load_settings(config_path(config_file, os.environ))
+        settings = load_settings(path)
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)
         sys.exit(2)
@@ -54,12 +55,31 @@ def migrate(settings: Settings) -> None:
 @cli.command()
 @click.option("--host", default=None, help="Override [server].host.")
 @click.option("--port", type=int, default=None, help="Override [server].port.")
-@click.pass_obj
-def serve(settings: Settings, host: str | None, port: int | None) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes sharing the port (SO_REUSEPORT), under a supervisor that restarts them.")
+@click.option("--worker-index", type=int, default=None, hidden=True)  # set by the supervisor for its workers
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, workers: int, worker_index: int | None) -> None:
     """Run the HTTP server (callbacks, links, pages, API) and the scheduler."""
-    from bot.serve import serve_forever
+    from bot.serve import serve_forever, supervise
 
-    run(serve_forever(settings, host=host or settings.server.host, port=port if port is not None else settings.server.port))
+    settings: Settings = ctx.obj
+    host = host or settings.server.host
+    port = port if port is not None else settings.server.port
+    if worker_index is not None:  # one of the supervisor's workers: the scheduler runs in worker 0 only
+        if worker_index > 0:
+            settings = settings.replace(scheduler={"enabled": False})
+        run(serve_forever(settings, host=host, port=port, reuse_port=True))
+        return
+    if workers == 1:
+        run(serve_forever(settings, host=host, port=port))
+        return
+    if settings.database.url.startswith("sqlite"):
+        click.echo("note: several workers on SQLite take turns on its one write lock; PostgreSQL scales out", err=True)
+    config = ctx.meta.get("beacon.config_path")
+    base = [sys.executable, "-m", "bot", *(["--config", str(config)] if config else []), "serve", "--host", host, "--port", str(port)]
+    stop_timeout = settings.server.stop_grace_s + 25  # a worker's own stop: grace, lease release, pool close, requests
+    sys.exit(run(supervise(lambda i: [*base, "--worker-index", str(i)], workers, stop_timeout_s=stop_timeout)))
 
 
 @cli.group()

@@ -1,10 +1,17 @@
-"""`python -m bot serve`: the HTTP server plus the scheduler, with graceful shutdown on SIGINT/SIGTERM."""
+"""`python -m bot serve`: the HTTP server plus the scheduler, with graceful shutdown on SIGINT/SIGTERM.
+
+`serve --workers N` runs N such processes on one port (SO_REUSEPORT: the kernel spreads connections
+over them) under a small supervisor, so one machine's cores serve together without a proxy in front.
+Only worker 0 runs the scheduler. A worker that dies is started again (after 1 s, doubling up to 30 s
+while it keeps dying young); SIGTERM or SIGINT to the supervisor stops every worker gracefully.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from typing import Callable
 
 from aiohttp import web
 
@@ -15,11 +22,12 @@ from bot.scheduler import build_scheduler, catch_up, default_jobs
 log = logging.getLogger("beacon.serve")
 
 
-async def serve_forever(settings: Settings, *, host: str, port: int, ready: asyncio.Event | None = None) -> None:
+async def serve_forever(settings: Settings, *, host: str, port: int, ready: asyncio.Event | None = None,
+                        reuse_port: bool = False) -> None:
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()
     rt = app[RUNTIME]
     scheduler = None
@@ -49,6 +57,93 @@ async def serve_forever(settings: Settings, *, host: str, port: int, ready: asyn
             await runner.cleanup()
         finally:
             watchdog.cancel()
+
+
+YOUNG_S = 5.0  # a worker that dies sooner than this after its start is "dying young"
+RESTART_FIRST_S = 1.0  # wait before starting a dead worker again; doubles while it keeps dying young
+RESTART_MAX_S = 30.0
+GIVE_UP_AFTER = 5  # workers dying young this many times in a row: something is wrong (port taken, bad config)
+
+
+async def supervise(worker_argv: Callable[[int], list[str]], workers: int, *, stop_timeout_s: float) -> int:
+    """Run `workers` worker processes, restart those that die, stop them all on SIGTERM/SIGINT.
+    Returns 0 when every worker stopped cleanly, 1 otherwise (or when workers keep dying at start)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    procs: dict[int, asyncio.subprocess.Process] = {}
+    started: dict[int, float] = {}
+    delay: dict[int, float] = {}
+    young_deaths = 0
+    failed = False
+
+    async def start(index: int) -> None:
+        procs[index] = await asyncio.create_subprocess_exec(*worker_argv(index))
+        started[index] = loop.time()
+        log.info("worker %d started (pid %d)", index, procs[index].pid)
+
+    for index in range(workers):
+        await start(index)
+    log.info("supervising %d workers", workers)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            exits = {asyncio.ensure_future(p.wait()): i for i, p in procs.items()}
+            done, _ = await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in exits:
+                if waiter not in done:
+                    waiter.cancel()
+            if stop.is_set():
+                break
+            for waiter in done:
+                index = exits[waiter]
+                code = waiter.result()
+                lived = loop.time() - started[index]
+                young = lived < YOUNG_S
+                young_deaths = young_deaths + 1 if young else 0
+                delay[index] = min(RESTART_MAX_S, delay.get(index, RESTART_FIRST_S / 2) * 2) if young else RESTART_FIRST_S
+                log.warning("worker %d (pid %d) exited with %s after %.1f s; starting it again in %.0f s",
+                            index, procs[index].pid, code, lived, delay[index])
+            if young_deaths >= GIVE_UP_AFTER:
+                log.error("workers keep exiting at start (%d times in a row); stopping", young_deaths)
+                failed = True
+                break
+            for waiter in done:
+                index = exits[waiter]
+                try:
+                    await asyncio.wait_for(stop.wait(), delay[index])
+                except TimeoutError:
+                    pass
+                if stop.is_set():
+                    break
+                await start(index)
+    finally:
+        stopping.cancel()
+        failed = await _stop_all(procs, stop_timeout_s) or failed
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 1 if failed else 0
+
+
+async def _stop_all(procs: dict[int, asyncio.subprocess.Process], timeout_s: float) -> bool:
+    """SIGTERM to every running worker, SIGKILL to those still running after `timeout_s`. True if any
+    worker had to be killed or stopped with an error."""
+    running = [p for p in procs.values() if p.returncode is None]
+    for proc in running:
+        proc.send_signal(signal.SIGTERM)
+    waits = [asyncio.ensure_future(p.wait()) for p in running]
+    _, late = await asyncio.wait(waits, timeout=timeout_s) if waits else (set(), set())
+    bad = bool(late)
+    for proc in running:
+        if proc.returncode is None:
+            log.error("worker pid %d did not stop within %.0f s; killing it", proc.pid, timeout_s)
+            proc.kill()
+            await proc.wait()
+        elif proc.returncode != 0:
+            bad = True
+    log.info("all workers stopped")
+    return bad
 
 
 async def _report_slow_stop(*, after_s: float) -> None:

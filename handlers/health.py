@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 from bot import __version__
@@ -31,6 +33,7 @@ async def handle_healthz(request: web.Request) -> web.Response:
             "outbox": {"pending": outbox.get("pending", 0), "failed": outbox.get("failed", 0)},
             "tracker": tracker,
             "wecom_configured": rt.settings.wecom.configured,
+            "pid": os.getpid(),  # which process answered (`serve --workers N` runs several on one port)
         }
     )
 

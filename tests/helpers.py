@@ -66,8 +66,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
 class Server:
     """`python -m bot serve` in a subprocess; `kill()` is SIGKILL (no cleanup), `stop()` SIGTERM."""
 
-    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, port: int, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         self.config = config
+        self.args = args
         self.port = port
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")} | (env or {})
         self.proc: subprocess.Popen[str] | None = None
@@ -80,7 +81,7 @@ class Server:
     async def start(self, timeout: float = 30) -> None:
         with open(self.log, "a", encoding="utf-8") as out:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
-                bot_cmd("--config", str(self.config), "serve"), cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True
+                bot_cmd("--config", str(self.config), "serve", *self.args), cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, text=True
             )
         deadline = asyncio.get_running_loop().time() + timeout
         async with aiohttp.ClientSession() as http:
