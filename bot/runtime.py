@@ -31,7 +31,7 @@ from bot.signing import Signer
 from bot.scoring.hook import scoring_hook
 from bot.scoring.service import ScoringService
 from bot.tags import TagMirror
-from bot.tracker import Tracker
+from bot.tracker import BATCH_BUDGET, Tracker
 from bot.tracking import EventLog, RecentOpens
 from bot.router import Dispatcher, Router
 from bot.wecom.client import WeComClient
@@ -91,7 +91,8 @@ class Runtime:
         rt.inbox = InboxWorker(rt)
         rt.outbox = OutboxWorker(rt, lease_s=settings.inbox.outbox_lease_s)
         rt.events = EventLog(engine)
-        rt.tracker = Tracker(rt)
+        batch, budget_s = BATCH_BUDGET.get(engine.dialect.name, BATCH_BUDGET["sqlite"])
+        rt.tracker = Tracker(rt, batch=batch, max_batch_s=budget_s)
         rt.services["scoring"] = ScoringService(settings.scoring)
         rt.services["tags"] = TagMirror(rt)
         rt.tracker.hooks.append(scoring_hook(rt))

@@ -47,11 +47,17 @@ log = logging.getLogger("beacon.tracker")
 Hook = Callable[[AsyncSession, Event], Awaitable[None]]
 
 
+# Events per tracker transaction and its time budget, by database. SQLite: the transaction holds the
+# one write lock, and the link path's group commit waits behind it; at most 50 events or about 20 ms
+# keep that wait short. PostgreSQL: the transaction holds row locks only, so batches may be longer,
+# which shares each batch's preloads over more events (on the links benchmark the tracker then keeps
+# up at full load instead of falling thousands of events behind).
+BATCH_BUDGET = {"sqlite": (50, 0.02), "postgresql": (200, 0.2)}
+
+
 class Tracker(PollingWorker):
     name = "tracker"
 
-    # Small batches: on SQLite the tracker's transaction holds the one write lock, and the link path's
-    # group commit waits behind it; at most 50 events or about 20 ms keep that wait short.
     def __init__(self, runtime: "Runtime", *, batch: int = 50, lease_s: float = 30.0, max_batch_s: float = 0.02,
                  batched: bool = True) -> None:
         super().__init__()

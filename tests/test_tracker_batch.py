@@ -272,3 +272,17 @@ async def test_queued_rows_survive_a_hook_savepoint_rollback(tmp_path: Path, sql
     assert all(e[5] for e in snap["events"])
     (score,) = [c[9] for c in snap["contacts"] if c[0] == contact]
     assert score == round(sum(r[3] for r in snap["ledger"] if r[0] == contact), 2)
+
+
+async def test_batch_budget_follows_the_database(db_url: str) -> None:
+    """SQLite keeps the tracker's write transactions short (they hold the one write lock); PostgreSQL,
+    with row locks only, takes longer batches."""
+    from bot.tracker import BATCH_BUDGET
+
+    rt = Runtime.build(make_settings(db_url), routers=[])
+    try:
+        got = (rt.tracker.batch, rt.tracker.max_batch_s)
+        assert got == BATCH_BUDGET[rt.engine.dialect.name]
+        assert got == ((50, 0.02) if rt.engine.dialect.name == "sqlite" else (200, 0.2))
+    finally:
+        await rt.engine.dispose()
