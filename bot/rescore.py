@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from itertools import groupby
+from operator import itemgetter
 from typing import Callable
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
@@ -68,17 +69,19 @@ async def _rescore_range(sessions, service: ScoringService, items: dict, batch: 
     lo, hi = batch[0], batch[-1]
     async with sessions() as session, session.begin():
         contacts = {c.id: c for c in (await session.scalars(select(Contact).where(Contact.id.in_(batch)))).all()}
-        rows = await session.execute(
-            select(Event.id, Event.contact_id, Event.type, Event.occurred_at, Event.item_id, Event.props)
-            .where(Event.contact_id.between(lo, hi), Event.processed.is_(True))
-            .order_by(Event.contact_id, Event.occurred_at, Event.id)
-        )
-        by_contact = {cid: list(group) for cid, group in groupby(rows.all(), key=lambda r: r.contact_id)}
+        conn = await session.connection()  # Core statements: no ORM processing per row
+        ev = Event.__table__.c
+        rows = (await conn.execute(
+            select(ev.id, ev.contact_id, ev.type, ev.occurred_at, ev.item_id, ev.props)
+            .where(ev.contact_id.between(lo, hi), ev.processed.is_(True))
+            .order_by(ev.contact_id, ev.occurred_at, ev.id)
+        )).all()  # Rows unpack like tuples
+        by_contact = {cid: list(group) for cid, group in groupby(rows, key=itemgetter(1))}
         await session.execute(delete(ScoreEntry).where(ScoreEntry.contact_id.in_(batch)))
         new_rows = []
         for cid in batch:
             contact = contacts[cid]
-            events = [_scored(r, cid, items) for r in by_contact.get(cid, [])]
+            events = [_scored(row, items) for row in by_contact.get(cid, ())]
             state, entries = service.scorer.rescore(cid, profile_of(contact), events, now, profile_at=contact.created_at)
             new_rows += ledger_rows(entries)
             report.contacts += 1
@@ -97,10 +100,14 @@ async def _rescore_range(sessions, service: ScoringService, items: dict, batch: 
                 contact.stage = target
                 report.stage_moves += 1
         for start in range(0, len(new_rows), 5000):
-            await session.execute(insert(ScoreEntry), new_rows[start:start + 5000])
+            await conn.execute(ScoreEntry.__table__.insert(), new_rows[start:start + 5000])
 
 
-def _scored(row, contact_id: int, items: dict) -> ScoredEvent:
-    kind, stage, tags, title = items.get(row.item_id, (None, None, (), None))
-    return ScoredEvent(id=row.id, contact_id=contact_id, type=row.type, at=row.occurred_at, item_id=row.item_id,
-                       item_kind=kind, item_stage=stage, item_tags=tags, props=row.props or {}, item_title=title)
+_NO_ITEM = (None, None, (), None)
+
+
+def _scored(row: tuple, items: dict) -> ScoredEvent:
+    """(id, contact_id, type, occurred_at, item_id, props) -> ScoredEvent (positional: the hot loop)."""
+    event_id, contact_id, kind_, at, item_id, props = row
+    kind, stage, tags, title = items.get(item_id, _NO_ITEM)
+    return ScoredEvent(event_id, contact_id, kind_, at, item_id, kind, stage, tags, props or {}, title)

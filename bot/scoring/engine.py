@@ -286,8 +286,8 @@ class Scorer:
         if event.contact_id != state.contact_id:
             raise ValueError(f"event {event.id} is for contact {event.contact_id}, not {state.contact_id}")
         model = self._model(state)
-        entries = self.decay(state, event.at)
         event_day = model.day(event.at)
+        entries = self._decay(state, model, event_day)
         day = state.clock_day or event_day  # decay() set the clock; past event_day only for a late event
         caps = state.caps
         if caps is not None and caps.day != day:
@@ -339,7 +339,10 @@ class Scorer:
         Idempotent: calling it again with the same or an earlier time adds nothing.
         """
         model = self._model(state)
-        target = model.day(until)
+        return self._decay(state, model, model.day(until))
+
+    def _decay(self, state: ContactScoreState, model: _Model, target: int) -> list[Entry]:
+        """`decay` up to the local day `target` (an ordinal in the model's time zone)."""
         if state.clock_day is None or target <= state.clock_day:
             if state.clock_day is None:
                 state.clock_day = target

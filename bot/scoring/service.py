@@ -191,7 +191,7 @@ class ScoringService:
             if batch is not None:
                 batch.add_ledger(ledger_rows(entries))  # written with the batch, before any read of the ledger
             else:
-                await session.execute(insert(ScoreEntry), ledger_rows(entries))
+                await session.execute(ScoreEntry.__table__.insert(), ledger_rows(entries))  # Core: no ORM bulk path
 
     def remember(self, batch: Any, contact_id: int) -> None:
         """Keep the contact's state as it was before the batch touched it (see `restore`)."""
