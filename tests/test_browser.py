@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -27,7 +28,10 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "content" / "library"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's screenshots are refreshed with UPDATE_SCREENSHOTS=1; otherwise they go to a temp folder,
+# so a test run leaves the working tree as it found it.
+SCREENSHOTS = (ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") == "1"
+               else Path(tempfile.gettempdir()) / f"beacon-screenshots-{os.getpid()}")
 CHROMIUM = "/usr/bin/chromium"
 # Playwright adds --headless itself (headless=True); these are the rest of the flags this machine needs:
 # without the background-networking ones Chromium keeps dialling Google's hosts through a closed network.
