@@ -75,27 +75,31 @@ class OutboxWorker(PollingWorker):
             if not ids:
                 return handled
             for n, item_id in enumerate(ids):
-                if self.stopping:
-                    await unclaim(self.rt, OutboxItem, ids[n:])
+                if self.stopping or not await self._send_one(item_id):
+                    await unclaim(self.rt, OutboxItem, ids[n:])  # a send given up on stop included
                     return handled
-                await self._send_one(item_id)
                 handled += 1
         return handled
 
-    async def _send_one(self, item_id: int) -> None:
+    async def _send_one(self, item_id: int) -> bool:
         """Send one leased row. No transaction is open during the call: on SQLite a transaction holds
-        the write lock, and a slow or retrying WeCom must never stall the rest of Beacon."""
+        the write lock, and a slow or retrying WeCom must never stall the rest of Beacon. Returns False
+        when a stop was requested during the call: the call is given up, the row left as it was (its
+        attempt not counted), for the caller to hand back."""
         from bot.wecom.client import WeComError, WeComUnavailable
 
         async with self.rt.read_sessions() as session:
             item = await session.get(OutboxItem, item_id)
             if item is None or item.status != "pending":
-                return
+                return True
             path, key, attempts, created_at = item.path, item.idempotency_key, item.attempts, item.created_at
             payload = _with_dedupe(path, item.payload, key, self.rt.settings.wecom.agent_id)
         outcome: dict[str, Any]
         try:
-            result = await self._call(path, key, payload)
+            finished, result = await self.unless_stopping(self._call(path, key, payload))
+            if not finished:
+                log.info("outbox %s %s: send given up on stop; it is sent after the restart", item_id, path)
+                return False
         except (WeComUnavailable, WeComError) as exc:
             transient = isinstance(exc, WeComUnavailable) or exc.errcode in TRANSIENT_ERRCODES
             outcome = self._failed(item_id, path, attempts, created_at, exc, transient)
@@ -114,6 +118,7 @@ class OutboxWorker(PollingWorker):
                 row.locked_until = None
                 for name, value in outcome.items():
                     setattr(row, name, value)
+        return True
 
     def _failed(self, item_id: int, path: str, attempts: int, created_at: dt.datetime, exc: Exception,
                 transient: bool) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -39,6 +40,7 @@ from bot.wecom.inbound import CallbackCrypto
 
 log = logging.getLogger("beacon.runtime")
 STOP_STEP_S = 5.0  # longest a shutdown waits for the database to hand back leases or close connections
+SLOW_STOP_S = 2.0  # a stop slower than this is logged as a warning, with where the time went
 
 
 @dataclass
@@ -152,10 +154,13 @@ class Runtime:
         hand (claimed rows not started are handed back), cancel only a worker still busy after the grace
         period (its row is rolled back and picked up again), hand back leases, close connections.
         Every step that talks to the database is bounded, so a stop always ends."""
+        clock = time.perf_counter
+        began = clock()
         for stopper in reversed(self._stoppers):
             await stopper()
         await self.writer.close()
         await self.events.close()
+        flushed = clock()
         for worker in (self.inbox, self.outbox, self.tracker):
             worker.request_stop()
         tasks = list(self._tasks)
@@ -166,6 +171,7 @@ class Runtime:
                             self.settings.server.stop_grace_s)
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        workers_done = clock()
         try:
             from bot.leases import release_leases
 
@@ -178,6 +184,10 @@ class Runtime:
             await asyncio.wait_for(self.engine.dispose(), STOP_STEP_S)
         except TimeoutError:
             log.warning("stop: closing database connections took over %.0f s; leaving them to the OS", STOP_STEP_S)
+        took = clock() - began
+        log.log(logging.WARNING if took > SLOW_STOP_S else logging.INFO,
+                "stopped in %.2f s (writes flushed %.2f s, workers finished %.2f s, leases and connections %.2f s)",
+                took, flushed - began, workers_done - flushed, clock() - workers_done)
 
     async def db_ok(self) -> bool:
         try:

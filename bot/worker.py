@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import suppress
+from typing import Any, Awaitable
 
 
 class PollingWorker:
@@ -21,6 +23,7 @@ class PollingWorker:
     def __init__(self) -> None:
         self._wake = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
@@ -28,11 +31,33 @@ class PollingWorker:
     def request_stop(self) -> None:
         """Finish the unit of work in hand, then return from `run`."""
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
 
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    async def unless_stopping(self, work: Awaitable[Any]) -> tuple[bool, Any]:
+        """Run `work`, but give it up when a stop is requested: (True, its result) or (False, None).
+        Its exception, if it fails, is raised here. Only for work that holds no database transaction
+        (a call to WeCom that may sit in retries for seconds): cancelling a task in the middle of a
+        database round trip is what stopping cooperatively avoids."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stop.cancel()
+        if task.done():
+            return True, task.result()
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        return False, None
 
     async def drain(self) -> int:
         """Handle what is due now (checking `stopping` between units); returns how many were handled."""

@@ -189,3 +189,47 @@ async def test_a_slow_shutdown_reports_where_each_task_waits(caplog: pytest.LogC
     line = next(line for line in caplog.text.splitlines() if "stuck-job" in line)
     assert "outer_job" in line and "inner_wait" in line and line.index("outer_job") < line.index("inner_wait")
     assert "shutdown still running after 0 s" in caplog.text
+
+
+async def test_a_send_sitting_in_wecom_retries_is_given_up_on_stop(db_url: str, aiohttp_server: Any) -> None:
+    """WeCom does not answer (the call waits on its timeout and retries): the stop does not wait for
+    that. The row stays pending, its attempt not counted and its lease handed back."""
+    from aiohttp import web
+
+    from bot.models import OutboxItem
+    from bot.outbox import enqueue
+
+    called = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.Response:
+        called.set()
+        await asyncio.sleep(3600)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", silent)
+    wecom = await aiohttp_server(app)
+
+    async def nothing(msg: Any, ctx: Any) -> None:
+        return None
+
+    router = Router("test-stop")
+    router.on(any_message)(nothing)
+    settings = make_settings(db_url, api_base=str(wecom.make_url("")).rstrip("/"),
+                             server={"admin_token": "t", "secret_key": "k" * 20, "stop_grace_s": 10})
+    rt = Runtime.build(settings, routers=[router])
+    async with rt.sessions() as session, session.begin():
+        enqueue(session, "/cgi-bin/message/send", {"touser": "rep1", "msgtype": "text", "text": {"content": "你好"}},
+                key="stop-test-send", now=rt.clock.now())
+    await rt.start()
+    await asyncio.wait_for(called.wait(), 15)
+    began = time.monotonic()
+    await rt.stop()
+    took = time.monotonic() - began
+    assert took < 2, f"stop waited {took:.1f} s for WeCom"
+
+    rt = runtime(db_url, nothing)
+    async with rt.read_sessions() as session:
+        (row,) = (await session.scalars(select(OutboxItem))).all()
+    assert (row.status, row.attempts, row.locked_until, row.sent_at) == ("pending", 0, None, None)
+    await rt.engine.dispose()
