@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from abc import ABC, abstractmethod
 import shutil
 import sqlite3
 from pathlib import Path
@@ -23,7 +24,7 @@ DEFAULT_PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127
 KINDS = ("sqlite", "postgresql")
 
 
-class Store:
+class Store(ABC):
     kind: str
 
     @staticmethod
@@ -34,28 +35,31 @@ class Store:
             return PostgresStore(pg_url)
         raise ValueError(f"unknown database kind {kind!r} (one of {', '.join(KINDS)})")
 
+    @abstractmethod
     def url(self, name: str) -> str:
         """The app's `[database] url` for the database `name`."""
-        raise NotImplementedError
 
     def create(self, name: str) -> None:
         """An empty database (the app's `migrate` creates the tables)."""
 
+    @abstractmethod
     def copy(self, src: str, dst: str) -> None:
-        raise NotImplementedError
+        """Database `dst` as a copy of `src`."""
 
+    @abstractmethod
     def query(self, name: str, sql: str) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """The rows of one SELECT."""
 
+    @abstractmethod
     def execute(self, name: str, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
         """One statement; with `rows`, once per row (placeholders: `?` on SQLite, `$1…` on PostgreSQL)."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Drop what this store created (SQLite: nothing; the temp dir goes with the benchmark)."""
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """One line for the report: which database, which version."""
 
 
 class SqliteStore(Store):

@@ -99,24 +99,22 @@ class AlertService:
         return hook
 
     async def prepare(self, session: AsyncSession, batch: TrackerBatch) -> None:
+        """The batch's preload (`BatchPreload`) for its live contacts with an owner."""
         keys: dict[str, set[int]] = {}
         for contact in batch.contacts.values():
             if contact is not None and contact.owner_userid is not None and contact.merged_into_id is None \
                     and contact.erased_at is None:
                 keys.setdefault(contact.owner_userid, set()).add(contact.id)
-        preload = BatchPreload()
+        preload = batch.prepared["alerts"] = BatchPreload()
+        for rep, ids in keys.items():
+            preload.open.update({(rep, cid): [] for cid in ids})
+            for alert in (await session.scalars(open_alerts_of(rep, ids))).all():
+                preload.open[(rep, alert.contact_id)].append(alert)
         if keys:
-            for rep, ids in keys.items():
-                for cid in ids:
-                    preload.open[(rep, cid)] = []
-            for rep, ids in keys.items():
-                for alert in (await session.scalars(open_alerts_of(rep, ids))).all():
-                    preload.open[(rep, alert.contact_id)].append(alert)
             owned = set().union(*keys.values())
             preload.latest_stage = dict.fromkeys(owned)
             for change in (await session.scalars(latest_stage_changes_of(owned))).all():
                 preload.latest_stage[change.contact_id] = change
-        batch.prepared["alerts"] = preload
 
     @staticmethod
     def _preload(session: AsyncSession) -> tuple[TrackerBatch | None, BatchPreload | None]:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.batch import BatchWriter
 from bot.context import Context
-from bot.leases import backoff_s, claim, unclaim
+from bot.leases import backoff_s
 from bot.models import InboxItem
 from bot.wecom.inbound import Inbound, parse_inbound
 from bot.worker import PollingWorker
@@ -62,27 +62,13 @@ class InboxWorker(PollingWorker):
     name = "inbox"
 
     def __init__(self, runtime: "Runtime") -> None:
-        super().__init__()
-        self.rt = runtime
+        super().__init__(runtime)
         self.cfg = runtime.settings.inbox
         self.poll_s = self.cfg.poll_s
 
     async def drain(self, limit: int = 50) -> int:
-        """Process everything due now; returns how many rows were handled. Asked to stop, it hands the
-        rows it claimed but has not started back at once, so the next start need not wait out their lease."""
-        handled = 0
-        while not self.stopping:
-            async with self.rt.sessions() as session, session.begin():
-                ids = await claim(session, InboxItem, now=self.rt.clock.now(), lease_s=self.cfg.lease_s, limit=limit)
-            if not ids:
-                return handled
-            for n, item_id in enumerate(ids):
-                if self.stopping:
-                    await unclaim(self.rt, InboxItem, ids[n:])
-                    return handled
-                await self.process(item_id)
-                handled += 1
-        return handled
+        """Process everything due now; returns how many rows were handled (stopping: see drain_claimed)."""
+        return await self.drain_claimed(InboxItem, lease_s=self.cfg.lease_s, limit=limit, handle=self.process)
 
     async def process(self, item_id: int) -> None:
         async with self.rt.sessions() as session:

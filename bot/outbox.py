@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.leases import backoff_s, claim, unclaim
+from bot.leases import backoff_s
 from bot.models import OutboxItem
 from bot.worker import PollingWorker
 
@@ -60,26 +60,14 @@ class OutboxWorker(PollingWorker):
     name = "outbox"
 
     def __init__(self, runtime: "Runtime", *, batch: int = 20, lease_s: float = 60.0) -> None:
-        super().__init__()
-        self.rt = runtime
+        super().__init__(runtime)
         self.batch = batch
         self.lease_s = lease_s
 
     async def drain(self) -> int:
-        """Send everything due now; returns how many rows were handled. Asked to stop, it gives back
-        the rows it claimed but has not sent (the next start sends them without waiting out the lease)."""
-        handled = 0
-        while not self.stopping:
-            async with self.rt.sessions() as session, session.begin():
-                ids = await claim(session, OutboxItem, now=self.rt.clock.now(), lease_s=self.lease_s, limit=self.batch)
-            if not ids:
-                return handled
-            for n, item_id in enumerate(ids):
-                if self.stopping or not await self._send_one(item_id):
-                    await unclaim(self.rt, OutboxItem, ids[n:])  # a send given up on stop included
-                    return handled
-                handled += 1
-        return handled
+        """Send everything due now; returns how many rows were handled. A send in progress when a stop
+        is asked for is given up and its row handed back with the rest (see drain_claimed)."""
+        return await self.drain_claimed(OutboxItem, lease_s=self.lease_s, limit=self.batch, handle=self._send_one)
 
     async def _send_one(self, item_id: int) -> bool:
         """Send one leased row. No transaction is open during the call: on SQLite a transaction holds

@@ -60,8 +60,7 @@ class Tracker(PollingWorker):
 
     def __init__(self, runtime: "Runtime", *, batch: int = 50, lease_s: float = 30.0, max_batch_s: float = 0.02,
                  batched: bool = True) -> None:
-        super().__init__()
-        self.rt = runtime
+        super().__init__(runtime)
         self.batch = batch
         self.lease_s = lease_s
         self.max_batch_s = max_batch_s
@@ -279,10 +278,6 @@ async def backlog(session: AsyncSession, now: dt.datetime) -> dict[str, Any]:
     count, oldest = (await session.execute(
         select(func.count(), func.min(Event.received_at)).where(Event.processed == false())
     )).one()
-    if isinstance(oldest, str):  # an aggregate comes back without the column type's result processing
-        oldest = dt.datetime.fromisoformat(oldest)
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=dt.timezone.utc)
     return {"unprocessed": int(count or 0), "lag_s": round(max(0.0, (now - oldest).total_seconds()), 1) if oldest else 0.0}
 
 

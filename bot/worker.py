@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from contextlib import suppress
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 
-class PollingWorker:
+class PollingWorker(ABC):
     name = "worker"
     poll_s = 1.0
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_requested = asyncio.Event()
@@ -59,9 +61,31 @@ class PollingWorker:
             await task
         return False, None
 
+    async def drain_claimed(self, model: Any, *, lease_s: float, limit: int,
+                            handle: Callable[[int], Awaitable[bool | None]]) -> int:
+        """Claim due rows of a work table (inbox, outbox) `limit` at a time and `handle` each, until none
+        is due; returns how many were handled. Asked to stop, and also when `handle` returns False (it
+        gave its row up), the rows claimed but not handled are handed back at once, so the next start
+        need not wait out their lease."""
+        from bot.leases import claim, unclaim
+
+        rt = self.rt
+        handled = 0
+        while not self.stopping:
+            async with rt.sessions() as session, session.begin():
+                ids = await claim(session, model, now=rt.clock.now(), lease_s=lease_s, limit=limit)
+            if not ids:
+                break
+            for n, item_id in enumerate(ids):
+                if self.stopping or await handle(item_id) is False:
+                    await unclaim(rt, model, ids[n:])
+                    return handled
+                handled += 1
+        return handled
+
+    @abstractmethod
     async def drain(self) -> int:
         """Handle what is due now (checking `stopping` between units); returns how many were handled."""
-        raise NotImplementedError
 
     async def run(self) -> None:
         log = logging.getLogger(f"beacon.{self.name}")

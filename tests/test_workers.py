@@ -97,3 +97,11 @@ async def test_supervisor_stops_workers_on_sigterm(first: str, expected: int) ->
     await asyncio.sleep(1.0)
     os.kill(os.getpid(), signal.SIGTERM)  # lands in the supervisor's handler on this loop
     assert await asyncio.wait_for(run, 15) == expected
+
+
+def test_workers_out_of_range_is_refused_with_exit_2(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "beacon.toml", db_url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}",
+                          api_base="http://127.0.0.1:9", port=free_port())
+    proc = run_cli("--config", str(config), "serve", "--workers", "0")
+    assert proc.returncode == 2
+    assert "--workers" in proc.stderr and "0" in proc.stderr
