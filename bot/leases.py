@@ -68,7 +68,11 @@ async def hold_lease(rt: Any, name: str, lease_s: float, *, on_acquire: Callable
     `on_acquire` is called when the lease is taken rather than renewed: nobody held it, or another
     process did (its holder released it or let it expire). Whatever this process cached while holding
     the lease before may have been changed since by the other holder, so that is the moment to drop it.
-    A lease of this process that expired without anyone else taking it is simply renewed."""
+    A lease of this process that expired without anyone else taking it is simply renewed.
+
+    A lease held by another process is not asked for again until it expires, and at most every tenth
+    of `lease_s` before that: a process that is not the tracker does not open a write transaction on
+    every link open that wakes its tracker."""
     from bot.inbox import insert_ignore
     from bot.models import Lease
 
@@ -76,6 +80,9 @@ async def hold_lease(rt: Any, name: str, lease_s: float, *, on_acquire: Callable
     held = rt.held_leases.get(name)
     if held is not None and held - now > dt.timedelta(seconds=lease_s / 2):
         return True
+    retry_at = rt.lease_retry_at.get(name)
+    if retry_at is not None and now < retry_at:
+        return False  # another process holds it: not asked again on every wake-up
     until = now + dt.timedelta(seconds=lease_s)
     async with rt.sessions() as session, session.begin():
         stmt = insert_ignore(session.bind.dialect.name, Lease.__table__, "name").returning(Lease.__table__.c.name)
@@ -84,11 +91,14 @@ async def hold_lease(rt: Any, name: str, lease_s: float, *, on_acquire: Callable
         if lease is None:
             return False
         if lease.owner != rt.worker_id and lease.locked_until > now:
+            # Asked again when it expires, or sooner (its holder may hand it back at a stop).
+            rt.lease_retry_at[name] = min(lease.locked_until, now + dt.timedelta(seconds=lease_s / 10))
             return False
         taken = inserted or lease.owner != rt.worker_id
         lease.owner = rt.worker_id
         lease.locked_until = until
     rt.held_leases[name] = until
+    rt.lease_retry_at.pop(name, None)
     if taken and on_acquire is not None:
         on_acquire()
     return True

@@ -70,6 +70,7 @@ class Runtime:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     services: dict[str, Any] = field(default_factory=dict)
     held_leases: dict[str, Any] = field(default_factory=dict)
+    lease_retry_at: dict[str, Any] = field(default_factory=dict)  # leases another process holds
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 

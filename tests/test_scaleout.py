@@ -512,6 +512,41 @@ async def test_scores_stay_consistent_when_the_tracker_moves_and_decay_runs_else
         await b.stop()
 
 
+async def test_a_process_without_the_lease_does_not_ask_for_it_on_every_wake_up(db_url: str) -> None:
+    """B is not the tracker while A holds the lease: B's link opens wake its tracker, which must not open a
+    write transaction each time. B asks again after a tenth of the lease, and takes it once it expires."""
+    from sqlalchemy import event
+
+    from bot.clock import FrozenClock
+    from bot.leases import hold_lease
+    from bot.runtime import Runtime
+
+    clock = FrozenClock(T0)
+    settings = make_settings(db_url)
+    a, b = Runtime.build(settings, routers=[], clock=clock), Runtime.build(settings, routers=[], clock=clock)
+    await a.start(background=False)
+    await b.start(background=False)
+    statements: list[str] = []
+    event.listen(b.engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    try:
+        assert await hold_lease(a, "tracker", 30)
+        assert not await hold_lease(b, "tracker", 30)
+        asked = len(statements)
+        assert asked > 0
+        for _ in range(50):
+            assert not await hold_lease(b, "tracker", 30)
+        assert len(statements) == asked  # not one statement more
+        clock.advance(seconds=3)  # a tenth of the lease: asked again, still A's
+        assert not await hold_lease(b, "tracker", 30)
+        assert len(statements) > asked
+        clock.advance(seconds=28)  # A never renewed: expired, B takes it over
+        assert await hold_lease(b, "tracker", 30)
+        assert not await hold_lease(a, "tracker", 30)
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 # ---- [database] pool settings ---------------------------------------------------------------------
 
 
