@@ -6,10 +6,11 @@ Nothing here runs at import time; `create_engine(settings)` is called by the app
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -17,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import await_only
 
+from bot import sqlite_driver
 from bot.config import DatabaseSettings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -54,6 +56,7 @@ class WriteGate:
 
     def install(self, engine: AsyncEngine) -> None:
         sync = engine.sync_engine
+        sync.dialect.beacon_write_gate = self  # type: ignore[attr-defined]  # see write_gate()
         event.listen(sync, "begin", self._begin)
         # Opened only once SQLite's lock is free: after COMMIT / ROLLBACK has run (the engine's commit
         # and rollback events come before), whoever ends the transaction (the pool's reset included).
@@ -96,6 +99,21 @@ class WriteGate:
             self._open(key)
             raise
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """The gate for a write that bypasses SQLAlchemy's transaction (the group commit's one trip to
+        SQLite's thread: bot/batch.py); it issues BEGIN IMMEDIATE and COMMIT itself."""
+        lock = self._lock()
+        try:
+            await self._acquire(lock)
+        except TimeoutError:
+            cause = sqlite3.OperationalError("database is locked (waited for this process's other writer)")
+            raise OperationalError("BEGIN IMMEDIATE", None, cause) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     async def _acquire(self, lock: asyncio.Lock) -> None:
         """lock.acquire() within the timeout, never leaving the lock taken by nobody: `wait_for` alone
         can lose an acquisition that completes just as it times out or is cancelled (shutdown)."""
@@ -137,6 +155,11 @@ class WriteGate:
             lock.release()
 
 
+def write_gate(engine: AsyncEngine) -> WriteGate | None:
+    """The engine's write gate (SQLite engines made by `create_engine`), else None."""
+    return getattr(engine.sync_engine.dialect, "beacon_write_gate", None)
+
+
 def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     def apply(dbapi_conn: Any, _record: Any) -> None:
         # WAL lets readers run beside the one writer; synchronous=NORMAL in WAL mode survives a process
@@ -160,6 +183,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000})
+        sqlite_driver.use_for(engine.sync_engine)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms))
         WriteGate(settings.busy_timeout_ms / 1000).install(engine)
         return engine

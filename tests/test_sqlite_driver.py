@@ -1,0 +1,191 @@
+"""SQLite's hop-saving driver (bot/sqlite_driver.py) and the group commit's one-trip batches (bot/batch.py).
+
+Both exist to make fewer round trips to aiosqlite's thread; these tests hold them to doing the same
+thing as the plain path: the same rows, the same errors, the same turn-taking at the write gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sqlite3
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, insert, select, text
+from sqlalchemy.exc import IntegrityError
+
+from bot import sqlite_driver
+from bot.batch import BatchWriter
+from bot.db import create_engine, session_factory
+from bot.models import Event, Lease
+from bot.tracking import EventLog
+from tests.conftest import T0, make_settings
+
+
+def _count_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    trips: list[str] = []
+    original = sqlite_driver.HopSavingConnection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_driver.HopSavingConnection, "_execute", counted)
+    return trips
+
+
+async def test_a_statement_is_one_trip_to_the_thread(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = create_engine(make_settings(sqlite_url).database)
+    try:
+        async with engine.connect() as conn:  # connected (pragmas and all) before counting
+            await conn.execute(text("SELECT 1"))
+            trips = _count_trips(monkeypatch)
+            rows = (await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"))).all()
+            assert len(rows) > 10 and ("events",) in rows
+            assert len(trips) == 1, trips  # aiosqlite's own cursor: create, execute, fetch, close = 4
+            trips.clear()
+            result = await conn.execute(text("UPDATE leases SET owner = 'x' WHERE name = 'none'"))
+            assert result.rowcount == 0 and len(trips) == 1, trips
+    finally:
+        await engine.dispose()
+
+
+async def test_results_larger_than_the_prefetch_come_whole_and_stream(sqlite_url: str) -> None:
+    engine = create_engine(make_settings(sqlite_url).database)
+    n = sqlite_driver.PREFETCH_ROWS * 3 + 17
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(Lease), [{"name": f"l{i:05d}", "owner": "o", "locked_until": T0} for i in range(n)])
+        async with engine.connect() as conn:
+            names = (await conn.scalars(select(Lease.name).order_by(Lease.name))).all()
+            assert names == [f"l{i:05d}" for i in range(n)]
+            streamed: list[str] = []
+            result = await conn.stream(select(Lease.name).order_by(Lease.name))
+            async for part in result.partitions(100):
+                streamed.extend(row[0] for row in part)
+            assert streamed == names
+            # a stream left half-read and closed gives its statement back: the connection writes on
+            result = await conn.stream(select(Lease.name))
+            assert len(await result.fetchmany(5)) == 5
+            await result.close()
+            await conn.execute(text("DELETE FROM leases WHERE name = 'l00000'"))
+            await conn.commit()
+            assert await conn.scalar(select(func.count()).select_from(Lease)) == n - 1
+    finally:
+        await engine.dispose()
+
+
+async def test_errors_are_sqlalchemy_errors_and_the_connection_lives_on(sqlite_url: str) -> None:
+    engine = create_engine(make_settings(sqlite_url).database)
+    sessions = session_factory(engine)
+    try:
+        async with sessions() as session, session.begin():
+            session.add(Lease(name="a", owner="o", locked_until=T0))
+        with pytest.raises(IntegrityError):
+            async with sessions() as session, session.begin():
+                session.add(Lease(name="a", owner="o", locked_until=T0))
+        async with sessions() as session, session.begin():
+            session.add(Lease(name="b", owner="o", locked_until=T0))
+        async with engine.connect() as conn:
+            assert (await conn.scalars(select(Lease.name).order_by(Lease.name))).all() == ["a", "b"]
+    finally:
+        await engine.dispose()
+
+
+def _raw_rows(path: str, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_the_group_commit_stores_what_sqlalchemy_would(sqlite_url: str) -> None:
+    """Link events through the one-trip batch and the same statements through SQLAlchemy: the stored
+    columns (dates, JSON, defaults, the visitor subquery) must be byte for byte the same."""
+    engine = create_engine(make_settings(sqlite_url).database)
+    log = EventLog(engine)
+    now = dt.datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=dt.timezone.utc)
+
+    def params(n: int, via: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        cookie = f"{via}-cookie-{n}"
+        visitor = {"cookie_id": cookie, "user_agent": "Mozilla/5.0 微信", "first_seen_at": now, "contact_id": None}
+        ev = {"type": "open", "contact_id": None, "cookie": cookie, "share_id": None, "item_id": None, "version_id": None,
+              "rep_userid": "rep1", "channel_id": None, "props": {"gated": False, "标题": "白皮书", "n": n},
+              "occurred_at": now, "received_at": now + dt.timedelta(microseconds=n), "idempotency_key": f"{via}:{n}"}
+        return visitor, ev
+
+    try:
+        writer = BatchWriter(engine, name="test")
+        assert writer._sqlite is not None  # the fast path is the one under test
+        await asyncio.gather(*(
+            writer.write_rows([(0, log._visitor, params(n, "fast")[0]), (1, log._event_with_visitor, params(n, "fast")[1])])
+            for n in range(5)
+        ))
+        await writer.close()
+        async with engine.begin() as conn:
+            await conn.execute(log._visitor, [params(n, "orm")[0] for n in range(5)])
+            await conn.execute(log._event_with_visitor, [params(n, "orm")[1] for n in range(5)])
+    finally:
+        await engine.dispose()
+    path = sqlite_url.split("///", 1)[1]
+    columns = "type, events.contact_id, v.user_agent, v.first_seen_at, props, occurred_at, received_at, processed, rep_userid"
+    rows = _raw_rows(path, f"SELECT idempotency_key, {columns} FROM events JOIN visitors v ON v.id = events.visitor_id ORDER BY events.id")
+    fast = [r[1:] for r in rows if r[0].startswith("fast:")]
+    orm = [r[1:] for r in rows if r[0].startswith("orm:")]
+    assert len(fast) == len(orm) == 5
+    assert fast == orm
+    assert fast[1][5] == "2026-03-02 09:30:15.123456" and fast[1][6] == "2026-03-02 09:30:15.123457" and fast[1][7] == 0
+    assert json.loads(fast[1][4]) == {"gated": False, "标题": "白皮书", "n": 1}
+
+
+async def test_a_failing_row_fails_its_caller_only(db_url: str) -> None:
+    """A batch that fails is written again row by row: the bad row's caller gets the error, the others
+    are stored and told so (on either database)."""
+    engine = create_engine(make_settings(db_url).database)
+    writer = BatchWriter(engine, name="test")
+    stmt = insert(Lease)
+    try:
+        results = await asyncio.gather(
+            *(writer.write(stmt, {"name": f"ok{n}", "owner": "o", "locked_until": T0}) for n in range(3)),
+            writer.write(stmt, {"name": "bad", "owner": None, "locked_until": T0}),  # NOT NULL
+            return_exceptions=True,
+        )
+        await writer.close()
+        assert results[:3] == [None, None, None]
+        assert isinstance(results[3], IntegrityError)
+        async with engine.connect() as conn:
+            assert (await conn.scalars(select(Lease.name).order_by(Lease.name))).all() == ["ok0", "ok1", "ok2"]
+    finally:
+        await engine.dispose()
+
+
+async def test_the_group_commit_takes_its_turn_at_the_write_gate(sqlite_url: str) -> None:
+    """A unit of work of this process holds the write lock across awaits; the group commit's batch waits
+    for it at the gate instead of meeting SQLite's lock (here with no busy timeout: it would fail)."""
+    settings = make_settings(sqlite_url, database={"url": sqlite_url, "busy_timeout_ms": 10_000})
+    engine = create_engine(settings.database)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def no_busy_wait(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA busy_timeout = 0")
+
+    sessions = session_factory(engine)
+    writer = BatchWriter(engine, name="test")
+    order: list[str] = []
+    try:
+        async with sessions() as session, session.begin():
+            session.add(Lease(name="unit", owner="o", locked_until=T0))
+            await session.flush()
+            write = asyncio.ensure_future(writer.write(insert(Lease), {"name": "batch", "owner": "o", "locked_until": T0}))
+            write.add_done_callback(lambda _f: order.append("batch"))
+            await asyncio.sleep(0.05)
+            assert not write.done()
+            order.append("unit")
+        await write
+        await writer.close()
+        assert order == ["unit", "batch"]
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(Lease)) == 2
+            assert await conn.scalar(select(func.count()).select_from(Event)) == 0
+    finally:
+        await engine.dispose()
