@@ -53,10 +53,13 @@ Hook = Callable[[AsyncSession, Event], Awaitable[None]]
 # which shares each batch's preloads over more events (on the links benchmark the tracker then keeps
 # up at full load instead of falling thousands of events behind).
 BATCH_BUDGET = {"sqlite": (50, 0.02), "postgresql": (200, 0.2)}
+# Woken by new events, the tracker waits this long before its next pass (PollingWorker.settle_s).
+SETTLE_S = 0.02
 
 
 class Tracker(PollingWorker):
     name = "tracker"
+    settle_s = SETTLE_S
 
     def __init__(self, runtime: "Runtime", *, batch: int = 50, lease_s: float = 30.0, max_batch_s: float = 0.02,
                  batched: bool = True) -> None:
@@ -69,6 +72,7 @@ class Tracker(PollingWorker):
         self._limit = batch  # events per batched transaction, adapted to max_batch_s
         self.fallbacks = 0  # batches that failed and were done again one event at a time
         self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
+        self._backlog_empty = False  # the last pass took every unprocessed event there was
 
     async def drain(self) -> int:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""
@@ -76,8 +80,8 @@ class Tracker(PollingWorker):
         while not self.stopping and await hold_lease(self.rt, "tracker", self.lease_s, on_acquire=self._lease_taken):
             done = await (self._pass_batched() if self.batched else self._pass_one_by_one())
             handled += done
-            if not done:
-                break
+            if not done or self._backlog_empty:
+                break  # what comes next waits for `settle_s`, to join a batch
         if handled:
             self.rt.outbox.wake()
         return handled
@@ -92,7 +96,9 @@ class Tracker(PollingWorker):
                 taken()
 
     async def _next_events(self, session: AsyncSession, limit: int | None = None) -> list[Event]:
-        return list((await session.scalars(unprocessed_events(limit or self.batch))).all())
+        events = list((await session.scalars(unprocessed_events(limit or self.batch))).all())
+        self._backlog_empty = len(events) < (limit or self.batch)
+        return events
 
     async def _pass_one_by_one(self) -> int:
         async with self.rt.sessions() as session, session.begin():
@@ -124,6 +130,7 @@ class Tracker(PollingWorker):
                 await batch.install()
                 try:
                     done = await self._run_batch(batch)
+                    self._backlog_empty = self._backlog_empty and done == len(events)  # not if time ran out
                     await batch.flush()
                 finally:
                     batch.uninstall()

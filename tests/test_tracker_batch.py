@@ -286,3 +286,20 @@ async def test_batch_budget_follows_the_database(db_url: str) -> None:
         assert got == ((50, 0.02) if rt.engine.dialect.name == "sqlite" else (200, 0.2))
     finally:
         await rt.engine.dispose()
+
+
+async def test_one_drain_does_the_whole_backlog_even_when_batches_run_out_of_time(tmp_path: Path, sqlite_template: Path) -> None:
+    """A batch that runs out of its time budget leaves the rest for the next pass of the same drain: a
+    drain returns only with nothing left (then the worker waits `settle_s` for more to batch up)."""
+    world = await _world(tmp_path / "db", sqlite_template, batched=True, batch=50)
+    world.rt.tracker.max_batch_s = 0.0  # every batch stops after its first event
+    try:
+        for n, contact in enumerate(world.contacts[:6]):
+            await world.rt.events.contact_event("download", contact, occurred_at=world.clock.now(),
+                                                received_at=world.clock.now(), key=f"d{n}")
+        assert await world.rt.tracker.drain() == 6
+        assert await world.rt.tracker.drain() == 0
+        snap = await world.snapshot()
+    finally:
+        await world.rt.stop()
+    assert len(snap["events"]) == 6 and all(e[5] for e in snap["events"])
