@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import secrets
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -69,19 +72,49 @@ def page_lang(request: web.Request) -> str:
     return "en" if accept.startswith("en") else "zh"
 
 
+_SLOT_VALUE = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
 class Pages:
-    def __init__(self) -> None:
+    """Templates are package files: read once (no modification checks per render)."""
+
+    def __init__(self, slotted_size: int = 1024) -> None:
         self.env = Environment(
             loader=PackageLoader("content", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
             enable_async=False,
+            auto_reload=False,
         )
+        self.slotted_size = slotted_size
+        self._slotted: OrderedDict[tuple[Any, ...], list[str]] = OrderedDict()
+        self._mark = f"\x1a{secrets.token_hex(8)}\x1a"  # cannot occur in a template or escaped text
 
     def render(self, name: str, lang: str = "zh", **values: Any) -> str:
         return self.env.get_template(name).render(t=PAGE_TEXT.get(lang, PAGE_TEXT["zh"]), lang=lang, **values)
 
     def response(self, name: str, lang: str = "zh", *, status: int = 200, **values: Any) -> web.Response:
         return web.Response(text=self.render(name, lang, **values), status=status, content_type="text/html", charset="utf-8")
+
+    def slotted_response(self, name: str, lang: str, slots: dict[str, str], **values: Any) -> web.Response:
+        """`response(name, lang, **values, **slots)` for a page rendered once per distinct `values` (which
+        must be hashable) and reused with each request's `slots` filled in: the landing page, whose only
+        per-request parts are its token, signed keys and page-view id. A slot value must be URL-safe
+        base64 ([A-Za-z0-9_-]), the same text in every HTML context; anything else renders in full."""
+        if not all(_SLOT_VALUE.match(value) for value in slots.values()):
+            return self.response(name, lang, **values, **slots)
+        key = (name, lang, tuple(sorted(slots)), tuple(sorted(values.items())))
+        parts = self._slotted.get(key)
+        if parts is None:
+            marked = self.render(name, lang, **values, **{slot: f"{self._mark}{slot}{self._mark}" for slot in slots})
+            parts = self._slotted[key] = marked.split(self._mark)  # text, slot name, text, slot name … text
+            if len(self._slotted) > self.slotted_size:
+                self._slotted.popitem(last=False)
+        else:
+            self._slotted.move_to_end(key)
+        filled = parts.copy()
+        for i in range(1, len(filled), 2):
+            filled[i] = slots[filled[i]]
+        return web.Response(text="".join(filled), content_type="text/html", charset="utf-8")
 
     def error(self, status: int, lang: str = "zh") -> web.Response:
         key = {404: "not_found", 410: "gone"}.get(status, "error")

@@ -139,15 +139,17 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
         )
     else:
         body_html, attachment = await _body_html(request, link.current_version_id)  # type: ignore[arg-type]
-        response = rt.pages.response(
-            "landing.html", lang, **common,
+        slots = {"token": link.token, "beacon_key": rt.signer.sign("beacon", link.token, cookie),
+                 "pageview": secrets.token_urlsafe(9)}
+        if child is not None:
+            slots["child_token"] = child
+        response = rt.pages.slotted_response(
+            "landing.html", lang, slots,
+            **{k: v for k, v in common.items() if k != "token"},
             body_html=body_html if unlocked else "",
             unlocked=unlocked,
             outdated=outdated,
             attachment=attachment,
-            beacon_key=rt.signer.sign("beacon", link.token, cookie),
-            child_token=child,
-            pageview=secrets.token_urlsafe(9),
             track=not preview,
         )
     if new_cookie and not preview:

@@ -106,6 +106,33 @@ async def test_share_and_open_records_one_open(beacon: Any, lib: Path, browsers:
     assert opens[0].rep_userid == "rep1"
 
 
+async def test_the_landing_page_is_rendered_once_and_filled_per_request(beacon: Any, lib: Path, browsers: Any) -> None:
+    """Two browsers opening the same link get the page rendered once, with their own token, beacon key,
+    child link and page view filled in: each body equals a full render with that request's values."""
+    s = await share(beacon, "case-auto-parts-oee")
+    pages = []
+    for b in (browsers(), browsers()):
+        status, html, _ = await b.get(f"/l/{s['token']}")
+        assert status == 200
+        pages.append((b, html))
+    (b1, html1), (b2, html2) = pages
+    d1, d2 = b1.page_data(html1), b2.page_data(html2)
+    assert d1["token"] == d2["token"] == s["token"]
+    assert len({d1["key"], d2["key"]}) == len({d1["child"], d2["child"]}) == len({d1["pv"], d2["pv"]}) == 2
+    assert len(beacon.rt.pages._slotted) == 1  # one render served both
+    link = await beacon.rt.links.resolve(s["token"])
+    body_html, attachment = await beacon.rt.rendered.get(link.current_version_id)
+    for html, data in ((html1, d1), (html2, d2)):
+        full = beacon.rt.pages.render(
+            "landing.html", "zh", token=s["token"], title=link.title, summary=link.summary, kind_label="客户案例",
+            body_html=body_html, unlocked=True, outdated=False, attachment=attachment, track=True,
+            beacon_key=data["key"], child_token=data["child"], pageview=data["pv"],
+        )
+        assert html == full
+    for b, html in pages:  # and the filled-in keys are the real ones
+        assert await b.beacon(s["token"], html, t="read", d=50) == 204
+
+
 @pytest.mark.parametrize(
     "ua",
     [
