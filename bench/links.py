@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import shutil
 import string
 import sys
@@ -288,6 +289,7 @@ class LinksBench:
             cpu0 = harness.cpu_seconds(server.proc.pid)
             result = self.load(base)
             result.server_cpu_s = harness.cpu_seconds(server.proc.pid) - cpu0
+            per_pass = asyncio.run(_events_per_tracker_pass(base))
             if spy is not None:
                 _, err = spy.communicate(timeout=30)
                 self.profile = (
@@ -310,6 +312,7 @@ class LinksBench:
             "non_2xx": warm_bad + result.non_2xx,
             "socket_errors": result.socket_errors,
             "events_by_type": counts,
+            "events_per_tracker_pass": per_pass,
             "log_lines": len(log.read_text(errors="replace").splitlines()),
         }
         check["ok"] = rc == 0 and stored == answered and check["non_2xx"] == 0 and result.socket_errors == 0
@@ -317,6 +320,15 @@ class LinksBench:
         harness.print_round(n, "beacon", result, name_width=6)
         return result
 
+
+
+async def _events_per_tracker_pass(base: str) -> float | None:
+    """From the app's /metrics after the load: events the tracker handled per pass (its batch size)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    values = dict(re.findall(r"^(beacon_tracker_(?:events|batches)_total) ([0-9.e+]+)$", text, re.M))
+    events, batches = float(values.get("beacon_tracker_events_total", 0)), float(values.get("beacon_tracker_batches_total", 0))
+    return round(events / batches, 1) if batches else None
 
 
 def main(argv: list[str]) -> int:
@@ -405,12 +417,13 @@ def report(rounds: dict[str, list[LoadResult]], bench: LinksBench, args: Any, to
     print("after SIGTERM, per beacon round: `open` rows stored vs opens answered 2xx:")
     print(
         harness.table(
-            ["round", "stored", "answered 2xx", "non-2xx", "socket err", "exit", "stop s", "unprocessed", "forward", "verdict"],
+            ["round", "stored", "answered 2xx", "non-2xx", "socket err", "exit", "stop s", "unprocessed", "forward",
+             "events/tracker pass", "verdict"],
             [
                 [
                     c["round"] + 1, c["opens_stored"], c["opens_answered_2xx"], c["non_2xx"], c["socket_errors"],
                     c["exit_code"], c["stop_s"], c["events_by_type"].get("(unprocessed)", 0),
-                    c["events_by_type"].get("forward", 0), "PASS" if c["ok"] else "FAIL",
+                    c["events_by_type"].get("forward", 0), c["events_per_tracker_pass"], "PASS" if c["ok"] else "FAIL",
                 ]
                 for c in bench.checks
             ],

@@ -26,6 +26,10 @@ class Metrics:
         self.outbox_depth = Gauge("beacon_outbox_depth", "Outbox items waiting", ["status"], registry=r)
         self.tracker_backlog = Gauge("beacon_tracker_backlog", "Events not yet attributed and scored", registry=r)
         self.tracker_lag = Gauge("beacon_tracker_lag_seconds", "How long the oldest unprocessed event has waited", registry=r)
+        self.tracker_batches = Counter(
+            "beacon_tracker_batches", "Tracker passes committed (events per pass = events / batches)", registry=r
+        )
+        self.tracker_events = Counter("beacon_tracker_events", "Events attributed and scored by this process", registry=r)
         self.wecom_calls = Counter(
             "beacon_wecom_api_calls", "WeCom API answers by path and errcode", ["path", "errcode"], registry=r
         )

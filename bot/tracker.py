@@ -80,6 +80,9 @@ class Tracker(PollingWorker):
         while not self.stopping and await hold_lease(self.rt, "tracker", self.lease_s, on_acquire=self._lease_taken):
             done = await (self._pass_batched() if self.batched else self._pass_one_by_one())
             handled += done
+            if done:
+                self.rt.metrics.tracker_batches.inc()
+                self.rt.metrics.tracker_events.inc(done)
             if not done or self._backlog_empty:
                 break  # what comes next waits for `settle_s`, to join a batch
         if handled:

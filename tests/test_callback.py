@@ -325,6 +325,7 @@ async def test_healthz_and_metrics(beacon: Any, poster: Poster) -> None:
     assert await beacon.rt.tracker.drain() == 1
     metrics = await (await beacon.client.get("/metrics")).text()
     assert "beacon_tracker_backlog 0.0" in metrics and "beacon_tracker_lag_seconds 0.0" in metrics
+    assert "beacon_tracker_events_total 1.0" in metrics and "beacon_tracker_batches_total 1.0" in metrics  # one pass
     assert 'beacon_callbacks_received_total{source="app"} 1.0' in metrics
     assert 'beacon_callbacks_processed_total{kind="text"} 1.0' in metrics
     assert 'beacon_wecom_api_calls_total{errcode="0",path="/cgi-bin/message/send"} 1.0' in metrics
