@@ -25,13 +25,13 @@ BENCHMARKS = {
     "memory": "bench.memory",
 }
 # run again with `--db postgresql` (the others read or write their databases with sqlite3)
-ON_POSTGRESQL = ("links", "callbacks")
+ON_POSTGRESQL = ("links", "callbacks", "latency")
 
 
 def usage() -> str:
     lines = [
-        "usage: python -m bench [NAME [OPTIONS...]]   (no NAME: every benchmark, default options; then links and",
-        "       callbacks on PostgreSQL unless --sqlite-only)", "", "benchmarks:",
+        "usage: python -m bench [NAME [OPTIONS...]]   (no NAME: every benchmark, default options; then links,",
+        "       callbacks and latency on PostgreSQL unless --sqlite-only)", "", "benchmarks:",
     ]
     for name, module in BENCHMARKS.items():
         lines.append(f"  {name:<10} {importlib.import_module(module).SUMMARY}")

@@ -1,13 +1,13 @@
 """The event-latency benchmark: how long after a link open is answered the tracker has processed it.
 
 `python -m bench latency [--duration 6] [--rounds 3] [--contacts 100000] [--rate 0] [--loadgen auto|wrk|aiohttp]
-[--keep] [--strict]` (`--help` for all)
+[--db sqlite|postgresql] [--pg-url URL] [--keep] [--strict]` (`--help` for all)
 
 Processing an event means: attributed to its contact, scored, and its alert decided (the tracker's
 hooks, scoring then alerts then SOP, run in the transaction that sets `events.processed`; see
 bot/tracker.py and bot/runtime.py). The schema keeps no processed-at time, so the benchmark watches
 from outside: a thread of the benchmark (pinned to the load generator's core) polls the running app's
-SQLite file read-only every 5 ms for the highest event id (what has been committed, which is what the
+database every 5 ms (the SQLite file read-only with sqlite3; PostgreSQL with asyncpg) for the highest event id (what has been committed, which is what the
 app waits for before it answers) and the lowest unprocessed id (the tracker works in id order, so
 every event below it is processed). Per `open` event: latency = first poll that saw it processed -
 first poll that saw it stored, to within one polling interval (the table also gives the time from the
@@ -15,7 +15,7 @@ app's own `received_at`, taken when the request came in, to processed).
 
 Setup: bench/links.py's (migrate, the sample library, 1,000 shares each to its own contact, the landing
 page for the bare server), then the database grows to --contacts contacts (bench/population.py:
-sqlite3 executemany, owned by the two reps, spread over the stages), and every share's contact gets an
+sqlite3 executemany, or COPY on PostgreSQL; owned by the two reps, spread over the stages), and every share's contact gets an
 owner, so that opens raise follow-up alerts.
 
 Each round runs both variants under bench/links.py's load (wrk + bench/links.lua: 32 connections, a
@@ -54,7 +54,7 @@ from typing import Any
 
 from bench import harness, links
 from bench.harness import BenchError, CpuPlan, LoadResult, Server
-from bench.store import SqliteStore
+from bench.store import DEFAULT_PG_URL, KINDS, PostgresStore, SqliteStore, Store
 
 NAME = "latency"
 SUMMARY = "event -> scored -> alert decided latency under link-open load, 100k contacts, vs links' bare server"
@@ -72,9 +72,11 @@ DRAIN_TIMEOUT_S = 15.0
 
 
 class Watcher(threading.Thread):
-    """Polls the app's database: (time.time(), highest event id, lowest unprocessed id or None)."""
+    """Polls the app's database: (time.time(), highest event id, lowest unprocessed id or None).
 
-    def __init__(self, db: Path, core: int | None, interval_s: float = POLL_S) -> None:
+    `db` is the SQLite file (read-only, sqlite3) or a PostgreSQL DSN (asyncpg, on this thread's own loop)."""
+
+    def __init__(self, db: Path | str, core: int | None, interval_s: float = POLL_S) -> None:
         super().__init__(name="latency-watcher", daemon=True)
         self.db = db
         self.core = core
@@ -87,18 +89,37 @@ class Watcher(threading.Thread):
         try:
             if self.core is not None:
                 os.sched_setaffinity(0, {self.core})  # this thread only: beside the load generator
-            conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, check_same_thread=False)
-            try:
-                while not self._halt.is_set():
-                    top = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
-                    # `processed = 0` matches the partial index ix_events_unprocessed: one index probe
-                    low = conn.execute("SELECT MIN(id) FROM events WHERE processed = 0").fetchone()[0]
-                    self.samples.append((time.time(), top, low))
-                    self._halt.wait(self.interval_s)
-            finally:
-                conn.close()
+            if isinstance(self.db, Path):
+                self._poll_sqlite(self.db)
+            else:
+                asyncio.run(self._poll_postgres(self.db))
         except BaseException as exc:  # reported by the caller
             self.error = exc
+
+    def _poll_sqlite(self, path: Path) -> None:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            while not self._halt.is_set():
+                top = conn.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+                # `processed = 0` matches the partial index ix_events_unprocessed: one index probe
+                low = conn.execute("SELECT MIN(id) FROM events WHERE processed = 0").fetchone()[0]
+                self.samples.append((time.time(), top, low))
+                self._halt.wait(self.interval_s)
+        finally:
+            conn.close()
+
+    async def _poll_postgres(self, dsn: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            while not self._halt.is_set():
+                top = await conn.fetchval("SELECT MAX(id) FROM events") or 0
+                low = await conn.fetchval("SELECT MIN(id) FROM events WHERE processed = false")
+                self.samples.append((time.time(), top, low))
+                await asyncio.sleep(self.interval_s)
+        finally:
+            await conn.close()
 
     def caught_up(self) -> bool:
         return bool(self.samples) and self.samples[-1][2] is None
@@ -109,8 +130,10 @@ class Watcher(threading.Thread):
             self.join(timeout=5)
 
 
-def _utc(text: str) -> float:
-    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp()
+def _utc(stored: str | dt.datetime) -> float:
+    """A stored `received_at` (naive UTC: text on SQLite, a datetime from asyncpg) as a timestamp."""
+    at = stored if isinstance(stored, dt.datetime) else dt.datetime.fromisoformat(stored)
+    return at.replace(tzinfo=dt.timezone.utc).timestamp()
 
 
 def latencies(samples: list[tuple[float, int, int | None]], opens: list[tuple[int, str]]) -> dict[str, Any]:
@@ -161,19 +184,20 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 # --- setup --------------------------------------------------------------------------------------------
 
 
-def prepare(tmp: Path, *, shares: int, contacts: int) -> links.Prepared:
-    from bench.population import add_contacts
+def prepare(tmp: Path, store: Store, *, shares: int, contacts: int) -> links.Prepared:
+    from bench.population import add_contacts, add_contacts_postgres
 
-    store = SqliteStore(tmp)  # the watcher and bench/population.py read and write with sqlite3
     prep = links.prepare(tmp, store, shares=shares)
-    db = store.path(prep.db)
-    with sqlite3.connect(db) as conn:
-        have = conn.execute("SELECT COUNT(*) FROM contacts").fetchone()[0]
-        # the shares' contacts get an owner: their opens raise follow-up alerts for that rep
-        conn.execute("UPDATE contacts SET owner_userid = CASE id % 2 WHEN 0 THEN 'rep1' ELSE 'rep2' END WHERE owner_userid IS NULL")
+    have = store.query(prep.db, "SELECT COUNT(*) FROM contacts")[0][0]
+    # the shares' contacts get an owner: their opens raise follow-up alerts for that rep
+    store.execute(prep.db, "UPDATE contacts SET owner_userid = CASE id % 2 WHEN 0 THEN 'rep1' ELSE 'rep2' END WHERE owner_userid IS NULL")
     if contacts > have:
         with harness.timed(f"add {contacts - have:,} contacts ({contacts:,} in all)"):
-            add_contacts(db, contacts - have, owners=("rep1", "rep2"))
+            if isinstance(store, SqliteStore):
+                add_contacts(store.path(prep.db), contacts - have, owners=("rep1", "rep2"))
+            else:
+                assert isinstance(store, PostgresStore)
+                add_contacts_postgres(store.dsn(prep.db), contacts - have, owners=("rep1", "rep2"))
     return prep
 
 
@@ -228,19 +252,16 @@ class LatencyBench:
     def _run_app(self, n: int, *, rate: float | None) -> LoadResult:
         label = f"paced-{n}" if rate else f"run-{n}"
         store = self.prep.store
-        assert isinstance(store, SqliteStore)
         store.copy(self.prep.db, label)
-        db = store.path(label)
-        with sqlite3.connect(db) as conn:
-            start_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-            alerts_before = conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+        start_id = store.query(label, "SELECT COALESCE(MAX(id), 0) FROM events")[0][0]
+        alerts_before = store.query(label, "SELECT COUNT(*) FROM alerts")[0][0]
         port = harness.free_port()
         base = f"http://127.0.0.1:{port}"
         config = self.prep.tmp / f"{label}.toml"
         config.write_text(links.config_text(port, store.url(label)), encoding="utf-8")
         log = self.prep.tmp / f"beacon-{label}.log"
         server = Server.start("beacon", harness.bot(config, "serve"), core=self.plan.server, ready_url=f"{base}/healthz", log=log)
-        watcher = Watcher(db, self.plan.load)
+        watcher = Watcher(store.path(label) if isinstance(store, SqliteStore) else store.dsn(label), self.plan.load)  # type: ignore[union-attr]
         drain_s = 0.0
         try:
             warm_bad = asyncio.run(links._warm_up(base, self.prep.paths))
@@ -259,11 +280,11 @@ class LatencyBench:
                 rc = server.stop()
         if watcher.error is not None:
             raise BenchError(f"watching the database failed: {watcher.error!r}")
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            opens = conn.execute("SELECT id, received_at FROM events WHERE type = 'open' AND id > ? ORDER BY id", (start_id,)).fetchall()
-            alerts = conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] - alerts_before
-            unprocessed = conn.execute("SELECT COUNT(*) FROM events WHERE processed = 0").fetchone()[0]
-            events_by_type = dict(conn.execute("SELECT type, COUNT(*) FROM events WHERE id > ? GROUP BY type", (start_id,)).fetchall())
+        start = int(start_id)
+        opens = store.query(label, f"SELECT id, received_at FROM events WHERE type = 'open' AND id > {start} ORDER BY id")
+        alerts = store.query(label, "SELECT COUNT(*) FROM alerts")[0][0] - alerts_before
+        unprocessed = store.query(label, "SELECT COUNT(*) FROM events WHERE processed = false")[0][0]
+        events_by_type = dict(store.query(label, f"SELECT type, COUNT(*) FROM events WHERE id > {start} GROUP BY type"))
         lat = latencies(watcher.samples, opens)
         run = {
             "label": label,
@@ -305,6 +326,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--loadgen", choices=["auto", "wrk", "aiohttp"], default="auto")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs) and print its path")
+    parser.add_argument("--db", choices=KINDS, default="sqlite", help="the app's database (the benchmark creates it)")
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="--db postgresql: the server (its databases are created and dropped)")
     args = parser.parse_args(argv)
     if args.duration < 2:
         parser.error("--duration must be at least 2 seconds")
@@ -326,8 +349,10 @@ def main(argv: list[str]) -> int:
         print("  NOTE: wrk is not installed; the aiohttp load generator saturates first, so these numbers")
         print("        and ratios are not comparable with wrk runs; no paced run.")
     tmp = Path(tempfile.mkdtemp(prefix="beacon-bench-latency-"))
+    store = Store.open(args.db, tmp, pg_url=args.pg_url)
     try:
-        prep = prepare(tmp, shares=args.shares, contacts=args.contacts)
+        print(f"  database: {store.describe()}")
+        prep = prepare(tmp, store, shares=args.shares, contacts=args.contacts)
         bench = LatencyBench(prep, plan, tool, args.duration, args.zipf, args.connections)
         rounds = harness.alternate(
             {"bare": bench.run_bare, "beacon": bench.run_beacon}, rounds=args.rounds, deadline=started + BUDGET_S - 35
@@ -337,9 +362,12 @@ def main(argv: list[str]) -> int:
             paced_rate = args.rate or round(bench.sustained_rate() / 2, 1)
             if paced_rate > 0:
                 bench.run_paced(paced_rate)
-    except BenchError as exc:
+    except (BenchError, OSError) as exc:
         print(f"\nlatency: could not run: {exc}\n  (files kept in {tmp})", file=sys.stderr)
         return 2
+    finally:
+        if not args.keep:
+            store.close()
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return report(rounds, bench, args, tool, plan, started, tmp)

@@ -16,6 +16,7 @@ import json
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 STAGES = [("new", 60), ("nurturing", 20), ("mql", 8), ("sql", 2)]
 
@@ -23,6 +24,39 @@ STAGES = [("new", 60), ("nurturing", 20), ("mql", 8), ("sql", 2)]
 def _ts(at: dt.datetime) -> str:
     # how bot.models.UTCDateTime stores times in SQLite: naive UTC, microseconds
     return at.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _contact_rows(n: int, first: int, rng: random.Random, now: dt.datetime, owners: tuple[str, ...], prefix: str,
+                  quiet: float, customers: float) -> tuple[list[tuple[Any, ...]], list[tuple[int, dt.datetime]]]:
+    """The contacts' rows (CONTACT_COLUMNS, times as aware datetimes) and (id, last activity) of the quiet."""
+    stages = [s for s, w in STAGES for _ in range(w)]
+    contacts: list[tuple[Any, ...]] = []
+    activity: list[tuple[int, dt.datetime]] = []
+    for i in range(n):
+        created = now - dt.timedelta(days=rng.uniform(100, 700))
+        stage, last_activity, last_payment = rng.choice(stages), None, None
+        r = rng.random()
+        if r < customers:
+            stage = "customer"
+            # half past the 548-day window of [lifecycle] dormant_after_days, half within it
+            last_payment = now - dt.timedelta(days=rng.uniform(560, 700) if rng.random() < 0.5 else rng.uniform(1, 500))
+        elif r < customers + quiet:
+            last_activity = now - dt.timedelta(days=rng.uniform(40, 90))
+            activity.append((first + i, last_activity))
+        contacts.append((
+            first + i, f"{prefix}{i:06d}", f"联系人{i}", f"公司{i % 5000}", "经理" if i % 4 == 0 else "", "", "", "", "", None,
+            "13800000000" if i % 3 == 0 else None, json.dumps({}), owners[i % len(owners)], stage, "cold", 0.0,
+            last_activity, last_payment, created, created,
+        ))  # fmt: skip
+    return contacts, activity
+
+
+CONTACT_COLUMNS = (
+    "id", "external_userid", "name", "company", "title", "region", "industry", "company_size", "persona", "email", "phone",
+    "profile", "owner_userid", "stage", "temperature", "score", "last_activity_at", "last_payment_at", "created_at",
+    "updated_at",
+)  # fmt: skip
+_TIMES = [CONTACT_COLUMNS.index(c) for c in ("last_activity_at", "last_payment_at", "created_at", "updated_at")]
 
 
 def add_contacts(
@@ -40,7 +74,6 @@ def add_contacts(
     decay); `customers`: the share that are customers, half of them past the dormancy window."""
     rng = random.Random(seed)
     now = now or dt.datetime.now(dt.timezone.utc)
-    stages = [s for s, w in STAGES for _ in range(w)]
     con = sqlite3.connect(db)
     try:
         for userid in owners:
@@ -49,34 +82,15 @@ def add_contacts(
                 (userid, userid, _ts(now)),
             )
         first = (con.execute("SELECT COALESCE(MAX(id), 0) FROM contacts").fetchone()[0]) + 1
-        contacts, activity = [], []
-        for i in range(n):
-            created = now - dt.timedelta(days=rng.uniform(100, 700))
-            stage, last_activity, last_payment = rng.choice(stages), None, None
-            r = rng.random()
-            if r < customers:
-                stage = "customer"
-                # half past the 548-day window of [lifecycle] dormant_after_days, half within it
-                last_payment = now - dt.timedelta(days=rng.uniform(560, 700) if rng.random() < 0.5 else rng.uniform(1, 500))
-            elif r < customers + quiet:
-                last_activity = now - dt.timedelta(days=rng.uniform(40, 90))
-                activity.append((first + i, last_activity))
-            contacts.append((
-                f"{prefix}{i:06d}", f"联系人{i}", f"公司{i % 5000}", "经理" if i % 4 == 0 else "", "",
-                "13800000000" if i % 3 == 0 else None, json.dumps({}), owners[i % len(owners)], stage, "cold", 0.0,
-                None if last_activity is None else _ts(last_activity), None if last_payment is None else _ts(last_payment),
-                _ts(created), _ts(created),
-            ))  # fmt: skip
+        rows, activity = _contact_rows(n, first, rng, now, owners, prefix, quiet, customers)
+        contacts = [tuple(_ts(v) if i in _TIMES and v is not None else v for i, v in enumerate(row)) for row in rows]
         con.executemany(
-            "INSERT INTO contacts (external_userid, name, company, title, region, industry, company_size, persona, phone, "
-            "profile, owner_userid, stage, temperature, score, last_activity_at, last_payment_at, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, '', '', '', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            contacts,
+            f"INSERT INTO contacts ({', '.join(CONTACT_COLUMNS)}) VALUES ({', '.join('?' * len(CONTACT_COLUMNS))})", contacts
         )
         last = first + n - 1
         con.executemany(
             "INSERT INTO identities (contact_id, kind, value, created_at) VALUES (?, 'external_userid', ?, ?)",
-            [(first + i, row[0], row[13]) for i, row in enumerate(contacts)],
+            [(row[0], row[1], row[-2]) for row in contacts],
         )
         events = []
         for contact_id, at in activity:
@@ -92,6 +106,45 @@ def add_contacts(
     finally:
         con.close()
     return first, last
+
+
+def add_contacts_postgres(dsn: str, n: int, *, owners: tuple[str, ...] = ("rep1", "rep2"), prefix: str = "wmPop",
+                          seed: int = 1, now: dt.datetime | None = None) -> tuple[int, int]:
+    """`add_contacts` for a PostgreSQL database (with COPY): the contacts and their identities, no
+    activity history (the nightly benchmark, which needs one, runs on SQLite)."""
+    import asyncio
+
+    import asyncpg
+
+    rng = random.Random(seed)
+    now = now or dt.datetime.now(dt.timezone.utc)
+
+    def naive(value: Any) -> Any:  # bot.models.UTCDateTime on PostgreSQL: naive UTC
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if isinstance(value, dt.datetime) else value
+
+    async def go() -> tuple[int, int]:
+        con = await asyncpg.connect(dsn)
+        try:
+            async with con.transaction():
+                await con.executemany(
+                    "INSERT INTO reps (userid, name, role, region, source, active, created_at) "
+                    "VALUES ($1, $1, 'rep', '', 'config', true, $2) ON CONFLICT DO NOTHING",
+                    [(userid, naive(now)) for userid in owners],
+                )
+                first = await con.fetchval("SELECT COALESCE(MAX(id), 0) FROM contacts") + 1
+                rows, _activity = _contact_rows(n, first, rng, now, owners, prefix, 0.0, 0.0)
+                contacts = [tuple(naive(v) for v in row) for row in rows]
+                await con.copy_records_to_table("contacts", records=contacts, columns=list(CONTACT_COLUMNS))
+                await con.copy_records_to_table(
+                    "identities", records=[(row[0], "external_userid", row[1], row[-2]) for row in contacts],
+                    columns=["contact_id", "kind", "value", "created_at"],
+                )
+                await con.execute("SELECT setval(pg_get_serial_sequence('contacts', 'id'), (SELECT MAX(id) FROM contacts))")
+            return first, first + n - 1
+        finally:
+            await con.close()
+
+    return asyncio.run(go())
 
 
 def _utc(text: str) -> dt.datetime:

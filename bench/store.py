@@ -115,11 +115,12 @@ class PostgresStore(Store):
     def _db(self, name: str) -> str:
         return f"{self.prefix}_{name}"
 
-    def _dsn(self, name: str) -> str:
+    def dsn(self, name: str) -> str:
+        """asyncpg's address of the database `name`."""
         return f"{self.server}/{self._db(name)}"
 
     def url(self, name: str) -> str:
-        return self._dsn(name).replace("postgresql://", "postgresql+asyncpg://", 1)
+        return self.dsn(name).replace("postgresql://", "postgresql+asyncpg://", 1)
 
     def _run(self, dsn: str, work: Any) -> Any:
         import asyncpg
@@ -159,7 +160,7 @@ class PostgresStore(Store):
         async def work(conn: Any) -> list[tuple[Any, ...]]:
             return [tuple(r) for r in await conn.fetch(sql)]
 
-        return self._run(self._dsn(name), work)
+        return self._run(self.dsn(name), work)
 
     def execute(self, name: str, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
         async def work(conn: Any) -> None:
@@ -168,7 +169,7 @@ class PostgresStore(Store):
             else:
                 await conn.execute(sql)
 
-        self._run(self._dsn(name), work)
+        self._run(self.dsn(name), work)
 
     def close(self) -> None:
         if not self.created:

@@ -79,3 +79,17 @@ def test_latency_bench_runs() -> None:
     if shutil.which("wrk"):
         assert "beacon, paced at" in out
     assert "events stored == opens answered with 2xx, no non-2xx: PASS" in out
+
+
+@pytest.mark.postgres
+def test_latency_bench_runs_on_postgresql() -> None:
+    """The watcher polls PostgreSQL with asyncpg and the population is COPYed in: the same report."""
+    require_postgres()
+    before = set(_bench_databases())
+    out = run_bench("latency", "--duration", "2", "--rounds", "1", "--contacts", "2000", "--shares", "50", "--rate", "-1",
+                    "--db", "postgresql", "--pg-url", PG_ADMIN_DSN)
+    assert "database: PostgreSQL" in out
+    assert "add 1,950 contacts (2,000 in all)" in out
+    assert "beacon, as fast as it answers" in out and "event p99" in out
+    assert "events stored == opens answered with 2xx, no non-2xx: PASS" in out
+    assert set(_bench_databases()) <= before, "every database the run made is dropped"
