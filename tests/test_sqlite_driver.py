@@ -189,3 +189,60 @@ async def test_the_group_commit_takes_its_turn_at_the_write_gate(sqlite_url: str
             assert await conn.scalar(select(func.count()).select_from(Event)) == 0
     finally:
         await engine.dispose()
+
+
+async def test_rows_needing_python_side_defaults_go_through_sqlalchemy(sqlite_url: str) -> None:
+    """reps.role, source, active and created_at are filled in by SQLAlchemy per row (Python-side
+    defaults): the one-trip path leaves such statements to it rather than writing NULLs."""
+    from bot.models import Rep
+
+    engine = create_engine(make_settings(sqlite_url).database)
+    writer = BatchWriter(engine, name="test")
+    try:
+        await asyncio.gather(*(writer.write(insert(Rep), {"userid": f"r{n}", "name": f"代表{n}"}) for n in range(3)))
+        await writer.close()
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(Rep.userid, Rep.role, Rep.source, Rep.active, Rep.created_at).order_by(Rep.userid))).all()
+    finally:
+        await engine.dispose()
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [(f"r{n}", "rep", "config", True) for n in range(3)]
+    assert all(r[4] is not None for r in rows)
+
+
+async def test_executemany_in_a_transaction_matches_sqlalchemy(sqlite_url: str) -> None:
+    """bot.batch.executemany (the nightly decay's ledger rows and score updates): the rows as
+    `conn.execute` writes them, inside the caller's transaction (a rollback takes them back)."""
+    from bot.batch import executemany
+    from bot.models import Contact, ScoreEntry
+    from bot.scoring.jobs import _LEDGER_INSERT, _SCORE_UPDATE
+
+    engine = create_engine(make_settings(sqlite_url).database)
+    at = dt.datetime(2026, 5, 6, 7, 8, 9, 101112, tzinfo=dt.timezone.utc)
+
+    def ledger(contact_id: int, tag: str) -> list[dict[str, Any]]:
+        return [{"contact_id": contact_id, "model": "default", "rule": "decay", "points": -1.25 * n, "event_id": None,
+                 "reason": f"{tag} 衰减 {n}", "at": at} for n in range(1, 4)]
+
+    try:
+        async with engine.begin() as conn:
+            for ext in ("wmA", "wmB"):
+                await conn.execute(insert(Contact), {"external_userid": ext, "profile": {}, "created_at": at, "updated_at": at})
+            a, b = (await conn.scalars(select(Contact.id).order_by(Contact.id))).all()
+            await executemany(conn, _LEDGER_INSERT, ledger(a, "x"))
+            await conn.execute(_LEDGER_INSERT, ledger(b, "x"))
+            await executemany(conn, _SCORE_UPDATE, [{"b_id": a, "b_score": 12.5, "b_temperature": "warm", "b_now": at}])
+            await conn.execute(_SCORE_UPDATE, [{"b_id": b, "b_score": 12.5, "b_temperature": "warm", "b_now": at}])
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await executemany(conn, _LEDGER_INSERT, ledger(a, "rolled back"))
+                await executemany(conn, _LEDGER_INSERT, [{**ledger(a, "bad")[0], "model": None}])  # NOT NULL
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(ScoreEntry).where(ScoreEntry.reason.like("rolled%"))) == 0
+    finally:
+        await engine.dispose()
+    path = sqlite_url.split("///", 1)[1]
+    led = _raw_rows(path, "SELECT contact_id, model, rule, points, event_id, reason, at FROM score_ledger ORDER BY id")
+    assert [r[1:] for r in led if r[0] == a] == [r[1:] for r in led if r[0] == b] and len(led) == 6
+    assert led[0][6] == "2026-05-06 07:08:09.101112"
+    contacts = _raw_rows(path, "SELECT score, temperature, updated_at FROM contacts ORDER BY id")
+    assert contacts[0] == contacts[1] == (12.5, "warm", "2026-05-06 07:08:09.101112")

@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
+from bot.batch import executemany
 from bot.context import Context
 from bot.leases import holds_lease
 from bot.lifecycle import mark_dormant, recently_reactivated
@@ -40,6 +41,10 @@ from bot.scoring.service import ledger_rows
 from bot.scoring.stages import temperature
 
 log = logging.getLogger("beacon.scoring.jobs")
+_LEDGER_INSERT = insert(ScoreEntry.__table__)
+_SCORE_UPDATE = update(Contact.__table__).where(Contact.__table__.c.id == bindparam("b_id")).values(
+    score=bindparam("b_score"), temperature=bindparam("b_temperature"), updated_at=bindparam("b_now"),
+)
 CHUNK = 500  # contacts per write transaction: about 10-20 ms of write lock on SQLite
 
 
@@ -158,16 +163,8 @@ async def _write_chunk(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]],
                 conn = await session.connection()  # BEGIN IMMEDIATE on SQLite: the write lock from here
                 began = time.perf_counter()
                 rows, updates = await _chunk_changes(conn, service, seen, prepared, now, changed_book)
-                if rows:
-                    await conn.execute(insert(ScoreEntry), rows)
-                if updates:
-                    c = Contact.__table__.c
-                    await conn.execute(
-                        update(Contact.__table__).where(c.id == bindparam("b_id")).values(
-                            score=bindparam("b_score"), temperature=bindparam("b_temperature"), updated_at=bindparam("b_now"),
-                        ),
-                        updates,
-                    )
+                await executemany(conn, _LEDGER_INSERT, rows)
+                await executemany(conn, _SCORE_UPDATE, updates)
                 # Up to COMMIT (itself quick in WAL mode; a checkpoint after it does not block writers).
                 held = time.perf_counter() - began
     except BaseException:
