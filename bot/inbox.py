@@ -60,6 +60,7 @@ class InboxStore:
 
 class InboxWorker(PollingWorker):
     name = "inbox"
+    settle_s = 0.02  # PollingWorker: a burst of callbacks is claimed together, not one by one
 
     def __init__(self, runtime: "Runtime") -> None:
         super().__init__(runtime)
