@@ -173,7 +173,10 @@ class _SqliteGroupCommit:
         work = [_driver_rows(stmt, params, self.engine.dialect) for stmt, params in groups]
         if any(w is None for w in work):
             return False
-        async with self.gate.exclusive(), self.engine.connect() as conn:
+        # The connection first, then the gate: the order every unit of work takes them in (a session
+        # checks out its connection, then BEGIN waits at the gate); the other order could deadlock
+        # with sessions holding every pooled connection while they wait for the gate.
+        async with self.engine.connect() as conn, self.gate.exclusive():
             driver = (await conn.get_raw_connection()).driver_connection
             try:
                 await driver._execute(_write_in_thread, driver, work)

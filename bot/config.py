@@ -49,8 +49,8 @@ class ServerSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    """The store. The pool keys apply to PostgreSQL only (SQLite has one writer and pools by itself):
-    each process keeps up to `pool_size` connections open, opens up to `max_overflow` more under load,
+    """The store. The pool keys size each process's connection pool (PostgreSQL, or a SQLite file, where
+    writers still take turns): each process keeps up to `pool_size` connections open, opens up to `max_overflow` more under load,
     and a unit of work waits at most `pool_timeout` seconds for a free connection before failing."""
 
     url: str = "sqlite+aiosqlite:///beacon.db"

@@ -246,3 +246,26 @@ async def test_executemany_in_a_transaction_matches_sqlalchemy(sqlite_url: str) 
     assert led[0][6] == "2026-05-06 07:08:09.101112"
     contacts = _raw_rows(path, "SELECT score, temperature, updated_at FROM contacts ORDER BY id")
     assert contacts[0] == contacts[1] == (12.5, "warm", "2026-05-06 07:08:09.101112")
+
+
+async def test_the_group_commit_takes_a_connection_before_the_gate(sqlite_url: str) -> None:
+    """One pooled connection, held by a unit of work that has not begun yet. The group commit must wait
+    for the connection without holding the gate, or the unit of work's BEGIN would wait for the gate
+    while the group commit waits for its connection (a deadlock until the pool timeout)."""
+    settings = make_settings(sqlite_url, database={"url": sqlite_url, "pool_size": 1, "max_overflow": 0, "pool_timeout": 3})
+    engine = create_engine(settings.database)
+    writer = BatchWriter(engine, name="test")
+    try:
+        started = asyncio.get_running_loop().time()
+        async with engine.connect() as conn:  # the only connection; no transaction yet
+            write = asyncio.ensure_future(writer.write(insert(Lease), {"name": "batch", "owner": "o", "locked_until": T0}))
+            await asyncio.sleep(0.05)  # the group commit is waiting for a connection now
+            await conn.execute(insert(Lease), {"name": "unit", "owner": "o", "locked_until": T0})  # BEGIN at the gate
+            await conn.commit()
+        await asyncio.wait_for(write, 2)
+        await writer.close()
+        assert asyncio.get_running_loop().time() - started < 2
+        async with engine.connect() as conn:
+            assert (await conn.scalars(select(Lease.name).order_by(Lease.name))).all() == ["batch", "unit"]
+    finally:
+        await engine.dispose()
