@@ -93,3 +93,19 @@ def test_latency_bench_runs_on_postgresql() -> None:
     assert "beacon, as fast as it answers" in out and "event p99" in out
     assert "events stored == opens answered with 2xx, no non-2xx: PASS" in out
     assert set(_bench_databases()) <= before, "every database the run made is dropped"
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_rescore_bench_runs(db: str) -> None:
+    extra = []
+    if db == "postgresql":
+        require_postgres()
+        extra = ["--pg-url", PG_ADMIN_DSN]
+        before = set(_bench_databases())
+    out = run_bench("rescore", "--events", "3000", "--contacts", "60", "--db", db, *extra)
+    assert ("database: PostgreSQL" if db == "postgresql" else "database: SQLite") in out
+    assert "one read pass in (contact, time) order (baseline B)" in out and "python -m bot rescore" in out
+    assert "rescore / read pass = " in out
+    assert "rescored 60 contacts from 3000 events" in out
+    if db == "postgresql":
+        assert set(_bench_databases()) <= before, "every database the run made is dropped"
