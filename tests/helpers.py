@@ -121,3 +121,21 @@ async def wait_for(predicate: Any, timeout: float = 15, interval: float = 0.05) 
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+def engine_without_busy_wait(sqlite_url: str) -> Any:
+    """The app's engine for a SQLite file, but with SQLite's busy handler off on every connection (after
+    the app's own pragmas): a BEGIN IMMEDIATE that meets the write lock fails at once, so a test sees
+    whether writers of this process waited for their turn at the write gate instead."""
+    from sqlalchemy import event
+
+    from bot.db import create_engine
+    from tests.conftest import make_settings
+
+    engine = create_engine(make_settings(sqlite_url, database={"url": sqlite_url, "busy_timeout_ms": 10_000}).database)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def no_busy_wait(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA busy_timeout = 0")
+
+    return engine

@@ -13,7 +13,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from bot import sqlite_driver
@@ -22,6 +22,7 @@ from bot.db import create_engine, session_factory
 from bot.models import Event, Lease
 from bot.tracking import EventLog
 from tests.conftest import T0, make_settings
+from tests.helpers import engine_without_busy_wait
 
 
 def _count_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -162,13 +163,7 @@ async def test_a_failing_row_fails_its_caller_only(db_url: str) -> None:
 async def test_the_group_commit_takes_its_turn_at_the_write_gate(sqlite_url: str) -> None:
     """A unit of work of this process holds the write lock across awaits; the group commit's batch waits
     for it at the gate instead of meeting SQLite's lock (here with no busy timeout: it would fail)."""
-    settings = make_settings(sqlite_url, database={"url": sqlite_url, "busy_timeout_ms": 10_000})
-    engine = create_engine(settings.database)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def no_busy_wait(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.execute("PRAGMA busy_timeout = 0")
-
+    engine = engine_without_busy_wait(sqlite_url)
     sessions = session_factory(engine)
     writer = BatchWriter(engine, name="test")
     order: list[str] = []

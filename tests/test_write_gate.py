@@ -13,12 +13,13 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import OperationalError
 
 from bot.db import create_engine, session_factory
 from bot.models import Lease
 from tests.conftest import T0, make_settings
+from tests.helpers import engine_without_busy_wait
 
 
 async def _write(sessions: Any, name: str) -> None:
@@ -32,14 +33,7 @@ async def _names(engine: Any) -> list[str]:
 
 
 async def test_concurrent_writers_take_turns_without_sqlite_busy_waits(sqlite_url: str) -> None:
-    settings = make_settings(sqlite_url, database={"url": sqlite_url, "busy_timeout_ms": 10_000})
-    engine = create_engine(settings.database)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def no_busy_wait(dbapi_conn: Any, _record: Any) -> None:
-        # after the app's own pragmas: a BEGIN IMMEDIATE that meets SQLite's lock now fails at once
-        dbapi_conn.execute("PRAGMA busy_timeout = 0")
-
+    engine = engine_without_busy_wait(sqlite_url)
     sessions = session_factory(engine)
     order: list[int] = []
 
