@@ -57,10 +57,6 @@ def _stored(store: Store, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             for row in rows]
 
 
-def _marks(store: Store, n: int) -> str:
-    return ", ".join("?" * n if store.kind == "sqlite" else (f"${i}" for i in range(1, n + 1)))
-
-
 def prepare(store: Store, name: str, contacts: int, events: int) -> float:
     """The synthetic company in database `name`; returns the seconds of the events' INSERT (baseline A)."""
     from bot.db import migrate_sync
@@ -71,18 +67,18 @@ def prepare(store: Store, name: str, contacts: int, events: int) -> float:
     items = [("s-%d" % i, "资料 %d" % i, random.Random(i).choice(["whitepaper", "case_study", "solution", "blog"]),
               random.Random(i + 1).choice(["awareness", "consideration", "decision"]), False, False, now, now) for i in range(1, 51)]
     store.execute(name, "INSERT INTO content_items (slug, title, kind, stage, gated, internal, created_at, updated_at, personas, "
-                        f"industries, tags, summary) VALUES ({_marks(store, 8)}, '[]', '[]', '[]', '')", _stored(store, items))
+                        f"industries, tags, summary) VALUES ({store.placeholders(8)}, '[]', '[]', '[]', '')", _stored(store, items))
     store.execute(name, "INSERT INTO content_versions (item_id, version, title, summary, body_md, body_hash, created_at) "
-                        f"VALUES (1, 1, 't', '', '', '', {_marks(store, 1)})", _stored(store, [(now,)]))
+                        f"VALUES (1, 1, 't', '', '', '', {store.placeholders(1)})", _stored(store, [(now,)]))
     store.execute(name, "INSERT INTO contacts (external_userid, title, created_at, updated_at, phone, name, company, region, industry, "
-                        f"company_size, persona, profile, stage, temperature, score) VALUES ({_marks(store, 5)}, '', '', '', '', '', '', "
+                        f"company_size, persona, profile, stage, temperature, score) VALUES ({store.placeholders(5)}, '', '', '', '', '', '', "
                         "'{}', 'new', 'cold', 0)",
                   _stored(store, [(f"wm{i}", "CEO" if i % 7 == 0 else "", now, now, "13800000000" if i % 3 == 0 else None)
                                   for i in range(1, contacts + 1)]))
     rows = _stored(store, synth_rows(contacts, events, 50))
     started = time.perf_counter()
     store.execute(name, "INSERT INTO events (type, contact_id, item_id, props, occurred_at, received_at, processed) "
-                        f"VALUES ({_marks(store, 7)})", rows)
+                        f"VALUES ({store.placeholders(7)})", rows)
     return time.perf_counter() - started
 
 

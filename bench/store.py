@@ -54,6 +54,10 @@ class Store(ABC):
     def execute(self, name: str, sql: str, rows: Sequence[Sequence[Any]] = ()) -> None:
         """One statement; with `rows`, once per row (placeholders: `?` on SQLite, `$1…` on PostgreSQL)."""
 
+    def placeholders(self, n: int) -> str:
+        """`n` positional placeholders for `execute`, comma-separated."""
+        return ", ".join("?" * n if self.kind == "sqlite" else (f"${i}" for i in range(1, n + 1)))
+
     def close(self) -> None:
         """Drop what this store created (SQLite: nothing; the temp dir goes with the benchmark)."""
 

@@ -41,8 +41,7 @@ class BatchWriter:
         self._closing = False
         self.batches = 0
         self.rows = 0
-        gate = write_gate(engine)
-        self._sqlite = _SqliteGroupCommit(engine, gate) if gate is not None else None
+        self._gate = write_gate(engine)  # SQLite: batches go to the driver in one trip (see _write_sqlite)
 
     async def write(self, stmt: Executable, params: dict[str, Any]) -> None:
         """Queue one row and wait until it is committed. Raises the database error if the write fails."""
@@ -121,11 +120,32 @@ class BatchWriter:
             for order, stmt, params in rows:
                 grouped[(order, stmt)].append(params)
         groups = [(stmt, params) for (_order, stmt), params in sorted(grouped.items(), key=lambda kv: kv[0][0])]
-        if self._sqlite is not None and await self._sqlite.write(groups):
+        if self._gate is not None and await self._write_sqlite(groups):
             return
         async with self.engine.begin() as conn:
             for stmt, params in groups:
                 await conn.execute(stmt, params)
+
+
+    async def _write_sqlite(self, groups: list[tuple[Executable, list[dict[str, Any]]]]) -> bool:
+        """SQLite: the whole batch in one trip to the connection's thread; False (nothing written) if
+        a statement needs SQLAlchemy's own execution.
+
+        Through SQLAlchemy a batch costs BEGIN, one round trip per statement and COMMIT, each a hop to
+        aiosqlite's thread and back plus SQLAlchemy's per-execution work: about 1 ms whatever the
+        batch's size, which under load was most of the group commit's cost. Here the statements are
+        compiled once, the rows converted on the loop, and BEGIN IMMEDIATE, one executemany per
+        statement and COMMIT run in a single call, holding this process's write gate (bot/db.py
+        WriteGate) as any other write transaction does."""
+        work = [_driver_rows(stmt, params, self.engine.dialect) for stmt, params in groups]
+        if any(w is None for w in work):
+            return False
+        # The connection first, then the gate: the order every unit of work takes them in (a session
+        # checks out its connection, then BEGIN waits at the gate); the other order could deadlock
+        # with sessions holding every pooled connection while they wait for the gate.
+        async with self.engine.connect() as conn, self._gate.exclusive():  # type: ignore[union-attr]
+            await _on_driver(conn, _write_in_thread, work, sql=work[0][0] if work else "")  # type: ignore[index]
+        return True
 
 
 class _Prepared:
@@ -151,38 +171,6 @@ class _Prepared:
             if value is not None:
                 values[i] = process(value)
         return values
-
-
-class _SqliteGroupCommit:
-    """SQLite: a whole batch in one trip to the connection's thread.
-
-    Through SQLAlchemy a batch costs BEGIN, one round trip per statement and COMMIT, each a hop to
-    aiosqlite's thread and back plus SQLAlchemy's per-execution work: about 1 ms whatever the batch's
-    size, which under load was most of the group commit's cost. Here the statements are compiled once,
-    the rows converted on the loop, and BEGIN IMMEDIATE, one executemany per statement and COMMIT run in
-    a single call on the thread, holding this process's write gate (bot/db.py WriteGate) as any other
-    write transaction does. Errors come back as SQLAlchemy's DBAPIError, as they would through it.
-    """
-
-    def __init__(self, engine: AsyncEngine, gate: Any) -> None:
-        self.engine = engine
-        self.gate = gate
-
-    async def write(self, groups: list[tuple[Executable, list[dict[str, Any]]]]) -> bool:
-        """Write the batch; False (nothing written) if a statement needs SQLAlchemy's own execution."""
-        work = [_driver_rows(stmt, params, self.engine.dialect) for stmt, params in groups]
-        if any(w is None for w in work):
-            return False
-        # The connection first, then the gate: the order every unit of work takes them in (a session
-        # checks out its connection, then BEGIN waits at the gate); the other order could deadlock
-        # with sessions holding every pooled connection while they wait for the gate.
-        async with self.engine.connect() as conn, self.gate.exclusive():
-            driver = (await conn.get_raw_connection()).driver_connection
-            try:
-                await driver._execute(_write_in_thread, driver, work)
-            except sqlite3.Error as exc:
-                raise DBAPIError.instance(work[0][0] if work else "", None, exc, sqlite3.Error) from exc  # type: ignore[index]
-        return True
 
 
 _PREPARED: OrderedDict[tuple[Executable, tuple[str, ...], str], _Prepared] = OrderedDict()
@@ -214,19 +202,24 @@ async def executemany(conn: AsyncConnection, stmt: Executable, params: list[dict
             await conn.execute(stmt, params)
         return
     sql, rows = prepared
+    await _on_driver(conn, _executemany_in_thread, sql, rows, sql=sql)
+
+
+async def _on_driver(conn: AsyncConnection, fn: Any, *args: Any, sql: str) -> None:
+    """fn(sqlite3 connection, *args) on the connection's own thread, in one trip; sqlite3's errors come
+    back as SQLAlchemy's DBAPIError, as they would through it."""
     driver = (await conn.get_raw_connection()).driver_connection
     try:
-        await driver._execute(_executemany_in_thread, driver, sql, rows)
+        await driver._execute(lambda: fn(driver._conn, *args))
     except sqlite3.Error as exc:
         raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
 
 
-def _executemany_in_thread(driver: Any, sql: str, rows: list[list[Any]]) -> None:
-    driver._conn.executemany(sql, rows)
+def _executemany_in_thread(conn: sqlite3.Connection, sql: str, rows: list[list[Any]]) -> None:
+    conn.executemany(sql, rows)
 
 
-def _write_in_thread(driver: Any, work: list[tuple[str, list[list[Any]]]]) -> None:
-    conn = driver._conn  # the sqlite3 connection, on its own thread
+def _write_in_thread(conn: sqlite3.Connection, work: list[tuple[str, list[list[Any]]]]) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         for sql, rows in work:

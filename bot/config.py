@@ -50,8 +50,8 @@ class ServerSettings(_Section):
 
 class DatabaseSettings(_Section):
     """The store. The pool keys size each process's connection pool (PostgreSQL, or a SQLite file, where
-    writers still take turns): each process keeps up to `pool_size` connections open, opens up to `max_overflow` more under load,
-    and a unit of work waits at most `pool_timeout` seconds for a free connection before failing."""
+    writers still take turns): each process keeps up to `pool_size` connections open, opens up to
+    `max_overflow` more under load, and a unit of work waits at most `pool_timeout` seconds for a free connection before failing."""
 
     url: str = "sqlite+aiosqlite:///beacon.db"
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 5

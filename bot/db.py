@@ -180,10 +180,9 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     """An AsyncEngine for the configured URL, with SQLite pragmas applied on every connection."""
     url = make_url(settings.url)
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         pool: dict[str, Any] = {}
         if url.database and url.database != ":memory:":  # a file: a queue pool, sized like PostgreSQL's
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             pool = {"pool_size": settings.pool_size, "max_overflow": settings.max_overflow, "pool_timeout": settings.pool_timeout}
         engine = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000}, **pool)
         sqlite_driver.use_for(engine.sync_engine)

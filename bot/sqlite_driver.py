@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any
 
 import aiosqlite
+from sqlalchemy import event
 
 PREFETCH_ROWS = 256
 
@@ -149,7 +150,6 @@ def connect(database: str, **kwargs: Any) -> HopSavingConnection:
 def use_for(sync_engine: Any) -> None:
     """Make the engine's new connections hop-saving ones (SQLAlchemy's aiosqlite dialect calls the
     `async_creator_fn` it finds among the connect arguments with the URL's arguments)."""
-    from sqlalchemy import event
 
     def do_connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
         cparams["async_creator_fn"] = connect

@@ -72,19 +72,18 @@ class Tracker(PollingWorker):
         self._limit = batch  # events per batched transaction, adapted to max_batch_s
         self.fallbacks = 0  # batches that failed and were done again one event at a time
         self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
-        self._backlog_empty = False  # the last pass took every unprocessed event there was
 
     async def drain(self) -> int:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""
         handled = 0
         while not self.stopping and await hold_lease(self.rt, "tracker", self.lease_s, on_acquire=self._lease_taken):
-            done = await (self._pass_batched() if self.batched else self._pass_one_by_one())
+            done, more = await (self._pass_batched() if self.batched else self._pass_one_by_one())
             handled += done
             if done:
                 self.rt.metrics.tracker_batches.inc()
                 self.rt.metrics.tracker_events.inc(done)
-            if not done or self._backlog_empty:
-                break  # what comes next waits for `settle_s`, to join a batch
+            if not more:
+                break  # the backlog is done: what comes next waits for `settle_s`, to join a batch
         if handled:
             self.rt.outbox.wake()
         return handled
@@ -99,16 +98,15 @@ class Tracker(PollingWorker):
                 taken()
 
     async def _next_events(self, session: AsyncSession, limit: int | None = None) -> list[Event]:
-        events = list((await session.scalars(unprocessed_events(limit or self.batch))).all())
-        self._backlog_empty = len(events) < (limit or self.batch)
-        return events
+        return list((await session.scalars(unprocessed_events(limit or self.batch))).all())
 
-    async def _pass_one_by_one(self) -> int:
+    async def _pass_one_by_one(self) -> tuple[int, bool]:
+        """(events processed, whether more may be waiting) — as `_pass_batched`."""
         async with self.rt.sessions() as session, session.begin():
             events = await self._next_events(session)
             for event in events:
                 await self._process(session, event)
-        return len(events)
+        return len(events), len(events) == self.batch
 
     async def _process(self, session: AsyncSession, event: Event) -> None:
         event_id, event_type = event.id, event.type  # a rolled-back savepoint expires the object
@@ -121,23 +119,24 @@ class Tracker(PollingWorker):
             log.exception("event %s (%s) could not be processed; left unattributed", event_id, event_type)
         event.processed = True
 
-    async def _pass_batched(self) -> int:
+    async def _pass_batched(self) -> tuple[int, bool]:
+        """(events processed, whether more may be waiting: a full fetch, or a batch out of time)."""
         merged = set(self.merged)
         batch: TrackerBatch | None = None
         try:
             async with self.rt.sessions() as session, session.begin():
-                events = await self._next_events(session, min(self._limit, self.batch))
+                limit = min(self._limit, self.batch)
+                events = await self._next_events(session, limit)
                 if not events:
-                    return 0
+                    return 0, False
                 batch = TrackerBatch(self, session, events)
                 await batch.install()
                 try:
                     done = await self._run_batch(batch)
-                    self._backlog_empty = self._backlog_empty and done == len(events)  # not if time ran out
                     await batch.flush()
                 finally:
                     batch.uninstall()
-            return done
+            return done, done < len(events) or len(events) == limit
         except Exception:
             if batch is None:
                 raise  # no batch to blame: the pass fails, as any database trouble does

@@ -127,15 +127,10 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
                 log.exception("could not record open for share %s", link.share_id)
                 return rt.pages.error(503, lang)
             rt.tracker.wake()
-    common = {
-        "token": link.token,
-        "title": link.title,
-        "summary": link.summary,
-        "kind_label": KIND_LABELS.get(link.kind, ""),
-    }
+    about = {"title": link.title, "summary": link.summary, "kind_label": KIND_LABELS.get(link.kind, "")}
     if link.gated and not unlocked:
         response = rt.pages.response(
-            "gate.html", lang, **common, csrf=rt.signer.sign("csrf", link.token, cookie), errors={}, values={}
+            "gate.html", lang, token=link.token, **about, csrf=rt.signer.sign("csrf", link.token, cookie), errors={}, values={}
         )
     else:
         body_html, attachment = await _body_html(request, link.current_version_id)  # type: ignore[arg-type]
@@ -145,7 +140,7 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
             slots["child_token"] = child
         response = rt.pages.slotted_response(
             "landing.html", lang, slots,
-            **{k: v for k, v in common.items() if k != "token"},
+            **about,
             body_html=body_html if unlocked else "",
             unlocked=unlocked,
             outdated=outdated,
