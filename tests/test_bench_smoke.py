@@ -1,5 +1,5 @@
-"""The callback and latency benchmarks run end to end with their smallest settings (issue 9), the
-callback one on PostgreSQL too.
+"""The benchmarks that need a server or a company run end to end with their smallest settings (issue 9),
+on SQLite and on PostgreSQL.
 
 Each runs `python -m bench NAME ...` as a subprocess, as a developer would, and checks that it ran
 (exit 0: nothing lost, targets may MISS), printed its ratio table and passed its integrity check. With
@@ -109,3 +109,24 @@ def test_rescore_bench_runs(db: str) -> None:
     assert "rescored 60 contacts from 3000 events" in out
     if db == "postgresql":
         assert set(_bench_databases()) <= before, "every database the run made is dropped"
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_nightly_bench_runs(db: str) -> None:
+    """The product's four jobs and the hand-written SQL do the same work on either database: the run
+    compares their ticks, scores, dormancy moves and digest numbers, and exits 1 if they differ."""
+    extra = []
+    if db == "postgresql":
+        require_postgres()
+        extra = ["--pg-url", PG_ADMIN_DSN]
+        before = set(_bench_databases())
+    out = run_bench("nightly", "--contacts", "1000", "--events", "10000", "--idle", "2", "--db", db, *extra, timeout=180)
+    assert ("database: PostgreSQL" if db == "postgresql" else "database: SQLite") in out
+    assert f"raw SQL ({'asyncpg' if db == 'postgresql' else 'sqlite3'}), same work" in out
+    assert "results: the same decay ticks, scores, temperatures, dormancy moves and digest numbers  PASS" in out
+    assert "raw:     decay-scores: " in out and "quiet contacts lost points" in out
+    if db == "postgresql":
+        assert "write lock none on PostgreSQL" in out
+        assert set(_bench_databases()) <= before, "every database the run made is dropped"
+    else:
+        assert "write lock the probe waited at most" in out
