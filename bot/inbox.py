@@ -4,6 +4,7 @@ Edge: `InboxStore.put` inserts through the group-commit writer with ON CONFLICT 
 dedupe key, so a redelivery is acknowledged and never stored twice.
 Worker: leases due rows, runs the handler and marks the row done in the same transaction (so the
 handler's effects and "done" commit together), retries failures with backoff, parks after N attempts.
+A claimed batch shares transactions, a savepoint per callback (`InboxWorker.process_batch`).
 Rows leased by a process that died are picked up again when the lease runs out.
 """
 
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.batch import BatchWriter
 from bot.context import Context
@@ -58,6 +60,42 @@ class InboxStore:
         )
 
 
+class OwnTransactionNeeded(Exception):
+    """A handler ended the shared transaction itself (see SharedSession)."""
+
+
+class SharedSession(AsyncSession):
+    """The session a batch of callbacks shares, each handler in a savepoint of its own.
+
+    Some handlers commit part-way, so that no transaction is open while they call WeCom (kf pulls
+    messages page by page, a new contact's profile is fetched): they cannot share a transaction with
+    other callbacks. While a handler runs (`sharing`), its commit or rollback of the session is refused
+    with OwnTransactionNeeded and remembered in `refused` (in case the handler swallowed the exception);
+    the worker then rolls the savepoint back and runs that callback alone, in its own session."""
+
+    sharing = False
+    refused = False
+
+    def _refuse(self, what: str) -> None:
+        self.refused = True
+        raise OwnTransactionNeeded(f"the handler calls session.{what}(): it runs in a transaction of its own")
+
+    async def commit(self) -> None:
+        if self.sharing:
+            self._refuse("commit")
+        await super().commit()
+
+    async def rollback(self) -> None:
+        if self.sharing:
+            self._refuse("rollback")
+        await super().rollback()
+
+
+# How long one shared transaction may run before it commits and the batch goes on in the next one. On
+# SQLite it holds the write lock that link opens and callbacks wait for (as the tracker's batches do).
+SHARED_BUDGET_S = {"sqlite": 0.02, "postgresql": 0.2}
+
+
 class InboxWorker(PollingWorker):
     name = "inbox"
     settle_s = 0.02  # PollingWorker: a burst of callbacks is claimed together, not one by one
@@ -66,12 +104,101 @@ class InboxWorker(PollingWorker):
         super().__init__(runtime)
         self.cfg = runtime.settings.inbox
         self.poll_s = self.cfg.poll_s
+        self.shared_sessions = async_sessionmaker(runtime.engine, class_=SharedSession, expire_on_commit=False)
+        self.budget_s = SHARED_BUDGET_S.get(runtime.engine.dialect.name, 0.02)
 
     async def drain(self, limit: int = 50) -> int:
         """Process everything due now; returns how many rows were handled (stopping: see drain_claimed)."""
-        return await self.drain_claimed(InboxItem, lease_s=self.cfg.lease_s, limit=limit, handle=self.process)
+        return await self.drain_claimed(InboxItem, lease_s=self.cfg.lease_s, limit=limit, handle=self.process_batch)
+
+    async def process_batch(self, ids: list[int]) -> int:
+        """Process claimed rows in order, many to a transaction: each callback's handler in a savepoint,
+        the rows it finished marked done with one UPDATE in the same transaction, so a callback's effects
+        and its "done" still commit together. Each transaction runs for about `budget_s`; a handler
+        that fails rolls back its savepoint only (its row is retried later, as before); one that needs a
+        transaction of its own (SharedSession) runs alone, after what came before it has committed.
+        Returns how many rows were handled (fewer when a stop was asked for)."""
+        n = 0
+        while n < len(ids) and not self.stopping:
+            done: list[tuple[int, str]] = []
+            failed: list[tuple[int, str, Exception]] = []
+            alone: int | None = None
+            async with self.shared_sessions() as session:
+                rows = {row.id: row for row in await session.execute(
+                    select(InboxItem.id, InboxItem.kind, InboxItem.body, InboxItem.status).where(InboxItem.id.in_(ids[n:]))
+                )}
+                began = time.perf_counter()
+                while n < len(ids) and not self.stopping:
+                    item_id = ids[n]
+                    row = rows.get(item_id)
+                    if row is None or row.status != "pending":
+                        n += 1
+                        continue
+                    outcome = await self._shared(session, item_id, row.kind, row.body)
+                    if outcome is OwnTransactionNeeded:
+                        alone = item_id
+                        break
+                    n += 1
+                    if isinstance(outcome, Exception):
+                        failed.append((item_id, row.kind, outcome))
+                    else:
+                        done.append((item_id, row.kind))
+                    if time.perf_counter() - began > self.budget_s:
+                        break
+                try:
+                    if done:
+                        await session.execute(
+                            update(InboxItem).where(InboxItem.id.in_([item_id for item_id, _ in done]))
+                            .values(status="done", processed_at=self.rt.clock.now(), locked_until=None, attempts=InboxItem.attempts + 1)
+                        )
+                    await session.commit()
+                except Exception:
+                    # The shared transaction is lost: do its callbacks again, each on its own, where a
+                    # failure is counted against its row only.
+                    log.warning("a shared inbox transaction of %d callbacks failed; processing them one by one", len(done),
+                                exc_info=True)
+                    await session.rollback()
+                    retry, done = done, []
+                else:
+                    retry = []
+            self._finished(done)
+            for item_id, kind, exc in failed:
+                await self._failed(item_id, kind, exc)
+            for item_id, _kind in retry:
+                await self.process(item_id)
+            if alone is not None and not self.stopping:
+                await self.process(alone)
+                n += 1
+        return n
+
+    async def _shared(self, session: SharedSession, item_id: int, kind: str, body: str) -> object:
+        """One callback in a savepoint of the shared session: None when handled, the exception when it
+        failed, or OwnTransactionNeeded (the class) when it has to run alone. Either way but the first,
+        the savepoint is rolled back and the session is as it was."""
+        try:
+            async with session.begin_nested():
+                session.sharing, session.refused = True, False
+                try:
+                    await self.rt.dispatcher.dispatch(parse_inbound(body), Context(self.rt, session, origin=f"inbox:{item_id}"))
+                finally:
+                    session.sharing = False
+                if session.refused:
+                    raise OwnTransactionNeeded("the handler ended the transaction")
+        except OwnTransactionNeeded:
+            return OwnTransactionNeeded
+        except Exception as exc:
+            return exc
+        return None
+
+    def _finished(self, handled: list[tuple[int, str]]) -> None:
+        for _item_id, kind in handled:
+            self.rt.metrics.callbacks_processed.labels(kind=kind).inc()
+        if handled:
+            self.rt.outbox.wake()
+            self.rt.tracker.wake()
 
     async def process(self, item_id: int) -> None:
+        """One row in a transaction of its own (a handler that commits part-way, or a retry)."""
         async with self.rt.sessions() as session:
             item = await session.get(InboxItem, item_id)
             if item is None or item.status != "pending":
@@ -90,9 +217,7 @@ class InboxWorker(PollingWorker):
                 await session.rollback()
                 await self._failed(item_id, kind, exc)
                 return
-        self.rt.metrics.callbacks_processed.labels(kind=kind).inc()
-        self.rt.outbox.wake()
-        self.rt.tracker.wake()
+        self._finished([(item_id, kind)])
 
     async def _failed(self, item_id: int, kind: str, exc: Exception) -> None:
         self.rt.metrics.callbacks_failed.labels(kind=kind).inc()

@@ -67,7 +67,8 @@ class OutboxWorker(PollingWorker):
     async def drain(self) -> int:
         """Send everything due now; returns how many rows were handled. A send in progress when a stop
         is asked for is given up and its row handed back with the rest (see drain_claimed)."""
-        return await self.drain_claimed(OutboxItem, lease_s=self.lease_s, limit=self.batch, handle=self._send_one)
+        return await self.drain_claimed(OutboxItem, lease_s=self.lease_s, limit=self.batch,
+                                        handle=lambda ids: self.one_by_one(ids, self._send_one))
 
     async def _send_one(self, item_id: int) -> bool:
         """Send one leased row. No transaction is open during the call: on SQLite a transaction holds

@@ -66,11 +66,12 @@ class PollingWorker(ABC):
         return False, None
 
     async def drain_claimed(self, model: Any, *, lease_s: float, limit: int,
-                            handle: Callable[[int], Awaitable[bool | None]]) -> int:
-        """Claim due rows of a work table (inbox, outbox) `limit` at a time and `handle` each, until none
-        is due; returns how many were handled. Asked to stop, and also when `handle` returns False (it
-        gave its row up), the rows claimed but not handled are handed back at once, so the next start
-        need not wait out their lease."""
+                            handle: Callable[[list[int]], Awaitable[int]]) -> int:
+        """Claim due rows of a work table (inbox, outbox) `limit` at a time and `handle` them, until none
+        is due; returns how many were handled. `handle(ids)` works through the claimed ids in order and
+        returns how many it handled: fewer than all when a stop was asked for (it checks `stopping`
+        between rows) or when it gave a row up. The rows claimed but not handled are then handed back
+        at once, so the next start need not wait out their lease."""
         from bot.leases import claim, unclaim
 
         rt = self.rt
@@ -80,12 +81,20 @@ class PollingWorker(ABC):
                 ids = await claim(session, model, now=rt.clock.now(), lease_s=lease_s, limit=limit)
             if not ids:
                 break
-            for n, item_id in enumerate(ids):
-                if self.stopping or await handle(item_id) is False:
-                    await unclaim(rt, model, ids[n:])
-                    return handled
-                handled += 1
+            done = await handle(ids)
+            handled += done
+            if done < len(ids):
+                await unclaim(rt, model, ids[done:])
+                return handled
         return handled
+
+    async def one_by_one(self, ids: list[int], handle: Callable[[int], Awaitable[bool | None]]) -> int:
+        """A `drain_claimed` handler from one that takes a row at a time and returns False when it gave
+        its row up."""
+        for n, item_id in enumerate(ids):
+            if self.stopping or await handle(item_id) is False:
+                return n
+        return len(ids)
 
     @abstractmethod
     async def drain(self) -> int:

@@ -1,0 +1,142 @@
+"""The inbox worker shares a transaction between the callbacks it claimed, a savepoint each (issue 9):
+fewer commits, while each callback's effects and its "done" still commit together, a failing handler
+loses only its own work, and a handler that commits part-way runs alone, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from bot.models import InboxItem, OutboxItem
+from bot.router import Command, Router
+from tests.test_callback import Poster, text_xml
+
+
+@pytest.fixture
+def poster(beacon: Any) -> Poster:
+    return Poster(beacon.client, beacon.clock.now().timestamp())
+
+
+class Commits:
+    """Counts the database transactions committed on the app's engine (savepoint releases are not)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.n = 0
+        self.engine = engine.sync_engine
+        event.listen(self.engine, "commit", self._commit)
+
+    def _commit(self, _conn: Any) -> None:
+        self.n += 1
+
+    def close(self) -> None:
+        event.remove(self.engine, "commit", self._commit)
+
+
+async def rows(rt: Any) -> tuple[list[InboxItem], list[OutboxItem]]:
+    async with rt.sessions() as session:
+        inbox = list((await session.scalars(select(InboxItem).order_by(InboxItem.id))).all())
+        outbox = list((await session.scalars(select(OutboxItem).order_by(OutboxItem.id))).all())
+    return inbox, outbox
+
+
+def text(item: OutboxItem) -> str:
+    return item.payload["text"]["content"]
+
+
+def origins(outbox: list[OutboxItem]) -> list[int]:
+    """The inbox row each queued reply came from (its idempotency key starts with inbox:<id>)."""
+    return [int(item.idempotency_key.split(":")[1]) for item in outbox]
+
+
+async def test_a_claimed_batch_commits_once(beacon: Any, poster: Poster) -> None:
+    for n in range(6):
+        assert (await poster.post(text_xml("rep1", "帮助", f"61{n:02d}"))).status == 200
+    beacon.rt.inbox.budget_s = 60.0  # one shared transaction, however slow this machine is today
+    commits = Commits(beacon.rt.engine)
+    try:
+        assert await beacon.rt.inbox.drain() == 6
+    finally:
+        commits.close()
+    # the claim, all six callbacks with their "done" (one transaction each before), the claim that finds none
+    assert commits.n == 3
+    inbox, outbox = await rows(beacon.rt)
+    assert [(i.status, i.attempts, i.locked_until) for i in inbox] == [("done", 1, None)] * 6
+    assert all(i.processed_at is not None for i in inbox)
+    assert origins(outbox) == [i.id for i in inbox]  # every reply queued, in the callbacks' order
+    metrics = await (await beacon.client.get("/metrics")).text()
+    assert 'beacon_callbacks_processed_total{kind="text"} 6.0' in metrics
+
+
+async def test_the_time_budget_splits_a_batch_into_transactions(beacon: Any, poster: Poster) -> None:
+    for n in range(4):
+        await poster.post(text_xml("rep1", "帮助", f"62{n:02d}"))
+    beacon.rt.inbox.budget_s = 0.0  # every callback over budget: one shared transaction each
+    commits = Commits(beacon.rt.engine)
+    try:
+        assert await beacon.rt.inbox.drain() == 4
+    finally:
+        commits.close()
+    assert commits.n == 1 + 4 + 1
+    inbox, outbox = await rows(beacon.rt)
+    assert {i.status for i in inbox} == {"done"} and origins(outbox) == [i.id for i in inbox]
+
+
+async def test_a_failing_handler_loses_only_its_own_work(beacon: Any, poster: Poster) -> None:
+    boom = Router("boom")
+
+    @boom.message(Command("boom"))
+    async def explode(msg: Any, ctx: Any) -> None:
+        ctx.send_text("rep1", "half done")  # queued in its savepoint, rolled back with it
+        raise RuntimeError("handler bug")
+
+    beacon.rt.dispatcher.routers.insert(0, boom)
+    for content, msg_id in (("帮助", "6301"), ("boom", "6302"), ("帮助", "6303")):
+        await poster.post(text_xml("rep1", content, msg_id))
+    beacon.rt.inbox.budget_s = 60.0
+    assert await beacon.rt.inbox.drain() == 3
+    inbox, outbox = await rows(beacon.rt)
+    assert [(i.status, i.attempts) for i in inbox] == [("done", 1), ("pending", 1), ("done", 1)]
+    assert "handler bug" in inbox[1].last_error and inbox[1].next_attempt_at > beacon.clock.now()
+    assert origins(outbox) == [inbox[0].id, inbox[2].id]
+    assert [text(item) for item in outbox] == [text(outbox[0])] * 2 and "half done" not in text(outbox[0])
+
+
+@pytest.mark.parametrize("swallow", [False, True], ids=["commits", "commits-and-swallows-the-refusal"])
+async def test_a_handler_that_commits_part_way_runs_alone_in_order(beacon: Any, poster: Poster, swallow: bool) -> None:
+    """kf and contact changes commit before they call WeCom; such a handler cannot share the batch's
+    transaction. It is refused there (even if it swallows the refusal), and runs on its own after the
+    callbacks before it have committed and before those after it."""
+    calls: list[tuple[str, str, bool]] = []
+    own = Router("own")
+
+    @own.message(Command("own"))
+    async def commits(msg: Any, ctx: Any) -> None:
+        try:
+            await ctx.session.commit()  # as before a WeCom call
+            committed = True
+        except Exception:
+            if not swallow:
+                raise
+            committed = False
+        calls.append(("own", msg.get("MsgId"), committed))
+        ctx.send_text("rep1", "own reply")
+
+    @own.message(Command("note"))
+    async def note(msg: Any, ctx: Any) -> None:
+        calls.append(("note", msg.get("MsgId"), False))
+        ctx.send_text("rep1", "note reply")
+
+    beacon.rt.dispatcher.routers.insert(0, own)
+    for content, msg_id in (("note", "6401"), ("own", "6402"), ("note", "6403")):
+        await poster.post(text_xml("rep1", content, msg_id))
+    beacon.rt.inbox.budget_s = 60.0
+    assert await beacon.rt.inbox.drain() == 3
+    # the refused attempt (only a swallowing handler gets past its commit) leaves nothing behind
+    expected = [("note", "6401", False)] + ([("own", "6402", False)] if swallow else []) + [("own", "6402", True), ("note", "6403", False)]
+    assert calls == expected
+    inbox, outbox = await rows(beacon.rt)
+    assert [(i.status, i.attempts) for i in inbox] == [("done", 1)] * 3
+    assert origins(outbox) == [i.id for i in inbox]  # one reply each, in order
+    assert [text(item) for item in outbox] == ["note reply", "own reply", "note reply"]
