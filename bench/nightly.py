@@ -180,6 +180,7 @@ async def _serve(config: Path, job_at: dt.datetime, results: Path) -> None:
     from bot.config import load_settings
     from bot.logs import setup_logging
     from bot.scheduler import daily_key, default_jobs, run_job
+    from bot.serve import freeze_startup_heap
 
     settings = load_settings(config)
     setup_logging(settings.logging.level, settings.logging.format, [])
@@ -211,6 +212,7 @@ async def _serve(config: Path, job_at: dt.datetime, results: Path) -> None:
     await runner.setup()
     await web.TCPSite(runner, settings.server.host, settings.server.port).start()
     rt = app[RUNTIME]
+    freeze_startup_heap()  # as `serve` does
     jobs = {job_id: job for job_id, job, _trigger, _key in default_jobs(settings.scheduler.timezone, settings)}
     loop = asyncio.get_running_loop()
     go, stop = asyncio.Event(), asyncio.Event()

@@ -23,6 +23,8 @@ from bot.tracking import add_event
 if TYPE_CHECKING:
     from bot.runtime import Runtime
 
+DORMANT_CHUNK = 500  # contacts per write transaction of the nightly dormancy job
+
 log = logging.getLogger("beacon.lifecycle")
 
 STAGE_LABELS = {
@@ -178,20 +180,36 @@ async def wake_dormant(rt: "Runtime", session: AsyncSession, contact: Contact, e
                       detail={"text": f"沉睡客户 {name} 刚刚重新互动（{event.type}），请立即致电。", "event_id": event.id})
 
 
-async def mark_dormant(rt: "Runtime", session: AsyncSession, now: dt.datetime) -> int:
-    """Nightly, set-based: customers whose last payment is older than the window become dormant."""
+async def mark_dormant(rt: "Runtime", session: AsyncSession, now: dt.datetime, *, chunk: int | None = None) -> int:
+    """Nightly, set-based: customers whose last payment is older than the window become dormant.
+
+    The candidates are found in a read-only session (on SQLite no write lock while a million contacts
+    are looked through), then moved `chunk` at a time, each chunk committed on `session` (the job's
+    unit of work): the UPDATE checks the condition again, so a customer who paid meanwhile stays, and
+    a history row is written for exactly the contacts it moved. A run stopped half-way leaves the rest
+    for the next run."""
     cutoff = now - dt.timedelta(days=rt.settings.lifecycle.dormant_after_days)
-    due = select(Contact.id).where(Contact.stage == "customer", Contact.last_payment_at < cutoff, Contact.merged_into_id.is_(None))
-    ids = list((await session.scalars(due)).all())
-    for start in range(0, len(ids), 5000):
-        chunk = ids[start:start + 5000]
-        await session.execute(
-            insert(StageChange),
-            [{"contact_id": cid, "from_stage": "customer", "to_stage": "dormant", "by": "rule:dormancy",
-              "reason": f"超过 {rt.settings.lifecycle.dormant_after_days} 天未付款", "at": now} for cid in chunk],
+    due = (Contact.stage == "customer", Contact.last_payment_at < cutoff, Contact.merged_into_id.is_(None))
+    async with rt.read_sessions() as reader:
+        ids = list((await reader.scalars(select(Contact.id).where(*due).order_by(Contact.id))).all())
+    reason = f"超过 {rt.settings.lifecycle.dormant_after_days} 天未付款"
+    chunk = chunk or DORMANT_CHUNK
+    moved = 0
+    for start in range(0, len(ids), chunk):
+        if start:
+            await session.commit()  # the next chunk in a transaction of its own
+        result = await session.execute(
+            update(Contact).where(Contact.id.in_(ids[start:start + chunk]), *due)
+            .values(stage="dormant", updated_at=now).returning(Contact.id)
         )
-        await session.execute(update(Contact).where(Contact.id.in_(chunk)).values(stage="dormant", updated_at=now))
-    return len(ids)
+        changed = sorted(result.scalars().all())
+        if changed:
+            await session.execute(insert(StageChange), [
+                {"contact_id": cid, "from_stage": "customer", "to_stage": "dormant", "by": "rule:dormancy", "reason": reason, "at": now}
+                for cid in changed
+            ])
+        moved += len(changed)
+    return moved
 
 
 async def mirror_tags(rt: "Runtime", session: AsyncSession, contact: Contact) -> None:

@@ -198,6 +198,7 @@ async def test_digests_commit_in_chunks_and_a_failed_run_is_finished_by_the_next
     await seed(beacon.rt)
     beacon.clock.set(mon(8, 30, day=24))
     monkeypatch.setattr(jobs, "CLAIM_CHUNK", 2)
+    monkeypatch.setattr(jobs, "CLAIM_BUDGET_S", 60.0)  # chunks by count only, however slow the machine
     real = jobs.claim_and_queue
     calls: list[str] = []
 
@@ -220,6 +221,30 @@ async def test_digests_commit_in_chunks_and_a_failed_run_is_finished_by_the_next
     assert sorted(rows) == ["mgr1", "mgr2", "rep1", "rep2", "rep3"]
     for rep in ("rep1", "rep2", "rep3"):
         assert len(beacon.sim.state.messages_to(rep)) == 1, rep
+
+
+async def test_a_digest_transaction_commits_once_it_has_run_its_time(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim that takes long (a manager's chart) ends its transaction early: with no time to spare,
+    every claim commits on its own, so a run that dies at the fourth keeps the three before it."""
+    import bot.digest.jobs as jobs
+
+    await seed(beacon.rt)
+    beacon.clock.set(mon(8, 30, day=24))
+    monkeypatch.setattr(jobs, "CLAIM_BUDGET_S", 0.0)
+    real = jobs.claim_and_queue
+    calls: list[str] = []
+
+    async def dies_on_the_fourth(session: Any, out: Any, *, now: dt.datetime) -> bool:
+        calls.append(out.recipient)
+        if len(calls) == 4:
+            raise RuntimeError("process killed")
+        return await real(session, out, now=now)
+
+    monkeypatch.setattr(jobs, "claim_and_queue", dies_on_the_fourth)
+    assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:first")
+    async with beacon.rt.sessions() as session:
+        first = sorted((await session.scalars(select(Digest.recipient).where(Digest.kind == "reps"))).all())
+    assert first == sorted(calls[:3])
 
 
 async def test_two_processes_send_one_digest_per_manager(db_url: str, sim: Any) -> None:

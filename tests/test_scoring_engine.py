@@ -456,3 +456,24 @@ def test_book_keeps_max_times_totals_packed_or_beside(totals: dict[int, int] | N
     assert book.get(7).totals == {0: 1} and 7 not in book._totals
     book.remove(7)
     assert not book._totals
+
+
+def test_decay_chunks_follow_the_write_transaction_time() -> None:
+    """The nightly decay sizes its chunks by how long the last one held the write lock (issue 9: at a
+    million contacts, 500 of them took 120 ms)."""
+    from bot.scoring.jobs import Chunks
+
+    chunks = Chunks(500, target_s=0.02, least=20, most=2000)
+    chunks.took(0.12, 500)  # six times too slow: halfway towards the 83 that would have fit
+    assert chunks.size == 292
+    for _ in range(10):
+        chunks.took(0.12 * chunks.size / 500, chunks.size)  # the same cost per contact
+    assert 83 <= chunks.size <= 90
+    chunks.took(0.001, 10)  # a short last chunk teaches nothing
+    assert 83 <= chunks.size <= 90
+    for _ in range(20):
+        chunks.took(0.002, chunks.size)  # quick: grows, up to its bound
+    assert chunks.size == 2000
+    for _ in range(20):
+        chunks.took(5.0, chunks.size)  # a stalled disk: down to the floor, never to nothing
+    assert chunks.size == 20

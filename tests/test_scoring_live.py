@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from bot.context import Context
 from bot.models import Contact, ScoreEntry, StageChange, Task
@@ -85,6 +85,39 @@ async def test_mql_without_sharer_goes_to_least_loaded_rep(beacon: Any) -> None:
     data = await contact_json(beacon, "wmLead")
     assert data["stage"] == "mql"
     assert data["owner"] == "rep2"  # rep1 already owns a contact
+
+
+async def test_dormancy_moves_customers_in_chunks_of_their_own(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly dormancy job looks for candidates without the write lock, then moves them a chunk
+    per transaction, with one history row per contact moved; a customer who paid in time stays."""
+    import bot.lifecycle as lifecycle
+
+    for n in range(5):
+        await new_contact(beacon, f"wmOld{n}", owner_userid="rep2")
+        await post_event(beacon, f"wmOld{n}", "payment", at=beacon.clock.now(), amount=1000)
+    await settle(beacon)
+    beacon.clock.advance(days=500)
+    await new_contact(beacon, "wmPaying", owner_userid="rep2")
+    await post_event(beacon, "wmPaying", "payment", at=beacon.clock.now(), amount=1000)
+    await settle(beacon)
+    beacon.clock.advance(days=49)  # the five are past the window, wmPaying is not
+    monkeypatch.setattr(lifecycle, "DORMANT_CHUNK", 2)
+    commits = []
+    listener = lambda _conn: commits.append(1)  # noqa: E731
+    event.listen(beacon.rt.engine.sync_engine, "commit", listener)
+    try:
+        assert await run_job(beacon.rt, "mark-dormant", mark_dormant_customers, "mark-dormant:chunks")
+    finally:
+        event.remove(beacon.rt.engine.sync_engine, "commit", listener)
+    assert len(commits) >= 3  # the three chunks (2 + 2 + 1) committed one by one
+    stages = {who: (await contact_json(beacon, who))["stage"] for who in [f"wmOld{n}" for n in range(5)] + ["wmPaying"]}
+    assert stages == {**{f"wmOld{n}": "dormant" for n in range(5)}, "wmPaying": "customer"}
+    async with beacon.rt.sessions() as session:
+        moves = (await session.scalars(select(StageChange.contact_id).where(StageChange.by == "rule:dormancy"))).all()
+    assert len(moves) == len(set(moves)) == 5
+    assert await run_job(beacon.rt, "mark-dormant", mark_dormant_customers, "mark-dormant:again")  # nothing left to move
+    async with beacon.rt.sessions() as session:
+        assert len((await session.scalars(select(StageChange.contact_id).where(StageChange.by == "rule:dormancy"))).all()) == 5
 
 
 async def test_dormant_customer_wakes_up_hot_with_urgent_call(beacon: Any) -> None:
@@ -204,8 +237,12 @@ async def test_webhook_on_stage_change_is_signed_and_retried(aiohttp_server: Any
     assert headers["X-Beacon-Delivery"] == received[0][0]["X-Beacon-Delivery"]  # same delivery, retried
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-async def test_rescore_equals_real_time(beacon: Any, seed: int) -> None:
+@pytest.mark.parametrize("seed,chunk", [(1, None), (2, 1)], ids=["decay-in-one-chunk", "decay-a-contact-per-chunk"])
+async def test_rescore_equals_real_time(beacon: Any, seed: int, chunk: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bot.scoring.jobs as jobs
+
+    if chunk is not None:  # the nightly decay's chunks as small as they get: the same ledger
+        monkeypatch.setattr(jobs, "CHUNK", chunk)
     rng = random.Random(seed)
     people = [f"wmR{seed}{i}" for i in range(4)]
     for who in people:

@@ -1,9 +1,10 @@
 """The digest jobs (`digest-reps`, `digest-managers`) and the building blocks the CLI shares with them.
 
 Data is read in a read-only session, and charts are drawn in a child process. Only then does the job's
-unit of work write the `digests` rows and the outbox rows, committing every CLAIM_CHUNK recipients, so
-on SQLite the write lock is held for milliseconds at a time, not for the whole build or all of a large
-team's claims at once. A claim is idempotent (one `digests` row per kind, recipient and day): a run that
+unit of work write the `digests` rows and the outbox rows, committing every CLAIM_CHUNK recipients or
+sooner, once a transaction has run CLAIM_BUDGET_S (a manager's digest carries its chart), so on SQLite
+the write lock is held for milliseconds at a time, not for the whole build or all of a large team's
+claims at once. A claim is idempotent (one `digests` row per kind, recipient and day): a run that
 fails half-way has queued the digests it committed, and a later run queues the rest.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,7 +28,8 @@ from bot.sop.calendar import BusinessCalendar
 
 log = logging.getLogger("beacon.digest")
 KINDS = ("reps", "managers")
-CLAIM_CHUNK = 20  # recipients per write transaction (a few milliseconds each)
+CLAIM_CHUNK = 20  # recipients per write transaction at most (a few milliseconds each)
+CLAIM_BUDGET_S = 0.02  # and a transaction commits once it has run this long
 
 
 async def build_outgoing(session: AsyncSession, settings: Settings, kind: str, day: dt.date) -> list[Outgoing]:
@@ -67,14 +70,17 @@ async def send_digests(ctx: Context, kind: str, day: dt.date) -> tuple[int, int]
         outs = await build_outgoing(reader, ctx.settings, kind, day)
     now = ctx.clock.now()
     sent = skipped = 0
+    began, claimed = time.perf_counter(), 0
     for n, out in enumerate(outs, 1):
         if await claim_and_queue(ctx.session, out, now=now) and out.bodies:
             sent += 1
         else:
             skipped += 1
-        if n % CLAIM_CHUNK == 0 and n < len(outs):
+        claimed += 1
+        if n < len(outs) and (claimed == CLAIM_CHUNK or time.perf_counter() - began > CLAIM_BUDGET_S):
             await ctx.session.commit()  # the job's session begins again with the next claim
             await asyncio.sleep(0)  # let the loop serve requests between chunks
+            began, claimed = time.perf_counter(), 0
     log.info("digest %s %s: %d sent, %d already sent or empty", kind, day, sent, skipped)
     return sent, skipped
 
