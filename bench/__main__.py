@@ -27,8 +27,8 @@ BENCHMARKS = {
 # run again with `--db postgresql`, with these options (memory uses no database); fewer rounds and
 # smaller companies than on SQLite, so that `make bench` stays within its ten minutes
 ON_POSTGRESQL = {
-    "links": ["--rounds", "2"], "callbacks": ["--rounds", "2"], "latency": ["--rounds", "2"], "rescore": ["--events", "150000", "--contacts", "3000"],
-    "nightly": ["--contacts", "10000", "--events", "100000", "--idle", "5"],
+    "links": ["--rounds", "2"], "callbacks": ["--rounds", "2"], "latency": ["--rounds", "1"], "rescore": ["--events", "100000", "--contacts", "2000"],
+    "nightly": ["--contacts", "5000", "--events", "50000", "--idle", "5"],
 }
 
 

@@ -54,6 +54,12 @@ class WriteGate:
         self._held: dict[int, asyncio.Lock] = {}  # id(DBAPI connection) → the gate it holds
         self._waiting = 0  # writers queued for the gate (the fast path must not pass them)
 
+    @property
+    def contended(self) -> bool:
+        """Whether a writer of this process is queued for the gate: background work holding it (a
+        batch of the inbox worker's) commits at the next boundary so the hot path's group commit goes."""
+        return self._waiting > 0
+
     def install(self, engine: AsyncEngine) -> None:
         sync = engine.sync_engine
         sync.dialect.beacon_write_gate = self  # type: ignore[attr-defined]  # see write_gate()

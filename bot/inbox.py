@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.batch import BatchWriter
 from bot.context import Context
+from bot.db import write_gate
 from bot.leases import backoff_s
 from bot.models import InboxItem
 from bot.wecom.inbound import Inbound, parse_inbound
@@ -92,7 +93,9 @@ class SharedSession(AsyncSession):
 
 
 # How long one shared transaction may run before it commits and the batch goes on in the next one. On
-# SQLite it holds the write lock that link opens and callbacks wait for (as the tracker's batches do).
+# SQLite it holds the write lock that link opens and callbacks wait for: there it also commits as soon
+# as one of them is queued for the lock (WriteGate.contended), so the edge waits for one callback's
+# handler at most, not for the budget.
 SHARED_BUDGET_S = {"sqlite": 0.02, "postgresql": 0.2}
 
 
@@ -106,6 +109,7 @@ class InboxWorker(PollingWorker):
         self.poll_s = self.cfg.poll_s
         self.shared_sessions = async_sessionmaker(runtime.engine, class_=SharedSession, expire_on_commit=False)
         self.budget_s = SHARED_BUDGET_S.get(runtime.engine.dialect.name, 0.02)
+        self.gate = write_gate(runtime.engine)
 
     async def drain(self, limit: int = 50) -> int:
         """Process everything due now; returns how many rows were handled (stopping: see drain_claimed)."""
@@ -114,19 +118,22 @@ class InboxWorker(PollingWorker):
     async def process_batch(self, ids: list[int]) -> int:
         """Process claimed rows in order, many to a transaction: each callback's handler in a savepoint,
         the rows it finished marked done with one UPDATE in the same transaction, so a callback's effects
-        and its "done" still commit together. Each transaction runs for about `budget_s`; a handler
+        and its "done" still commit together. Each transaction runs for about `budget_s` (on SQLite,
+        until another writer of this process waits for the lock); a handler
         that fails rolls back its savepoint only (its row is retried later, as before); one that needs a
         transaction of its own (SharedSession) runs alone, after what came before it has committed.
         Returns how many rows were handled (fewer when a stop was asked for)."""
         n = 0
+        rows: dict[int, Any] | None = None  # read once: the rows are leased to this worker
         while n < len(ids) and not self.stopping:
             done: list[tuple[int, str]] = []
             failed: list[tuple[int, str, Exception]] = []
             alone: int | None = None
             async with self.shared_sessions() as session:
-                rows = {row.id: row for row in await session.execute(
-                    select(InboxItem.id, InboxItem.kind, InboxItem.body, InboxItem.status).where(InboxItem.id.in_(ids[n:]))
-                )}
+                if rows is None:
+                    rows = {row.id: row for row in await session.execute(
+                        select(InboxItem.id, InboxItem.kind, InboxItem.body, InboxItem.status).where(InboxItem.id.in_(ids))
+                    )}
                 began = time.perf_counter()
                 while n < len(ids) and not self.stopping:
                     item_id = ids[n]
@@ -143,7 +150,7 @@ class InboxWorker(PollingWorker):
                         failed.append((item_id, row.kind, outcome))
                     else:
                         done.append((item_id, row.kind))
-                    if time.perf_counter() - began > self.budget_s:
+                    if time.perf_counter() - began > self.budget_s or (self.gate is not None and self.gate.contended):
                         break
                 try:
                     if done:

@@ -140,3 +140,43 @@ async def test_a_handler_that_commits_part_way_runs_alone_in_order(beacon: Any, 
     assert [(i.status, i.attempts) for i in inbox] == [("done", 1)] * 3
     assert origins(outbox) == [i.id for i in inbox]  # one reply each, in order
     assert [text(item) for item in outbox] == ["note reply", "own reply", "note reply"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the write gate is SQLite's
+async def test_a_shared_transaction_makes_way_for_a_queued_writer(beacon: Any, poster: Poster) -> None:
+    """On SQLite the shared transaction holds the one write lock; when the hot path's group commit (a
+    link open, a callback) queues for it, the batch commits after the callback in hand instead of
+    running out its time budget, and goes on in a new transaction."""
+    import asyncio
+
+    seen: list[tuple[str, bool]] = []
+    writes: list[asyncio.Task[None]] = []
+    own = Router("queued")
+
+    @own.message(Command("note"))
+    async def note(msg: Any, ctx: Any) -> None:
+        if not writes:  # the first one: an event is recorded meanwhile, through the group commit
+            now = ctx.clock.now()
+            writes.append(asyncio.ensure_future(beacon.rt.events.contact_event("call", 1, occurred_at=now, received_at=now)))
+            await asyncio.sleep(0.01)  # it is waiting for the lock now
+        seen.append((msg.get("MsgId"), writes[0].done()))
+        ctx.send_text("rep1", "noted")
+
+    beacon.rt.dispatcher.routers.insert(0, own)
+    async with beacon.rt.sessions() as session, session.begin():
+        from bot.models import Contact
+
+        session.add(Contact(id=1, external_userid="wmQueued", created_at=beacon.clock.now(), updated_at=beacon.clock.now()))
+    for msg_id in ("6501", "6502", "6503"):
+        await poster.post(text_xml("rep1", "note", msg_id))
+    beacon.rt.inbox.budget_s = 60.0
+    commits = Commits(beacon.rt.engine)
+    try:
+        assert await beacon.rt.inbox.drain() == 3
+    finally:
+        commits.close()
+    # the queued write went in right after the first callback's transaction, before the second callback
+    assert seen == [("6501", False), ("6502", True), ("6503", True)]
+    assert commits.n == 1 + 2 + 1  # the claim, the first callback, the other two, the empty claim
+    inbox, outbox = await rows(beacon.rt)
+    assert {i.status for i in inbox} == {"done"} and origins(outbox) == [i.id for i in inbox]
