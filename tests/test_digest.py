@@ -190,15 +190,11 @@ async def test_reps_todo_lists_overdue_first_with_task_links(beacon: Any) -> Non
     assert len(beacon.sim.state.messages_to("rep1")) == 1 and beacon.sim.state.messages_to("mgr1") == []
 
 
-async def test_digests_commit_in_chunks_and_a_failed_run_is_finished_by_the_next(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Claims are written CLAIM_CHUNK recipients per transaction: a run that dies half-way keeps (and
-    sends) what it committed, and the next run sends the rest: one to-do list per rep in the end."""
+async def run_dying_on_the_fourth_claim(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """digest-reps run by a process killed at its fourth claim: (recipients it tried, in order;
+    recipients whose digest was committed)."""
     import bot.digest.jobs as jobs
 
-    await seed(beacon.rt)
-    beacon.clock.set(mon(8, 30, day=24))
-    monkeypatch.setattr(jobs, "CLAIM_CHUNK", 2)
-    monkeypatch.setattr(jobs, "CLAIM_BUDGET_S", 60.0)  # chunks by count only, however slow the machine
     real = jobs.claim_and_queue
     calls: list[str] = []
 
@@ -210,10 +206,23 @@ async def test_digests_commit_in_chunks_and_a_failed_run_is_finished_by_the_next
 
     monkeypatch.setattr(jobs, "claim_and_queue", dies_on_the_fourth)
     assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:first")
-    async with beacon.rt.sessions() as session:
-        first = sorted((await session.scalars(select(Digest.recipient).where(Digest.kind == "reps"))).all())
-    assert first == sorted(calls[:2])  # the first chunk committed; the third claim went with the failed one
     monkeypatch.setattr(jobs, "claim_and_queue", real)
+    async with beacon.rt.sessions() as session:
+        committed = sorted((await session.scalars(select(Digest.recipient).where(Digest.kind == "reps"))).all())
+    return calls, committed
+
+
+async def test_digests_commit_in_chunks_and_a_failed_run_is_finished_by_the_next(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims are written CLAIM_CHUNK recipients per transaction: a run that dies half-way keeps (and
+    sends) what it committed, and the next run sends the rest: one to-do list per rep in the end."""
+    import bot.digest.jobs as jobs
+
+    await seed(beacon.rt)
+    beacon.clock.set(mon(8, 30, day=24))
+    monkeypatch.setattr(jobs, "CLAIM_CHUNK", 2)
+    monkeypatch.setattr(jobs, "CLAIM_BUDGET_S", 60.0)  # chunks by count only, however slow the machine
+    calls, first = await run_dying_on_the_fourth_claim(beacon, monkeypatch)
+    assert first == sorted(calls[:2])  # the first chunk committed; the third claim went with the failed one
     assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:second")
     await beacon.rt.outbox.drain()
     async with beacon.rt.sessions() as session:
@@ -231,19 +240,7 @@ async def test_a_digest_transaction_commits_once_it_has_run_its_time(beacon: Any
     await seed(beacon.rt)
     beacon.clock.set(mon(8, 30, day=24))
     monkeypatch.setattr(jobs, "CLAIM_BUDGET_S", 0.0)
-    real = jobs.claim_and_queue
-    calls: list[str] = []
-
-    async def dies_on_the_fourth(session: Any, out: Any, *, now: dt.datetime) -> bool:
-        calls.append(out.recipient)
-        if len(calls) == 4:
-            raise RuntimeError("process killed")
-        return await real(session, out, now=now)
-
-    monkeypatch.setattr(jobs, "claim_and_queue", dies_on_the_fourth)
-    assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:first")
-    async with beacon.rt.sessions() as session:
-        first = sorted((await session.scalars(select(Digest.recipient).where(Digest.kind == "reps"))).all())
+    calls, first = await run_dying_on_the_fourth_claim(beacon, monkeypatch)
     assert first == sorted(calls[:3])
 
 
