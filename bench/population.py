@@ -18,12 +18,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from bench.store import sqlite_ts
+
 STAGES = [("new", 60), ("nurturing", 20), ("mql", 8), ("sql", 2)]
 
 
-def _ts(at: dt.datetime) -> str:
-    # how bot.models.UTCDateTime stores times in SQLite: naive UTC, microseconds
-    return at.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+_ts = sqlite_ts  # how bot.models.UTCDateTime stores times in SQLite: naive UTC, microseconds
 
 
 def _contact_rows(n: int, first: int, rng: random.Random, now: dt.datetime, owners: tuple[str, ...], prefix: str,

@@ -186,7 +186,7 @@ class InboxWorker(PollingWorker):
             async with session.begin_nested():
                 session.sharing, session.refused = True, False
                 try:
-                    await self.rt.dispatcher.dispatch(parse_inbound(body), Context(self.rt, session, origin=f"inbox:{item_id}"))
+                    await self._dispatch(session, item_id, body)
                 finally:
                     session.sharing = False
                 if session.refused:
@@ -196,6 +196,10 @@ class InboxWorker(PollingWorker):
         except Exception as exc:
             return exc
         return None
+
+    async def _dispatch(self, session: AsyncSession, item_id: int, body: str) -> None:
+        """The callback's handler, with this row's unit of work (its keys derive from `inbox:<id>`)."""
+        await self.rt.dispatcher.dispatch(parse_inbound(body), Context(self.rt, session, origin=f"inbox:{item_id}"))
 
     def _finished(self, handled: list[tuple[int, str]]) -> None:
         for _item_id, kind in handled:
@@ -212,9 +216,7 @@ class InboxWorker(PollingWorker):
                 return
             kind = item.kind
             try:
-                msg = parse_inbound(item.body)
-                ctx = Context(self.rt, session, origin=f"inbox:{item.id}")
-                await self.rt.dispatcher.dispatch(msg, ctx)
+                await self._dispatch(session, item_id, item.body)
                 item.status = "done"
                 item.processed_at = self.rt.clock.now()
                 item.locked_until = None

@@ -63,8 +63,8 @@ class Chunks:
 
     def took(self, seconds: float, contacts: int) -> None:
         """A chunk of `contacts` held the write lock for `seconds`: size the next one to the target."""
-        if contacts < self.size or seconds <= 0 or self.target_s == float("inf"):
-            return  # a short last chunk, too quick to measure, or no target: nothing to learn
+        if contacts < self.size or seconds <= 0:
+            return  # a short last chunk, or too quick to measure: nothing learned
         wanted = contacts * self.target_s / seconds
         # halfway towards what would have hit the target: one slow transaction does not collapse it
         self.size = max(self.least, min(self.most, round((self.size + wanted) / 2)))
@@ -87,8 +87,8 @@ async def decay_scores(ctx: Context) -> None:
     after = 0
     quiet = decayed = chunks = 0
     longest = 0.0
-    # SQLite: chunks sized to its one write lock; PostgreSQL locks only the chunk's rows
-    size = Chunks() if ctx.session.bind.dialect.name == "sqlite" else Chunks(target_s=float("inf"))
+    size = Chunks()
+    steer = ctx.session.bind.dialect.name == "sqlite"  # sized to SQLite's one write lock; PostgreSQL locks rows
     while True:
         async with rt.read_sessions() as reader:
             seen, prepared = await _read_chunk(reader, service, days, cutoff, after, now, size.size)
@@ -98,7 +98,8 @@ async def decay_scores(ctx: Context) -> None:
         quiet += len(seen)
         chunks += 1
         written, held = await _write_chunk(rt, service, seen, prepared, now)
-        size.took(held, len(seen))
+        if steer:
+            size.took(held, len(seen))
         decayed += written
         longest = max(longest, held)
         await asyncio.sleep(0)  # let the loop serve requests between chunks
