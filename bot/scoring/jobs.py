@@ -2,12 +2,12 @@
 
 Decay (`decay-scores`) goes through the quiet contacts in id order, a chunk at a time (`Chunks`: sized
 so that a chunk's write transaction takes about WRITE_TARGET_S):
-1. Read, in a read-only session (no write lock): the chunk's contacts, and per contact two grouped
-   aggregates: from the ledger the positive behavior points left (event points > 0 plus the decay
-   ticks so far) and the day of the last tick; from the event log the last engagement. That is all
-   decay needs (see bot/scoring/engine.py): ticks fall on the local midnights after the later of the
-   last tick and `decay_after_days` past the last engagement, while behavior points are left. The
-   ticks are computed by the scorer itself (`Scorer.decay`), so they are the entries a replay makes.
+1. Read, in a read-only session (no write lock) and one statement: the chunk's contacts, and per
+   contact two grouped aggregates: from the ledger the positive behavior points left (event points
+   > 0 plus the decay ticks so far) and the day of the last tick; from the event log the last
+   engagement. That is all decay needs (see bot/scoring/engine.py): ticks fall on the local
+   midnights after the later of the last tick and `decay_after_days` past the last engagement, while
+   behavior points are left. The ticks are computed by the scorer itself (`Scorer.decay`), so they are the entries a replay makes.
    Contacts this process's ScoreBook holds are decayed through the book instead, which carries the
    same state (the book must not miss a tick it would otherwise apply again at the next event).
 2. Write, in a short transaction of its own: the chunk's contacts are read again (FOR UPDATE on
@@ -120,43 +120,63 @@ class _LocalDays:
         return at.astimezone(zone).date().toordinal()
 
 
+def _chunk_statement() -> Any:
+    """The next `:limit` quiet contacts after id `:after` with what decay needs of each, in one
+    statement: the contact's row, its ledger totals (all points; behavior points left, i.e. event
+    points > 0 plus the decay ticks so far; the last tick) and its last engagement. Built once; the
+    aggregates reach their rows through the chunk's ids, by index."""
+    c = Contact.__table__.c
+    chunk = (
+        select(c.id, c.score, c.last_activity_at, c.region, c.profile["reactivated_at"].as_string().label("reactivated"))
+        .where(c.id > bindparam("after"), c.last_activity_at < bindparam("cutoff", type_=c.last_activity_at.type),
+               c.merged_into_id.is_(None), c.erased_at.is_(None))
+        .order_by(c.id).limit(bindparam("limit"))
+        .cte("chunk")
+    )
+    ids = select(chunk.c.id).scalar_subquery()
+    led = ScoreEntry.__table__.c
+    is_behavior = or_(led.rule == DECAY_RULE, and_(led.event_id.is_not(None), led.points > 0))
+    ledger = (
+        select(led.contact_id, func.sum(led.points).label("total"),
+               func.sum(case((is_behavior, led.points), else_=0.0)).label("behavior"),
+               func.max(led.at).filter(led.rule == DECAY_RULE).label("last_tick"))
+        .where(led.contact_id.in_(ids)).group_by(led.contact_id)
+        .subquery("ledger")
+    )
+    ev = Event.__table__.c
+    engaged = (
+        select(ev.contact_id, func.max(ev.occurred_at).label("engaged"))
+        .where(ev.contact_id.in_(ids), ev.processed.is_(True), ev.type.not_in(sorted(NOT_ENGAGEMENT)))
+        .group_by(ev.contact_id)
+        .subquery("engaged")
+    )
+    return (
+        select(chunk.c.id, chunk.c.score, chunk.c.last_activity_at, chunk.c.region, chunk.c.reactivated,
+               ledger.c.total, ledger.c.behavior, ledger.c.last_tick, engaged.c.engaged)
+        .select_from(chunk.outerjoin(ledger, ledger.c.contact_id == chunk.c.id).outerjoin(engaged, engaged.c.contact_id == chunk.c.id))
+        .order_by(chunk.c.id)
+    )
+
+
+_CHUNK_READ = _chunk_statement()
+
+
 async def _read_chunk(reader: Any, service: Any, days: _LocalDays, cutoff: dt.datetime, after: int,
                       now: dt.datetime, limit: int) -> tuple[dict[int, tuple[Any, ...]], dict[int, tuple[list[dict[str, Any]], dict[str, Any]]]]:
     """The next `limit` quiet contacts after id `after`: {id: (score, last_activity_at, region,
     reactivated_at)} as read, and for those the book does not hold and that lose points, {id:
     (ledger rows, contact update)}."""
-    c = Contact.__table__.c
     conn = await reader.connection()
-    contacts = (await conn.execute(
-        select(c.id, c.score, c.last_activity_at, c.region, c.profile["reactivated_at"].as_string())
-        .where(c.id > after, c.last_activity_at < cutoff, c.merged_into_id.is_(None), c.erased_at.is_(None))
-        .order_by(c.id).limit(limit)
-    )).all()
+    contacts = (await conn.execute(_CHUNK_READ, {"after": after, "cutoff": cutoff, "limit": limit})).all()
     if not contacts:
         return {}, {}
-    ids = [row[0] for row in contacts]
-    led = ScoreEntry.__table__.c
-    is_behavior = or_(led.rule == DECAY_RULE, and_(led.event_id.is_not(None), led.points > 0))
-    ledger = {row[0]: row[1:] for row in await conn.execute(
-        select(led.contact_id, func.sum(led.points), func.sum(case((is_behavior, led.points), else_=0.0)),
-               func.max(led.at).filter(led.rule == DECAY_RULE))
-        .where(led.contact_id.in_(ids)).group_by(led.contact_id)
-    )}
-    ev = Event.__table__.c
-    engaged = dict((await conn.execute(
-        select(ev.contact_id, func.max(ev.occurred_at))
-        .where(ev.contact_id.in_(ids), ev.processed.is_(True), ev.type.not_in(sorted(NOT_ENGAGEMENT)))
-        .group_by(ev.contact_id)
-    )).all())
     scorer = service.scorer
     seen: dict[int, tuple[Any, ...]] = {}
     prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
-    for n, (contact_id, score, last_activity, region, reactivated) in enumerate(contacts):
+    for n, (contact_id, score, last_activity, region, reactivated, total, behavior, last_tick, last_engaged) in enumerate(contacts):
         if n % 100 == 99:
             await asyncio.sleep(0)  # a chunk's arithmetic is tens of milliseconds: let requests in
         seen[contact_id] = (score, last_activity, region, reactivated)
-        total, behavior, last_tick = ledger.get(contact_id, (0.0, 0.0, None))
-        last_engaged = engaged.get(contact_id)
         if contact_id in service.book or last_engaged is None:
             continue  # the book's state is used at write time; never engaged: nothing decays
         spec = scorer.model_for(region or None)
