@@ -9,7 +9,8 @@ so that a chunk's write transaction takes about WRITE_TARGET_S):
    midnights after the later of the last tick and `decay_after_days` past the last engagement, while
    behavior points are left. The ticks are computed by the scorer itself (`Scorer.decay`), so they
    are the entries a replay makes. Contacts this process's ScoreBook holds are decayed through the
-   book instead, which carries the same state (the book must not miss a tick it would otherwise apply again at the next event).
+   book instead, which carries the same state (the book must not miss a tick it would otherwise
+   apply again at the next event).
 2. Write, in a short transaction of its own: the chunk's contacts are read again (FOR UPDATE on
    PostgreSQL), those whose score or last activity changed since step 1 (the tracker scored them
    meanwhile, decaying them itself) are left out, and the ledger rows and new scores / temperatures
