@@ -134,6 +134,7 @@ class Tracker(PollingWorker):
                 try:
                     done = await self._run_batch(batch)
                     await batch.flush()
+                    await batch.write_contacts()
                 finally:
                     batch.uninstall()
             return done, done < len(events) or len(events) == limit

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, Iterable
 from sqlalchemy import bindparam, event as sa_event, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.sql import TableClause
 from sqlalchemy.sql.util import find_tables
 
 from bot.inbox import insert_ignore
-from bot.models import Contact, Event, ScoreEntry, Share, Visitor
+from bot.models import Contact, Event, ScoreEntry, Share, Visitor, utcnow
 
 if TYPE_CHECKING:
     from bot.tracker import Tracker
@@ -42,6 +42,8 @@ BATCH_KEY = "beacon.tracker_batch"  # session.info key: the batch the session is
 _EVENTS = Event.__table__
 _VISITORS = Visitor.__table__
 _SHARES = Share.__table__
+_CONTACTS = Contact.__table__
+_CONTACT_COLUMNS = frozenset(c.key for c in _CONTACTS.c if not c.primary_key)
 TABLE_ORDER = ("visitors", "events", "score_ledger", "stage_history", "outbox")  # flushed in this order
 
 _SHARE_COLUMNS = (
@@ -93,6 +95,7 @@ class TrackerBatch:
         self._forward = insert_ignore(session.bind.dialect.name, _EVENTS, "idempotency_key")
         self._inserts: dict[str, Any] = {}
         self._savepoints: list[Any] = []
+        self._contact_updates: dict[tuple[str, ...], Any] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -315,6 +318,42 @@ class TrackerBatch:
             conn.execute(_MARK_PROCESSED, {"b_ids": done})
         if states:
             conn.execute(_EVENT_STATE, states)
+
+    async def write_contacts(self) -> None:
+        """Write the batch's changed contacts with one executemany, in place of the ORM's flush.
+
+        The ORM writes a changed row with an UPDATE of the columns that changed in it, and only
+        consecutive rows changed alike share an executemany: contacts changed in different ways (a
+        score, a stage, a temperature, only the last activity) cost a statement per run of alike rows,
+        about eight per batch on the links benchmark. Here every changed contact's UPDATE sets the
+        columns any of them changed (the unchanged ones to their own values), and the objects are
+        then marked as stored, so the ORM has nothing left to write for them."""
+        dirty = [c for c in self.contacts.values() if c is not None and instance_state(c).modified]
+        if not dirty:
+            return
+        states = [instance_state(c) for c in dirty]
+        columns = sorted({key for state in states for key in state.committed_state if key in _CONTACT_COLUMNS})
+        if not columns:
+            return
+        if "updated_at" not in columns:  # the column's onupdate, as the ORM would apply it
+            now = utcnow()
+            for contact in dirty:
+                contact.updated_at = now
+            columns.append("updated_at")
+        stmt = self._contact_updates.get(tuple(columns))
+        if stmt is None:
+            stmt = self._contact_updates[tuple(columns)] = (
+                update(_CONTACTS).where(_CONTACTS.c.id == bindparam("b_id")).values({k: bindparam(f"v_{k}") for k in columns})
+            )
+        rows = [{"b_id": c.id, **{f"v_{k}": getattr(c, k) for k in columns}} for c in dirty]
+
+        def write(_: Any) -> None:
+            self._conn.execute(stmt, rows)
+            for contact in dirty:
+                for key in columns:
+                    set_committed_value(contact, key, getattr(contact, key))
+
+        await self.session.run_sync(write)
 
     async def call_unaware(self, hook: Any, event: Event) -> None:
         """Run a hook that knows nothing of batches: it sees every write so far in the database, and
