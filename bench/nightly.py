@@ -830,7 +830,7 @@ def main(argv: list[str]) -> int:
     if argv and argv[0].startswith("_"):
         return _entry(argv)
     parser = argparse.ArgumentParser(prog="python -m bench nightly", description=SUMMARY)
-    parser.add_argument("--contacts", type=int, default=20_000, help="(20k keeps `make bench` within ten minutes; 1M for full size)")
+    parser.add_argument("--contacts", type=int, default=20_000, help="(`make bench` runs 10k: bench/__main__.py ON_SQLITE; 1M for full size)")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=20.0, help="link opens per second during the load run (open loop)")

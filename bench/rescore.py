@@ -126,7 +126,7 @@ def rescore(url: str) -> tuple[float, object]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench rescore", description=SUMMARY)
-    # 50 events per contact, as 1M / 20k; the default size keeps `make bench` within ten minutes
+    # 50 events per contact, as 1M / 20k (`make bench` runs a smaller size: bench/__main__.py ON_SQLITE)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--contacts", type=int, default=6_000)
     parser.add_argument("--db", choices=KINDS, default="sqlite", help="the database (the benchmark creates it)")
