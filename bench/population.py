@@ -23,9 +23,6 @@ from bench.store import sqlite_ts
 STAGES = [("new", 60), ("nurturing", 20), ("mql", 8), ("sql", 2)]
 
 
-_ts = sqlite_ts  # how bot.models.UTCDateTime stores times in SQLite: naive UTC, microseconds
-
-
 def _contact_rows(n: int, first: int, rng: random.Random, now: dt.datetime, owners: tuple[str, ...], prefix: str,
                   quiet: float, customers: float) -> tuple[list[tuple[Any, ...]], list[tuple[int, dt.datetime]]]:
     """The contacts' rows (CONTACT_COLUMNS, times as aware datetimes) and (id, last activity) of the quiet."""
@@ -79,11 +76,11 @@ def add_contacts(
         for userid in owners:
             con.execute(
                 "INSERT OR IGNORE INTO reps (userid, name, role, region, source, active, created_at) VALUES (?, ?, 'rep', '', 'config', 1, ?)",
-                (userid, userid, _ts(now)),
+                (userid, userid, sqlite_ts(now)),
             )
         first = (con.execute("SELECT COALESCE(MAX(id), 0) FROM contacts").fetchone()[0]) + 1
         rows, activity = _contact_rows(n, first, rng, now, owners, prefix, quiet, customers)
-        contacts = [tuple(_ts(v) if i in _TIMES and v is not None else v for i, v in enumerate(row)) for row in rows]
+        contacts = [tuple(sqlite_ts(v) if i in _TIMES and v is not None else v for i, v in enumerate(row)) for row in rows]
         con.executemany(
             f"INSERT INTO contacts ({', '.join(CONTACT_COLUMNS)}) VALUES ({', '.join('?' * len(CONTACT_COLUMNS))})", contacts
         )
@@ -95,7 +92,7 @@ def add_contacts(
         events = []
         for contact_id, at in activity:
             for kind, props, back in (("open", {}, 2.0), ("read", {"depth": 75}, 0.0)):
-                when = _ts(at - dt.timedelta(hours=back))
+                when = sqlite_ts(at - dt.timedelta(hours=back))
                 events.append((kind, contact_id, json.dumps(props), when, when))
         con.executemany(
             "INSERT INTO events (type, contact_id, props, occurred_at, received_at, processed) VALUES (?, ?, ?, ?, ?, 1)", events
@@ -188,6 +185,6 @@ def _score_history(con: sqlite3.Connection, first: int, last: int, until: dt.dat
             scores.append((state.score, temperature(state.score, scorer.model_for(contact.region or None)), contact.id))
     con.executemany(
         "INSERT INTO score_ledger (contact_id, model, rule, points, event_id, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(r["contact_id"], r["model"], r["rule"], r["points"], r["event_id"], r["reason"], _ts(r["at"])) for r in ledger],
+        [(r["contact_id"], r["model"], r["rule"], r["points"], r["event_id"], r["reason"], sqlite_ts(r["at"])) for r in ledger],
     )
     con.executemany("UPDATE contacts SET score = ?, temperature = ? WHERE id = ?", scores)

@@ -22,6 +22,7 @@ Nothing is cached across batches: shares, visitors and contacts change under mer
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import bindparam, event as sa_event, select, update
@@ -95,7 +96,6 @@ class TrackerBatch:
         self._forward = insert_ignore(session.bind.dialect.name, _EVENTS, "idempotency_key")
         self._inserts: dict[str, Any] = {}
         self._savepoints: list[Any] = []
-        self._contact_updates: dict[tuple[str, ...], Any] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -328,23 +328,17 @@ class TrackerBatch:
         about eight per batch on the links benchmark. Here every changed contact's UPDATE sets the
         columns any of them changed (the unchanged ones to their own values), and the objects are
         then marked as stored, so the ORM has nothing left to write for them."""
-        dirty = [c for c in self.contacts.values() if c is not None and instance_state(c).modified]
-        if not dirty:
-            return
-        states = [instance_state(c) for c in dirty]
+        states = [s for s in (instance_state(c) for c in self.contacts.values() if c is not None) if s.persistent and s.modified]
         columns = sorted({key for state in states for key in state.committed_state if key in _CONTACT_COLUMNS})
         if not columns:
             return
+        dirty = [state.obj() for state in states]
         if "updated_at" not in columns:  # the column's onupdate, as the ORM would apply it
             now = utcnow()
             for contact in dirty:
                 contact.updated_at = now
             columns.append("updated_at")
-        stmt = self._contact_updates.get(tuple(columns))
-        if stmt is None:
-            stmt = self._contact_updates[tuple(columns)] = (
-                update(_CONTACTS).where(_CONTACTS.c.id == bindparam("b_id")).values({k: bindparam(f"v_{k}") for k in columns})
-            )
+        stmt = _contact_update(tuple(columns))
         rows = [{"b_id": c.id, **{f"v_{k}": getattr(c, k) for k in columns}} for c in dirty]
 
         def write(_: Any) -> None:
@@ -412,6 +406,12 @@ class TrackerBatch:
         if self._savepoints and self._savepoints[-1] is transaction:
             self._savepoints.pop()
             self._unhide()
+
+
+@functools.lru_cache(maxsize=64)
+def _contact_update(columns: tuple[str, ...]) -> Any:
+    """UPDATE contacts SET <columns> by id (TrackerBatch.write_contacts): one statement per set of columns."""
+    return update(_CONTACTS).where(_CONTACTS.c.id == bindparam("b_id")).values({k: bindparam(f"v_{k}") for k in columns})
 
 
 def forward_params(share: Any, visitor_id: int, to_contact: int | None, referrer: int | None,
