@@ -58,6 +58,9 @@ class DatabaseSettings(_Section):
     max_overflow: Annotated[int, Field(ge=0, le=1000)] = 10
     pool_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     busy_timeout_ms: Annotated[int, Field(ge=0, le=600_000)] = 10_000
+    # SQLite: how often a serving process checkpoints the WAL in the background (bot/db.py
+    # WalCheckpointer); 0 leaves it to SQLite, inside whichever writer's COMMIT crosses 1,000 pages.
+    checkpoint_interval_s: Annotated[float, Field(ge=0, le=3600)] = 0.25
 
     @field_validator("url")
     @classmethod

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
+import time
 import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -166,7 +168,79 @@ def write_gate(engine: AsyncEngine) -> WriteGate | None:
     return getattr(engine.sync_engine.dialect, "beacon_write_gate", None)
 
 
-def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+# With background checkpoints on, a writer's COMMIT still checkpoints once the WAL holds this many
+# pages (about 40 MB): a backstop for when the checkpointer falls behind or the process runs none.
+BACKSTOP_PAGES = 10_000
+
+
+class WalCheckpointer:
+    """SQLite: WAL checkpoints on a connection and thread of their own, every `interval_s`.
+
+    SQLite's automatic checkpoint runs inside the COMMIT call of whichever writer pushed the WAL past
+    1,000 pages: that writer's caller waits for it (the group commit's requests, a nightly chunk),
+    although the write lock is already released. In the background it blocks nobody: a PASSIVE
+    checkpoint never waits for readers or writers, and copies what it can. Writers keep a backstop
+    (BACKSTOP_PAGES). A checkpoint with nothing new to copy costs microseconds, so polling is cheap.
+    """
+
+    def __init__(self, path: str, interval_s: float) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self.runs = 0  # checkpoints that found frames to copy
+        self.seconds = self.longest_s = 0.0  # their time in all, and the longest
+        self.wal_frames = 0  # the WAL's size in frames at the last checkpoint
+        self._last = (-1, -1)
+        self._conn: sqlite3.Connection | None = None
+        self._stop = asyncio.Event()
+
+    @classmethod
+    def for_engine(cls, engine: AsyncEngine, interval_s: float) -> "WalCheckpointer | None":
+        """One for a SQLite file's engine when `interval_s` > 0; None otherwise (PostgreSQL, memory)."""
+        database = engine.url.database
+        if engine.dialect.name != "sqlite" or not interval_s or not database or database == ":memory:":
+            return None
+        return cls(database, interval_s)
+
+    async def run(self) -> None:
+        """Checkpoint every interval until `request_stop`; a failure is logged and retried later."""
+        log = logging.getLogger("beacon.db")
+        try:
+            while not self._stop.is_set():
+                try:
+                    await asyncio.to_thread(self.checkpoint)
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint failed (%s); retrying in %.1f s", exc, self.interval_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.interval_s)
+        finally:
+            await asyncio.to_thread(self.close)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One PASSIVE checkpoint (on the caller's thread): SQLite's (busy, WAL frames, frames copied)."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout=0")
+        started = time.perf_counter()
+        busy, wal_frames, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        took = time.perf_counter() - started
+        if (wal_frames, copied) != self._last:  # the WAL moved since: this one had work
+            self.runs += 1
+            self.seconds += took
+            self.longest_s = max(self.longest_s, took)
+        self._last = (wal_frames, copied)
+        self.wal_frames = wal_frames
+        return busy, wal_frames, copied
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _sqlite_pragmas(busy_timeout_ms: int, autocheckpoint: int | None) -> Any:
     def apply(dbapi_conn: Any, _record: Any) -> None:
         # WAL lets readers run beside the one writer; synchronous=NORMAL in WAL mode survives a process
         # crash (kill -9) with nothing committed lost, which is the durability promise we make.
@@ -175,6 +249,8 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        if autocheckpoint is not None:
+            cursor.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
         cursor.close()
         # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver's implicit BEGIN is deferred).
         dbapi_conn.isolation_level = None
@@ -192,7 +268,9 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
             pool = {"pool_size": settings.pool_size, "max_overflow": settings.max_overflow, "pool_timeout": settings.pool_timeout}
         engine = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000}, **pool)
         sqlite_driver.use_for(engine.sync_engine)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms))
+        # Checkpoints in the background (a serving Runtime runs WalCheckpointer): writers keep a backstop.
+        backstop = BACKSTOP_PAGES if settings.checkpoint_interval_s > 0 else None
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms, backstop))
         WriteGate(settings.busy_timeout_ms / 1000).install(engine)
         return engine
     return create_async_engine(

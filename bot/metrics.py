@@ -33,6 +33,10 @@ class Metrics:
         self.wecom_calls = Counter(
             "beacon_wecom_api_calls", "WeCom API answers by path and errcode", ["path", "errcode"], registry=r
         )
+        self.wal_frames = Gauge("beacon_sqlite_wal_frames", "SQLite: WAL size in pages at the last background checkpoint", registry=r)
+        self.wal_checkpoint_longest = Gauge(
+            "beacon_sqlite_checkpoint_longest_seconds", "SQLite: the longest background WAL checkpoint so far", registry=r
+        )
         self.events_recorded = Counter(
             "beacon_events_recorded", "Behavior events stored", ["type"], registry=r
         )

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.batch import BatchWriter
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
-from bot.db import create_engine, read_session_factory, session_factory
+from bot.db import WalCheckpointer, create_engine, read_session_factory, session_factory
 from bot.inbox import InboxStore, InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
@@ -67,6 +67,7 @@ class Runtime:
     rendered: RenderedVersions = None  # type: ignore[assignment]
     recent_opens: RecentOpens = None  # type: ignore[assignment]
     beacon_limiter: Any = None
+    checkpointer: WalCheckpointer | None = None
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     services: dict[str, Any] = field(default_factory=dict)
     held_leases: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +90,7 @@ class Runtime:
         w = settings.wecom
         if w.configured:
             rt.crypto = CallbackCrypto(w.token, w.encoding_aes_key, w.corp_id, replay_window_s=w.replay_window_s)
+        rt.checkpointer = WalCheckpointer.for_engine(engine, settings.database.checkpoint_interval_s)
         rt.writer = BatchWriter(engine, name="inbox")
         rt.inbox_store = InboxStore(rt.writer)
         rt.inbox = InboxWorker(rt)
@@ -134,6 +136,8 @@ class Runtime:
         except Exception:  # the database may come back; /healthz reports it meanwhile
             log.exception("could not sync team members to the database")
         if background:
+            if self.checkpointer is not None:
+                self.spawn(self.checkpointer.run(), "wal-checkpointer")
             for n in range(self.settings.inbox.workers):
                 self.spawn(self.inbox.run(), f"inbox-worker-{n}")
             self.spawn(self.outbox.run(), "outbox-worker")
@@ -162,8 +166,9 @@ class Runtime:
         await self.writer.close()
         await self.events.close()
         flushed = clock()
-        for worker in (self.inbox, self.outbox, self.tracker):
-            worker.request_stop()
+        for worker in (self.inbox, self.outbox, self.tracker, self.checkpointer):
+            if worker is not None:
+                worker.request_stop()
         tasks = list(self._tasks)
         if tasks:
             _, busy = await asyncio.wait(tasks, timeout=self.settings.server.stop_grace_s)

@@ -51,4 +51,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
             rt.metrics.tracker_lag.set(tracker["lag_s"])
         for status in ("pending", "failed"):
             rt.metrics.outbox_depth.labels(status=status).set((await rt.outbox.depth()).get(status, 0))
+    if rt.checkpointer is not None:
+        rt.metrics.wal_frames.set(rt.checkpointer.wal_frames)
+        rt.metrics.wal_checkpoint_longest.set(rt.checkpointer.longest_s)
     return web.Response(body=rt.metrics.render(), content_type="text/plain", charset="utf-8")
