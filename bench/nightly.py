@@ -1,11 +1,12 @@
 """The nightly jobs on a synthetic company: the product's jobs vs hand-written raw SQL doing the same work.
 
 `python -m bench nightly [--contacts 20000] [--events 200000] [--rate 20] [--idle 10] [--job-timeout 300]
-[--db sqlite|postgresql] [--pg-url URL] [--keep] [--strict]` (`--help` for all). The default size keeps
-the whole run near a minute. Full size:
-`--contacts 1000000 --events 10000000`: the synthetic company alone takes about half an hour to write
+[--db sqlite|postgresql] [--pg-url URL] [--keep] [--reuse DIR] [--strict]` (`--help` for all). The default
+size keeps the whole run near a minute. Full size:
+`--contacts 1000000 --events 10000000`: the synthetic company alone takes 20-35 minutes to write
 and ~13 GB per database copy (mostly the score ledger: one decay row per quiet contact per day),
-with up to three copies on disk at once.
+with up to three copies on disk at once. `--keep` leaves it in the temp dir and `--reuse DIR` runs
+the jobs again on it (SQLite; about ten minutes at full size instead of about half an hour).
 
 The databases are SQLite files in a temp dir or, with `--db postgresql`, databases on that server
 (bench/store.py: copied with CREATE DATABASE … TEMPLATE, all dropped at the end).
@@ -111,6 +112,29 @@ class Prepared:
         self.last_event = 0
 
 
+PREPARED_JSON = "prepared.json"  # what `--reuse` needs of a kept run's prepared database
+
+
+def _save_prepared(prep: Prepared, contacts: int, events: int, seed: int) -> None:
+    facts = {"now": prep.now.isoformat(), "synth_s": prep.synth_s, "synth_summary": prep.synth_summary,
+             "size_mb": prep.size_mb, "last_event": prep.last_event, "contacts": contacts, "events": events, "seed": seed}
+    (prep.tmp / PREPARED_JSON).write_text(json.dumps(facts), encoding="utf-8")
+
+
+def reuse_prepared(tmp: Path, store: Store) -> tuple[Prepared, dict[str, Any]]:
+    """The prepared database a `--keep` run left in `tmp` (SQLite), as it was before any job ran."""
+    facts_file = tmp / PREPARED_JSON
+    if not facts_file.exists() or not isinstance(store, SqliteStore) or not store.path(PREPARED).exists():
+        raise BenchError(f"{tmp} holds no prepared SQLite database of a `--keep` run ({PREPARED_JSON}, {PREPARED}.db)")
+    facts = json.loads(facts_file.read_text(encoding="utf-8"))
+    prep = Prepared(tmp, store, dt.datetime.fromisoformat(facts["now"]))
+    prep.synth_s, prep.synth_summary = facts["synth_s"], facts["synth_summary"]
+    prep.size_mb, prep.last_event = facts["size_mb"], facts["last_event"]
+    if not prep.paths.exists():
+        raise BenchError(f"{prep.paths} is missing")
+    return prep, facts
+
+
 def prepare(tmp: Path, store: Store, *, contacts: int, events: int, seed: int) -> Prepared:
     now = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
     prep = Prepared(tmp, store, now)
@@ -155,6 +179,7 @@ def prepare(tmp: Path, store: Store, *, contacts: int, events: int, seed: int) -
     random.Random(seed).shuffle(links)
     prep.paths.write_text("".join(f"/l/{token} {cookie}\n" for token, cookie in links[:LINK_TOKENS]), encoding="utf-8")
     prep.size_mb = store.size_mb(PREPARED)
+    _save_prepared(prep, contacts, events, seed)
     return prep
 
 
@@ -839,21 +864,32 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--idle", type=float, default=IDLE_S, help="seconds of load measured before the jobs start (the p99 baseline)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs) and print its path")
+    parser.add_argument("--reuse", type=Path, metavar="DIR",
+                        help="SQLite: run on the prepared database a `--keep` run left in DIR instead of synthesizing "
+                             "one (its size, not --contacts/--events; DIR is kept, the run's copies are not unless --keep)")
     parser.add_argument("--db", choices=KINDS, default="sqlite", help="the database (the benchmark creates it)")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="--db postgresql: the server (its databases are created and dropped)")
     args = parser.parse_args(argv)
-    if args.job_timeout is None:
-        args.job_timeout = max(300.0, args.contacts / 1000)
+    if args.reuse is not None and args.db != "sqlite":
+        parser.error("--reuse works with --db sqlite only")
     started = time.monotonic()
     plan = CpuPlan.detect()
     print(f"nightly-jobs benchmark: {SUMMARY}")
-    print(f"  {args.contacts:,} contacts, {args.events:,} events; {plan.describe()}; load average before: {harness.machine_load():.2f}")
-    tmp = Path(tempfile.mkdtemp(prefix="beacon-bench-nightly-"))
+    size = f"the prepared database in {args.reuse}" if args.reuse else f"{args.contacts:,} contacts, {args.events:,} events"
+    print(f"  {size}; {plan.describe()}; load average before: {harness.machine_load():.2f}")
+    tmp = args.reuse or Path(tempfile.mkdtemp(prefix="beacon-bench-nightly-"))
     store = Store.open(args.db, tmp, pg_url=args.pg_url)
     probe = " and the write-lock probe" if args.db == "sqlite" else ""
     try:
         print(f"  database: {store.describe()}")
-        prep = prepare(tmp, store, contacts=args.contacts, events=args.events, seed=args.seed)
+        if args.reuse is not None:
+            prep, facts = reuse_prepared(tmp, store)
+            args.contacts, args.events = facts["contacts"], facts["events"]
+            print(f"  reusing the prepared database of {prep.now:%Y-%m-%d %H:%M} UTC: {facts['contacts']:,} contacts, {facts['events']:,} events")
+        else:
+            prep = prepare(tmp, store, contacts=args.contacts, events=args.events, seed=args.seed)
+        if args.job_timeout is None:
+            args.job_timeout = max(300.0, args.contacts / 1000)
         print(f"  {prep.synth_summary}")
         print(f"  database {prep.size_mb:,.0f} MB; jobs run at {prep.job_at.astimezone(ZoneInfo(TZ)):%Y-%m-%d %H:%M} {TZ} (frozen clock)")
         with harness.timed(f"raw SQL ({'sqlite3' if args.db == 'sqlite' else 'asyncpg'}), same work"):
@@ -878,6 +914,9 @@ def main(argv: list[str]) -> int:
     code = report(args, prep, raw, idle, loaded, problems, started, tmp, plan)
     if args.keep:
         print(f"  files kept in {tmp}" + (f"; databases {store.prefix}_*" if isinstance(store, PostgresStore) else ""))
+    elif args.reuse is not None:
+        for name in (RAW, IDLE_RUN, LOAD_RUN):  # the prepared database stays for the next --reuse
+            store.drop(name)
     else:
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -132,6 +132,8 @@ def test_nightly_bench_runs(db: str) -> None:
         require_postgres()
         extra = ["--pg-url", PG_ADMIN_DSN]
         before = set(_bench_databases())
+    else:
+        extra = ["--keep"]  # and then once more with --reuse, below
     out = run_bench("nightly", "--contacts", "1000", "--events", "10000", "--idle", "2", "--db", db, *extra, timeout=180)
     assert ("database: PostgreSQL" if db == "postgresql" else "database: SQLite") in out
     assert f"raw SQL ({'asyncpg' if db == 'postgresql' else 'sqlite3'}), same work" in out
@@ -142,3 +144,27 @@ def test_nightly_bench_runs(db: str) -> None:
         assert not _left_behind(before), "every database the run made is dropped"
     else:
         assert "write lock the probe waited at most" in out
+        _rerun_on_the_kept_database(out)
+
+
+def _rerun_on_the_kept_database(kept_run: str) -> None:
+    """`--reuse DIR` runs the jobs again on the prepared database a `--keep` run left, without
+    synthesizing, and leaves DIR with that database only."""
+    kept = Path(kept_run.rsplit("files kept in ", 1)[1].split()[0])
+    try:
+        out = run_bench("nightly", "--reuse", str(kept), "--idle", "2", timeout=180)
+        assert "python -m bot synth" not in out
+        assert "reusing the prepared database of " in out and "1,000 contacts, 10,000 events" in out
+        assert "results: the same decay ticks, scores, temperatures, dormancy moves and digest numbers  PASS" in out
+        assert sorted(p.name for p in kept.glob("*.db")) == ["prepared.db"]
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+def test_nightly_reuse_needs_a_kept_sqlite_run(tmp_path: Path) -> None:
+    for args, message in ((["--reuse", str(tmp_path)], "holds no prepared SQLite database of a `--keep` run"),
+                          (["--reuse", str(tmp_path), "--db", "postgresql"], "--reuse works with --db sqlite only")):
+        proc = subprocess.run([sys.executable, "-m", "bench", "nightly", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert message in proc.stdout + proc.stderr
+    assert tmp_path.exists()  # a directory it could not use is left alone
