@@ -244,6 +244,45 @@ async def test_a_digest_transaction_commits_once_it_has_run_its_time(beacon: Any
     assert first == sorted(calls[:3])
 
 
+async def test_a_digest_transaction_leaves_room_for_its_commit(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget covers COMMIT: once a COMMIT has been timed, a transaction ends before one more claim
+    and a COMMIT as long as the last would overrun it. Time here is counted, not measured: a claim
+    costs 1 unit, a COMMIT 2, the budget is 3 (CLAIM_CHUNK out of the way)."""
+    import types
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    import bot.digest.jobs as jobs
+
+    await seed(beacon.rt)
+    beacon.clock.set(mon(8, 30, day=24))
+    now = [0.0]
+    chunks: list[int] = [0]
+    real_claim, real_commit = jobs.claim_and_queue, AsyncSession.commit
+
+    async def claim(session: Any, out: Any, **kw: Any) -> bool:
+        now[0] += 1
+        chunks[-1] += 1
+        return await real_claim(session, out, **kw)
+
+    async def commit(self: AsyncSession) -> None:
+        await real_commit(self)
+        now[0] += 2
+        chunks.append(0)
+
+    monkeypatch.setattr(jobs, "claim_and_queue", claim)
+    monkeypatch.setattr(AsyncSession, "commit", commit)
+    monkeypatch.setattr(jobs, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(jobs, "CLAIM_CHUNK", 100)
+    monkeypatch.setattr(jobs, "CLAIM_BUDGET_S", 3)
+    assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:counted")
+    # 3 claims (a 4th would pass 3 units; no COMMIT timed yet), then 1 per transaction (1 + 1 + 2 > 3);
+    # the last claim is committed by the job's unit of work. Not counting COMMIT would give [3, 2].
+    assert [n for n in chunks if n] == [3, 1, 1], chunks
+    async with beacon.rt.sessions() as session:
+        assert len((await session.scalars(select(Digest.recipient).where(Digest.kind == "reps"))).all()) == 5
+
+
 async def test_two_processes_send_one_digest_per_manager(db_url: str, sim: Any) -> None:
     settings = make_settings(db_url, api_base=sim.url, team={"members": TEAM})
     clock = FrozenClock(mon(9, day=24))
