@@ -163,6 +163,31 @@ class WriteGate:
             lock.release()
 
 
+WRITE_TARGET_S = 0.02  # what a nightly job's write transaction should take (SQLite's lock: issue 9 allows 50 ms)
+
+
+class Chunks:
+    """How many rows the next write transaction of a nightly job takes on (decay, dormancy), steered by
+    how long the last one held the write lock: the same number costs more as a database outgrows memory
+    (at a million contacts, 500 contacts of decay took 120 ms)."""
+
+    def __init__(self, first: int, *, target_s: float | None = None, least: int = 20, most: int | None = None) -> None:
+        self.size = first
+        self.target_s = WRITE_TARGET_S if target_s is None else target_s
+        # Unless told otherwise, never past the first size: how many of a chunk's rows are written varies
+        # (decay: contacts that lose nothing cost nothing), so a quick chunk says little about the next.
+        self.least, self.most = min(least, self.size), most or self.size
+
+    def took(self, seconds: float, contacts: int) -> None:
+        """A chunk of `contacts` held the write lock for `seconds` (BEGIN through COMMIT): size the
+        next one to the target."""
+        if contacts < self.size or seconds <= 0:
+            return  # a short last chunk, or too quick to measure: nothing learned
+        wanted = contacts * self.target_s / seconds
+        # halfway towards what would have hit the target: one slow transaction does not collapse it
+        self.size = max(self.least, min(self.most, round((self.size + wanted) / 2)))
+
+
 def write_gate(engine: AsyncEngine) -> WriteGate | None:
     """The engine's write gate (SQLite engines made by `create_engine`), else None."""
     return getattr(engine.sync_engine.dialect, "beacon_write_gate", None)

@@ -461,7 +461,7 @@ def test_book_keeps_max_times_totals_packed_or_beside(totals: dict[int, int] | N
 def test_decay_chunks_follow_the_write_transaction_time() -> None:
     """The nightly decay sizes its chunks by how long the last one held the write lock (issue 9: at a
     million contacts, 500 of them took 120 ms)."""
-    from bot.scoring.jobs import Chunks
+    from bot.db import Chunks
 
     chunks = Chunks(500, target_s=0.02, least=20, most=2000)
     chunks.took(0.12, 500)  # six times too slow: halfway towards the 83 that would have fit

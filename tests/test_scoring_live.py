@@ -120,6 +120,40 @@ async def test_dormancy_moves_customers_in_chunks_of_their_own(beacon: Any, monk
         assert len((await session.scalars(select(StageChange.contact_id).where(StageChange.by == "rule:dormancy"))).all()) == 5
 
 
+@pytest.mark.parametrize("each_s", [0.0002, 1.0])
+async def test_dormancy_chunks_follow_their_write_time(beacon: Any, monkeypatch: pytest.MonkeyPatch, each_s: float) -> None:
+    """The first chunk is small (DORMANT_FIRST); quick transactions let the next ones grow to
+    DORMANT_CHUNK, slow ones shrink them to one contact. Time is counted, not measured: each chunk
+    "takes" half of `each_s`."""
+    import types
+
+    import bot.db
+    import bot.lifecycle as lifecycle
+
+    for n in range(9):
+        await new_contact(beacon, f"wmOld{n}", owner_userid="rep2")
+        await post_event(beacon, f"wmOld{n}", "payment", at=beacon.clock.now(), amount=1000)
+    await settle(beacon)
+    beacon.clock.advance(days=549)
+    ticks = [0.0]
+
+    def perf_counter() -> float:
+        ticks[0] += each_s / 2  # read at a chunk's start and after its COMMIT
+        return ticks[0]
+
+    sizes: list[int] = []
+    took = bot.db.Chunks.took
+    monkeypatch.setattr(bot.db.Chunks, "took", lambda self, s, n: (sizes.append(n), took(self, s, n))[1])
+    monkeypatch.setattr(lifecycle, "DORMANT_FIRST", 2)
+    monkeypatch.setattr(lifecycle, "DORMANT_CHUNK", 4)
+    monkeypatch.setattr(lifecycle, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    assert await run_job(beacon.rt, "mark-dormant", mark_dormant_customers, f"mark-dormant:{each_s}")
+    assert sizes == ([2, 1, 1, 1, 1, 1, 1] if each_s > 0.1 else [2, 4])  # the last chunk is the job's own commit
+    async with beacon.rt.sessions() as session:
+        moves = (await session.scalars(select(StageChange.contact_id).where(StageChange.by == "rule:dormancy"))).all()
+    assert len(moves) == len(set(moves)) == 9
+
+
 async def test_dormant_customer_wakes_up_hot_with_urgent_call(beacon: Any) -> None:
     await new_contact(beacon, "wmOld", owner_userid="rep2", name="老客户")
     await post_event(beacon, "wmOld", "payment", at=beacon.clock.now(), amount=50000)

@@ -1,7 +1,7 @@
 """Nightly scoring jobs: inactivity decay and dormancy, set-based, with the write lock held briefly.
 
 Decay (`decay-scores`) goes through the quiet contacts in id order, a chunk at a time (`Chunks`: sized
-so that a chunk's write transaction takes about WRITE_TARGET_S):
+so that a chunk's write transaction takes about bot.db.WRITE_TARGET_S):
 1. Read, in a read-only session (no write lock) and one statement: the chunk's contacts, and per
    contact two grouped aggregates: from the ledger the positive behavior points left (event points
    > 0 plus the decay ticks so far) and the day of the last tick; from the event log the last
@@ -34,6 +34,7 @@ from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
 from bot.batch import executemany
 from bot.context import Context
+from bot.db import Chunks
 from bot.leases import holds_lease
 from bot.lifecycle import mark_dormant, recently_reactivated
 from bot.models import Contact, Event, ScoreEntry
@@ -48,29 +49,6 @@ _SCORE_UPDATE = update(Contact.__table__).where(Contact.__table__.c.id == bindpa
     score=bindparam("b_score"), temperature=bindparam("b_temperature"), updated_at=bindparam("b_now"),
 )
 CHUNK = 500  # contacts in the first chunk: about 10-20 ms of write lock on SQLite, in a database in memory
-WRITE_TARGET_S = 0.02  # what a chunk's write transaction should take (SQLite's lock: issue 9 allows 50 ms)
-
-
-class Chunks:
-    """The decay's chunk size, steered by how long the last write transaction took: the same number of
-    contacts costs more as a database outgrows memory (at a million contacts, 500 took 120 ms)."""
-
-    def __init__(self, first: int | None = None, *, target_s: float | None = None, least: int = 20, most: int | None = None) -> None:
-        self.size = first or CHUNK
-        self.target_s = WRITE_TARGET_S if target_s is None else target_s
-        # Never past the first size: how many of a chunk's contacts are written varies (those that lose
-        # nothing cost nothing), so a quick chunk says little about the next one.
-        self.least, self.most = min(least, self.size), most or self.size
-
-    def took(self, seconds: float, contacts: int) -> None:
-        """A chunk of `contacts` held the write lock for `seconds`: size the next one to the target."""
-        if contacts < self.size or seconds <= 0:
-            return  # a short last chunk, or too quick to measure: nothing learned
-        wanted = contacts * self.target_s / seconds
-        # halfway towards what would have hit the target: one slow transaction does not collapse it
-        self.size = max(self.least, min(self.most, round((self.size + wanted) / 2)))
-
-
 
 
 async def decay_scores(ctx: Context) -> None:
@@ -88,7 +66,7 @@ async def decay_scores(ctx: Context) -> None:
     after = 0
     quiet = decayed = chunks = 0
     longest = 0.0
-    size = Chunks()
+    size = Chunks(CHUNK)
     steer = ctx.session.bind.dialect.name == "sqlite"  # sized to SQLite's one write lock; PostgreSQL locks rows
     while True:
         async with rt.read_sessions() as reader:
