@@ -771,11 +771,13 @@ def run_product(prep: Prepared, plan: CpuPlan, *, name: str, load_rate: float | 
     """One product run on a fresh copy: the serving app, the write-lock probe, the load if `load_rate`,
     `idle_s` seconds before the jobs are triggered, until they are done (or `job_timeout_s` passed)."""
     run = ProductRun(name)
+    results = prep.tmp / f"{name}-jobs.json"
+    for stale in (results, prep.tmp / f"{name}-probe.json", prep.tmp / f"{name}-load.json"):
+        stale.unlink(missing_ok=True)  # a kept run's (--reuse): the wait below is for this run's file
     prep.store.copy(PREPARED, name)
     port = harness.free_port()
     config = prep.tmp / f"{name}.toml"
     config.write_text(config_text(port, prep.store.url(name)), encoding="utf-8")
-    results = prep.tmp / f"{name}-jobs.json"
     base = f"http://127.0.0.1:{port}"
     server = Server.start(name, me("_serve", str(config), prep.job_at.isoformat(), str(results)), core=plan.server,
                           ready_url=f"{base}/healthz", log=prep.tmp / f"{name}.log", timeout_s=120)
@@ -827,6 +829,7 @@ def run_raw(prep: Prepared, plan: CpuPlan) -> list[dict[str, Any]]:
     config = prep.tmp / "raw.toml"
     config.write_text(config_text(harness.free_port(), prep.store.url(RAW)), encoding="utf-8")
     out = prep.tmp / "raw-jobs.json"
+    out.unlink(missing_ok=True)
     proc = subprocess.run(harness.pinned(me("_raw", str(config), prep.job_at.isoformat(), str(out)), plan.server), cwd=ROOT,
                           capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
