@@ -194,8 +194,10 @@ def write_gate(engine: AsyncEngine) -> WriteGate | None:
 
 
 # With background checkpoints on, a writer's COMMIT still checkpoints once the WAL holds this many
-# pages (about 40 MB): a backstop for when the checkpointer falls behind or the process runs none.
-BACKSTOP_PAGES = 10_000
+# pages (about 200 MB): a backstop for when the checkpointer falls behind or the process runs none.
+# Well above what the WAL reaches between background checkpoints: at a million contacts, with the
+# nightly decay writing about 3,500 pages per 0.25 s, it reached 10,100.
+BACKSTOP_PAGES = 50_000
 
 
 class WalCheckpointer:
