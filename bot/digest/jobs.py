@@ -4,8 +4,9 @@ Data is read in a read-only session, and charts are drawn in a child process. On
 unit of work write the `digests` rows and the outbox rows, committing every CLAIM_CHUNK recipients or
 sooner, before one more claim and the COMMIT (timed at the last one) would take the transaction past
 CLAIM_BUDGET_S (a manager's digest carries its chart), so on SQLite the write lock is held for
-milliseconds at a time, not for the whole build or all of a large team's claims at once. A claim is idempotent (one `digests` row per kind, recipient and day): a run that
-fails half-way has queued the digests it committed, and a later run queues the rest.
+milliseconds at a time, not for the whole build or all of a large team's claims at once. A claim is
+idempotent (one `digests` row per kind, recipient and day): a run that fails half-way has queued the
+digests it committed, and a later run queues the rest.
 """
 
 from __future__ import annotations
