@@ -214,7 +214,7 @@ class WalCheckpointer:
         self.path = path
         self.interval_s = interval_s
         self.runs = 0  # checkpoints that found frames to copy
-        self.seconds = self.longest_s = 0.0  # their time in all, and the longest
+        self.longest_s = 0.0  # the longest of them
         self.wal_frames = 0  # the WAL's size in frames at the last checkpoint
         self._last = (-1, -1)
         self._conn: sqlite3.Connection | None = None
@@ -255,7 +255,6 @@ class WalCheckpointer:
         took = time.perf_counter() - started
         if (wal_frames, copied) != self._last:  # the WAL moved since: this one had work
             self.runs += 1
-            self.seconds += took
             self.longest_s = max(self.longest_s, took)
         self._last = (wal_frames, copied)
         self.wal_frames = wal_frames
