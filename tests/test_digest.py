@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -420,6 +421,20 @@ def test_chart_falls_back_to_english_labels_without_a_cjk_font(monkeypatch: pyte
     monkeypatch.setattr(chart, "cjk_font", lambda: None)
     team = TeamDigest("mgr1", "王经理", funnel={"new": 3, "mql": 1}, trend=[(dt.date(2026, 11, 23), 2, 1)])
     assert chart.render_chart(team, "王经理").startswith(b"\x89PNG")  # no missing-glyph warning (warnings are errors)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_charts_are_drawn_at_background_priority() -> None:
+    """The chart process yields the CPU to the server: on a shared core it took half of it, and
+    SQLite's write lock was held twice as long by whatever transaction was in progress."""
+    from bot.digest import chart
+
+    pool = chart.chart_pool()
+    try:
+        assert pool.submit(os.sched_getscheduler, 0).result(timeout=60) == os.SCHED_IDLE
+    finally:
+        pool.shutdown()
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the server itself is untouched
 
 
 def test_split_markdown_respects_wecom_limit() -> None:

@@ -2,7 +2,9 @@
 new MQLs, as a PNG (matplotlib, Agg backend: no display needed).
 
 `draw_charts` draws a run's charts in a child process: matplotlib holds the GIL for about a second per
-chart, which in a thread of the server would stall link opens and callbacks for that long.
+chart, which in a thread of the server would stall link opens and callbacks for that long. The child
+runs at the lowest CPU priority (`background_priority`): on a busy core it would otherwise take half
+of the server's CPU time, and a write transaction in progress would hold SQLite's lock twice as long.
 
 Labels are Chinese when a CJK font is installed (Noto Sans CJK, WenQuanYi, Source Han, SimHei …),
 and English otherwise: a font without the glyphs would draw empty boxes.
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import multiprocessing
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.context import SpawnContext, SpawnProcess
 from functools import lru_cache
 
 from bot.digest.team import FUNNEL_STAGES, TeamDigest
@@ -80,12 +83,42 @@ def render_charts(jobs: list[tuple[TeamDigest, str]]) -> list[bytes]:
     return [render_chart(digest, title) for digest, title in jobs]
 
 
+def background_priority(pid: int) -> None:
+    """Run process `pid` only when the CPU has nothing else to do (Linux's SCHED_IDLE; elsewhere the
+    lowest nice value): charts can wait, link opens and callbacks cannot."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+        except OSError:
+            pass
+
+
+class _BackgroundProcess(SpawnProcess):
+    # Lowered as soon as it exists: a spawned child spends its first second importing (this
+    # program's main module among others) before any initializer of the pool would run.
+    def start(self) -> None:
+        super().start()
+        if self.pid is not None:
+            background_priority(self.pid)
+
+
+class _BackgroundContext(SpawnContext):
+    Process = _BackgroundProcess  # type: ignore[assignment]
+
+
+def chart_pool() -> ProcessPoolExecutor:
+    """A pool of one fresh child process ("spawn": nothing of this process's threads or connections is
+    inherited) at background priority."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=_BackgroundContext())
+
+
 async def draw_charts(jobs: list[tuple[TeamDigest, str]]) -> list[bytes]:
-    """`render_charts` in a fresh child process ("spawn": nothing of this process's threads or
-    connections is inherited), awaited without blocking the event loop."""
+    """`render_charts` in a `chart_pool` process, awaited without blocking the event loop."""
     if not jobs:
         return []
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    pool = chart_pool()
     try:
         return await asyncio.get_running_loop().run_in_executor(pool, render_charts, jobs)
     finally:
