@@ -55,6 +55,7 @@ class WriteGate:
         self._locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
         self._held: dict[int, asyncio.Lock] = {}  # id(DBAPI connection) → the gate it holds
         self._waiting = 0  # writers queued for the gate (the fast path must not pass them)
+        self._courteous: list[asyncio.Future[None]] = []  # background work waiting for a transaction to end
 
     @property
     def contended(self) -> bool:
@@ -121,6 +122,7 @@ class WriteGate:
             yield
         finally:
             lock.release()
+            self._ended()
 
     async def _acquire(self, lock: asyncio.Lock) -> None:
         """lock.acquire() within the timeout, never leaving the lock taken by nobody: `wait_for` alone
@@ -161,6 +163,34 @@ class WriteGate:
         lock = self._held.pop(key, None)
         if lock is not None:
             lock.release()
+            self._ended()
+
+    async def after_writer(self, timeout_s: float = 0.25) -> None:
+        """For background work about to use the CPU (a nightly job's arithmetic or its next read, the
+        tracker's replays): if a write transaction of this process is in progress, wait until it ends
+        (at most `timeout_s`); with writers queued and the gate passing to the next, until that one's
+        transaction ends. The process has one core's worth of time, shared by the event loop and the
+        connections' threads; work that runs while a transaction is open stretches it, and SQLite's lock
+        is held that much longer: the link path's group commit and every other writer wait. One
+        transaction at most, so steady writes slow background work down but never starve it. Returns
+        at once when no transaction is open or queued. Not for a task that holds the gate itself."""
+        lock = self._locks.get(asyncio.get_running_loop())
+        if lock is None or not (lock.locked() or self._waiting):
+            return
+        ended = asyncio.get_running_loop().create_future()
+        self._courteous.append(ended)
+        try:
+            await asyncio.wait([ended], timeout=timeout_s)
+        finally:
+            if not ended.done():
+                ended.cancel()
+                self._courteous.remove(ended)
+
+    def _ended(self) -> None:
+        waiting, self._courteous = self._courteous, []
+        for ended in waiting:
+            if not ended.done():
+                ended.set_result(None)
 
 
 WRITE_TARGET_S = 0.02  # what a nightly job's write transaction should take (SQLite's lock: issue 9 allows 50 ms)
@@ -191,6 +221,15 @@ class Chunks:
 def write_gate(engine: AsyncEngine) -> WriteGate | None:
     """The engine's write gate (SQLite engines made by `create_engine`), else None."""
     return getattr(engine.sync_engine.dialect, "beacon_write_gate", None)
+
+
+async def yield_to_writer(engine: AsyncEngine) -> None:
+    """Between steps of background work: on SQLite, let a write transaction in progress end first
+    (`WriteGate.after_writer`); elsewhere, just let the event loop run what is ready."""
+    gate = write_gate(engine)
+    if gate is not None:
+        await gate.after_writer()
+    await asyncio.sleep(0)
 
 
 # With background checkpoints on, a writer's COMMIT still checkpoints once the WAL holds this many

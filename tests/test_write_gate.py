@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.exc import OperationalError
 
 from bot.db import create_engine, session_factory
@@ -115,3 +115,43 @@ async def test_a_writer_cancelled_mid_transaction_opens_the_gate(sqlite_url: str
     finally:
         await engine.dispose()
     assert names == ["after"]
+
+
+async def test_background_work_waits_for_the_transaction_in_progress(sqlite_url: str) -> None:
+    """`after_writer`: background CPU work goes after the write transaction in progress (it would
+    stretch it, and SQLite's lock with it), returns at once when there is none, and waits one
+    transaction at most (bounded: a holder that keeps the lock does not stop it)."""
+    from bot.db import write_gate, yield_to_writer
+
+    engine = engine_without_busy_wait(sqlite_url)
+    sessions = session_factory(engine)
+    gate = write_gate(engine)
+    assert gate is not None
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def writer(name: str) -> None:
+        async with sessions() as session, session.begin():
+            await session.execute(insert(Lease), {"name": name, "owner": "test", "locked_until": T0})
+            order.append(f"{name} holds")
+            await release.wait()
+
+    async def background(name: str, **kwargs: Any) -> None:
+        await gate.after_writer(**kwargs)
+        order.append(f"{name} ran")
+
+    event.listen(engine.sync_engine, "commit", lambda _conn: order.append("w1 committed"))
+    try:
+        await background("alone")  # nothing open: no wait
+        holder = asyncio.create_task(writer("w1"))
+        while "w1 holds" not in order:
+            await asyncio.sleep(0)
+        job = asyncio.create_task(background("job"))
+        await background("impatient", timeout_s=0.01)  # the holder keeps the lock: it goes anyway
+        assert not job.done()
+        release.set()
+        await asyncio.gather(holder, job)
+        await yield_to_writer(engine)  # nothing open again
+    finally:
+        await engine.dispose()
+    assert order == ["alone ran", "w1 holds", "impatient ran", "w1 committed", "job ran"]

@@ -22,7 +22,6 @@ rescore of every quiet contact. The longest write transaction (BEGIN through COM
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import time
@@ -34,7 +33,7 @@ from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
 from bot.batch import executemany
 from bot.context import Context
-from bot.db import Chunks
+from bot.db import Chunks, yield_to_writer
 from bot.leases import holds_lease
 from bot.lifecycle import mark_dormant, recently_reactivated
 from bot.models import Contact, Event, ScoreEntry
@@ -69,6 +68,7 @@ async def decay_scores(ctx: Context) -> None:
     size = Chunks(CHUNK)
     steer = ctx.session.bind.dialect.name == "sqlite"  # sized to SQLite's one write lock; PostgreSQL locks rows
     while True:
+        await yield_to_writer(rt.engine)  # the chunk's read and arithmetic run after any transaction in progress
         async with rt.read_sessions() as reader:
             seen, prepared = await _read_chunk(reader, service, days, cutoff, after, now, size.size)
         if not seen:
@@ -81,7 +81,6 @@ async def decay_scores(ctx: Context) -> None:
             size.took(held, len(seen))
         decayed += written
         longest = max(longest, held)
-        await asyncio.sleep(0)  # let the loop serve requests between chunks
     log.info("decay: %d of %d quiet contacts lost points (%d chunks, last %d contacts, longest write transaction %.1f ms)",
              decayed, quiet, chunks, size.size, longest * 1000)
 
@@ -154,7 +153,7 @@ async def _read_chunk(reader: Any, service: Any, days: _LocalDays, cutoff: dt.da
     prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     for n, (contact_id, score, last_activity, region, reactivated, total, behavior, last_tick, last_engaged) in enumerate(contacts):
         if n % 100 == 99:
-            await asyncio.sleep(0)  # a chunk's arithmetic is tens of milliseconds: let requests in
+            await yield_to_writer(reader.bind)  # a chunk's arithmetic is tens of milliseconds: let others go first
         seen[contact_id] = (score, last_activity, region, reactivated)
         if contact_id in service.book or last_engaged is None:
             continue  # the book's state is used at write time; never engaged: nothing decays
