@@ -30,6 +30,11 @@ class Metrics:
             "beacon_tracker_batches", "Tracker passes committed (events per pass = events / batches)", registry=r
         )
         self.tracker_events = Counter("beacon_tracker_events", "Events attributed and scored by this process", registry=r)
+        self.tracker_warmed = Counter(
+            "beacon_tracker_warmed_contacts",
+            "Contacts whose scoring state was replayed before the tracker's write transaction, outside its lock",
+            registry=r,
+        )
         self.wecom_calls = Counter(
             "beacon_wecom_api_calls", "WeCom API answers by path and errcode", ["path", "errcode"], registry=r
         )

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from sqlalchemy import false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.db import yield_to_writer
 from bot.identity import add_identity, find_by_identity, live_contact, merge_contacts, normalize_phone
 from bot.inbox import insert_ignore
 from bot.leases import hold_lease
@@ -123,9 +124,10 @@ class Tracker(PollingWorker):
         """(events processed, whether more may be waiting: a full fetch, or a batch out of time)."""
         merged = set(self.merged)
         batch: TrackerBatch | None = None
+        limit = min(self._limit, self.batch)
+        await self._warm(limit)
         try:
             async with self.rt.sessions() as session, session.begin():
-                limit = min(self._limit, self.batch)
                 events = await self._next_events(session, limit)
                 if not events:
                     return 0, False
@@ -150,6 +152,22 @@ class Tracker(PollingWorker):
                 if abandon is not None:
                     abandon(batch)
             return await self._pass_one_by_one()
+
+    async def _warm(self, limit: int) -> None:
+        """Hooks that cache per-contact state (scoring's book) load it for the contacts the next `limit`
+        events are about, in a read-only session, before the write transaction takes the lock: on
+        SQLite, loading it inside held the write lock for tens of milliseconds per cold contact. A
+        guess: attribution may find other contacts, which the hooks then load in the transaction."""
+        warmers = [warm for hook in self.hooks if (warm := getattr(hook, "warm", None)) is not None]
+        if not warmers:
+            return
+        await yield_to_writer(self.rt.engine)  # replays are CPU: after any write transaction in progress
+        async with self.rt.read_sessions() as session:
+            ids = {cid for row in await session.execute(likely_contacts(limit)) for cid in row if cid is not None}
+            for warm in warmers:
+                warmed = await warm(session, ids)
+                if warmed:
+                    self.rt.metrics.tracker_warmed.inc(warmed)
 
     async def _run_batch(self, batch: TrackerBatch) -> int:
         session, events = batch.session, batch.events
@@ -289,6 +307,20 @@ async def backlog(session: AsyncSession, now: dt.datetime) -> dict[str, Any]:
         select(func.count(), func.min(Event.received_at)).where(Event.processed == false())
     )).one()
     return {"unprocessed": int(count or 0), "lag_s": round(max(0.0, (now - oldest).total_seconds()), 1) if oldest else 0.0}
+
+
+def likely_contacts(limit: int) -> Any:
+    """The contacts the oldest `limit` unprocessed events are probably about, before attribution: their
+    own, their browser's and their share's (rows of three ids, any of them NULL)."""
+    ev = Event.__table__.c
+    upcoming = select(ev.contact_id, ev.visitor_id, ev.share_id).where(ev.processed == false()).order_by(ev.id).limit(limit).subquery()
+    vis, sh = Visitor.__table__.c, Share.__table__.c
+    return (
+        select(upcoming.c.contact_id, vis.contact_id, sh.contact_id)
+        .select_from(upcoming)
+        .outerjoin(Visitor.__table__, vis.id == upcoming.c.visitor_id)
+        .outerjoin(Share.__table__, sh.id == upcoming.c.share_id)
+    )
 
 
 def unprocessed_events(limit: int) -> Any:

@@ -54,6 +54,10 @@ def scoring_hook(rt: "Runtime") -> Callable[[AsyncSession, Event], Awaitable[Non
             service.check(batch.contacts[cid])  # type: ignore[index,arg-type]
         batch.prepared["scoring"] = await service.prefetch(session, live)  # type: ignore[arg-type]
 
+    async def warm(session: AsyncSession, contact_ids: set[int]) -> int:
+        """Before the write transaction, in a read-only session: replay the next events' contacts."""
+        return await rt.services["scoring"].warm(session, contact_ids)
+
     def abandon(batch: TrackerBatch) -> None:
         """The batch was rolled back: the book must not keep what it applied."""
         rt.services["scoring"].restore(batch)
@@ -65,6 +69,7 @@ def scoring_hook(rt: "Runtime") -> Callable[[AsyncSession, Event], Awaitable[Non
     hook: Any = score_event
     hook.batch_aware = True  # keeps its reads and writes in the tracker's batch (bot/tracker_batch.py)
     hook.prepare = prepare
+    hook.warm = warm
     hook.abandon = abandon
     hook.lease_taken = lease_taken
     return hook

@@ -150,16 +150,50 @@ class ScoringService:
             last = await session.scalar(select(func.max(ScoreEntry.at)).where(ScoreEntry.contact_id == contact.id))
             stored = await session.scalar(select(func.coalesce(func.sum(ScoreEntry.points), 0.0)).where(ScoreEntry.contact_id == contact.id))
             events = await self.contact_events(session, contact.id, exclude=exclude)
-        # Up to the later of the last ledger entry and the last scored event: real time applied decay
-        # lazily up to each event, and the nightly job up to its run; both are in that span.
-        until = max([t for t in (last, events[-1].at if events else None) if t is not None], default=contact.created_at)
-        state, entries = self.scorer.rescore(contact.id, profile_of(contact), events, until, profile_at=contact.created_at)
+        state, entries = self._replay(contact, last, events)
         if last is None:
             await self.store(session, entries)  # never scored before: the replay is its ledger
         elif round(state.score - float(stored), 2) != 0:
             log.warning("contact %s: stored ledger %.2f differs from rules %.2f; run `python -m bot rescore`",
                         contact.id, float(stored), state.score)
         self.book.put(state)
+
+    def _replay(self, contact: Contact, last: dt.datetime | None, events: list[ScoredEvent]) -> tuple[ContactScoreState, list[Entry]]:
+        # Up to the later of the last ledger entry and the last scored event: real time applied decay
+        # lazily up to each event, and the nightly job up to its run; both are in that span.
+        until = max([t for t in (last, events[-1].at if events else None) if t is not None], default=contact.created_at)
+        return self.scorer.rescore(contact.id, profile_of(contact), events, until, profile_at=contact.created_at)
+
+    async def warm(self, session: AsyncSession, contact_ids: set[int]) -> int:
+        """Load into the book, from a read-only `session`, the contacts of `contact_ids` it lacks or holds
+        out of date (`check`), ahead of the tracker's write transaction. Returns how many were loaded.
+
+        Replaying a contact's history is the costliest thing scoring does (all its events and its
+        ledger read, every event scored again); inside the tracker's transaction it held SQLite's write
+        lock meanwhile, and the link path's group commit waited behind it. The write transaction then
+        finds these contacts in the book. Only a state that agrees with what the same snapshot stored
+        is kept (ledger sum and `contacts.score`); the rest (never scored, merged, erased, disagreeing)
+        is left to `ensure`, which writes or warns as before. A score written after this read (the
+        nightly decay) is caught by `check` in the write transaction."""
+        if not contact_ids:
+            return 0
+        contacts = (await session.scalars(select(Contact).where(Contact.id.in_(contact_ids)))).all()
+        live = {c.id: c for c in contacts if c.merged_into_id is None and c.erased_at is None}
+        for contact in live.values():
+            self.check(contact)
+        found = await self.prefetch(session, set(live))
+        loaded = 0
+        for contact_id, (last, stored, events) in found.items():
+            contact = live[contact_id]
+            if last is None:
+                continue
+            state, _entries = self._replay(contact, last, events)
+            score = round(state.score, 2)
+            if score != round(float(stored), 2) or score != round(contact.score or 0.0, 2):
+                continue
+            self.book.put(state)
+            loaded += 1
+        return loaded
 
     def check(self, contact: Contact) -> None:
         """Drop the contact's cached state if its stored score disagrees with it: another process wrote
