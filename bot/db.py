@@ -249,9 +249,10 @@ class WalCheckpointer:
     (BACKSTOP_PAGES). A checkpoint with nothing new to copy costs microseconds, so polling is cheap.
     """
 
-    def __init__(self, path: str, interval_s: float) -> None:
+    def __init__(self, path: str, interval_s: float, backstop: "Backstop | None" = None) -> None:
         self.path = path
         self.interval_s = interval_s
+        self.backstop = backstop
         self.runs = 0  # checkpoints that found frames to copy
         self.longest_s = 0.0  # the longest of them
         self.wal_frames = 0  # the WAL's size in frames at the last checkpoint
@@ -265,7 +266,14 @@ class WalCheckpointer:
         database = engine.url.database
         if engine.dialect.name != "sqlite" or not interval_s or not database or database == ":memory:":
             return None
-        return cls(database, interval_s)
+        return cls(database, interval_s, getattr(engine.sync_engine.dialect, "beacon_backstop", None))
+
+    def take_over(self) -> None:
+        """From now on the engine's new connections leave checkpoints to this checkpointer, keeping
+        only the backstop. Called before the serving process makes its first connection, so all its
+        writers get it; processes that run no checkpointer (CLI commands) keep SQLite's default."""
+        if self.backstop is not None:
+            self.backstop.active = True
 
     async def run(self) -> None:
         """Checkpoint every interval until `request_stop`; a failure is logged and retried later."""
@@ -305,7 +313,15 @@ class WalCheckpointer:
             self._conn = None
 
 
-def _sqlite_pragmas(busy_timeout_ms: int, autocheckpoint: int | None) -> Any:
+class Backstop:
+    """Whether this engine's connections keep only BACKSTOP_PAGES of automatic checkpointing (a
+    WalCheckpointer of this process has taken the work over) or SQLite's default."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+
+def _sqlite_pragmas(busy_timeout_ms: int, backstop: Backstop) -> Any:
     def apply(dbapi_conn: Any, _record: Any) -> None:
         # WAL lets readers run beside the one writer; synchronous=NORMAL in WAL mode survives a process
         # crash (kill -9) with nothing committed lost, which is the durability promise we make.
@@ -314,8 +330,8 @@ def _sqlite_pragmas(busy_timeout_ms: int, autocheckpoint: int | None) -> Any:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        if autocheckpoint is not None:
-            cursor.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+        if backstop.active:
+            cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         cursor.close()
         # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver's implicit BEGIN is deferred).
         dbapi_conn.isolation_level = None
@@ -333,8 +349,9 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
             pool = {"pool_size": settings.pool_size, "max_overflow": settings.max_overflow, "pool_timeout": settings.pool_timeout}
         engine = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000}, **pool)
         sqlite_driver.use_for(engine.sync_engine)
-        # Checkpoints in the background (a serving Runtime runs WalCheckpointer): writers keep a backstop.
-        backstop = BACKSTOP_PAGES if settings.checkpoint_interval_s > 0 else None
+        # Checkpoints in the background (a serving Runtime's WalCheckpointer takes them over): writers
+        # then keep a backstop only.
+        backstop = engine.sync_engine.dialect.beacon_backstop = Backstop()  # type: ignore[attr-defined]
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms, backstop))
         WriteGate(settings.busy_timeout_ms / 1000).install(engine)
         return engine

@@ -122,6 +122,8 @@ class Runtime:
     async def start(self, *, background: bool = True) -> None:
         """Open the outbound HTTP session and (unless told not to) start the background workers."""
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.wecom.timeout_s))
+        if background and self.checkpointer is not None:
+            self.checkpointer.take_over()  # before this process connects: its writers keep the backstop only
         w = self.settings.wecom
         self.wecom = WeComClient(
             self.http,

@@ -83,6 +83,28 @@ async def test_without_the_checkpointer_sqlite_checkpoints_in_commits_as_usual(a
     assert "beacon_sqlite_wal_frames 0.0" in await (await client.get("/metrics")).text()
 
 
+async def test_a_process_without_the_checkpointer_keeps_sqlites_own(sqlite_url: str) -> None:
+    """The same settings (checkpoints in the background) in a process that runs no checkpointer (a CLI
+    command such as `rescore` or `synth`, or a runtime started without background work): its writers
+    checkpoint at SQLite's 1,000 pages, not at the serving process's backstop."""
+    from bot.runtime import Runtime
+
+    settings = make_settings(sqlite_url, database={"url": sqlite_url, "checkpoint_interval_s": 0.25})
+    rt = Runtime.build(settings, routers=[])
+    await rt.start(background=False)
+    try:
+        assert rt.checkpointer is not None  # configured, but not started here
+        assert await _autocheckpoint(rt) == 1000
+    finally:
+        await rt.stop()
+    serving = Runtime.build(settings, routers=[])
+    await serving.start()
+    try:
+        assert await _autocheckpoint(serving) == BACKSTOP_PAGES
+    finally:
+        await serving.stop()
+
+
 async def test_the_checkpointer_stops_with_the_process(sqlite_url: str) -> None:
     from bot.runtime import Runtime
 
