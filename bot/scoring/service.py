@@ -177,10 +177,16 @@ class ScoringService:
         nightly decay) is caught by `check` in the write transaction."""
         if not contact_ids:
             return 0
-        contacts = (await session.scalars(select(Contact).where(Contact.id.in_(contact_ids)))).all()
-        live = {c.id: c for c in contacts if c.merged_into_id is None and c.erased_at is None}
-        for contact in live.values():
-            self.check(contact)
+        c = Contact.__table__.c
+        scores = (await session.execute(
+            select(c.id, c.score).where(c.id.in_(contact_ids), c.merged_into_id.is_(None), c.erased_at.is_(None))
+        )).all()
+        for row in scores:
+            self.check(row)  # type: ignore[arg-type]  # (id, score) is all it reads
+        missing = [row.id for row in scores if row.id not in self.book]
+        if not missing:
+            return 0  # the usual pass: every contact already in the book and up to date
+        live = {contact.id: contact for contact in (await session.scalars(select(Contact).where(Contact.id.in_(missing)))).all()}
         found = await self.prefetch(session, set(live))
         loaded = 0
         for contact_id, (last, stored, events) in found.items():
