@@ -144,7 +144,7 @@ class BatchWriter:
         # checks out its connection, then BEGIN waits at the gate); the other order could deadlock
         # with sessions holding every pooled connection while they wait for the gate.
         async with self.engine.connect() as conn, self._gate.exclusive():  # type: ignore[union-attr]
-            await _on_driver(conn, _write_in_thread, work, sql=work[0][0] if work else "")  # type: ignore[index]
+            await on_driver(conn, _write_in_thread, work, sql=work[0][0] if work else "")  # type: ignore[index]
         return True
 
 
@@ -177,16 +177,25 @@ _PREPARED: OrderedDict[tuple[Executable, tuple[str, ...], str], _Prepared] = Ord
 _PREPARED_SIZE = 256  # statements are module constants in practice; a bound all the same
 
 
+def prepared_statement(stmt: Executable, keys: tuple[str, ...], dialect: Any) -> _Prepared | None:
+    """`stmt` compiled once for SQLite's driver, for params dicts with exactly `keys`: its `sql`, and
+    `row(params)` giving the driver's positional row; None when the statement needs SQLAlchemy's own
+    execution (Python-side column defaults to fill in)."""
+    key = (stmt, keys, dialect.name)
+    prepared = _PREPARED.get(key)
+    if prepared is None:
+        prepared = _PREPARED[key] = _Prepared(stmt, keys, dialect)
+        if len(_PREPARED) > _PREPARED_SIZE:
+            _PREPARED.popitem(last=False)
+    return prepared if prepared.complete else None
+
+
 def _driver_rows(stmt: Executable, params: list[dict[str, Any]], dialect: Any) -> tuple[str, list[list[Any]]] | None:
     """The statement's SQL and `params` as the driver's positional rows (compiled once per statement);
     None when the statement needs SQLAlchemy's own execution (Python-side column defaults to fill in)."""
-    key = (stmt, tuple(params[0]), dialect.name)
-    prepared = _PREPARED.get(key)
-    if prepared is None:
-        prepared = _PREPARED[key] = _Prepared(stmt, key[1], dialect)
-        if len(_PREPARED) > _PREPARED_SIZE:
-            _PREPARED.popitem(last=False)
-    if not prepared.complete or any(len(p) != len(key[1]) for p in params):
+    keys = tuple(params[0])
+    prepared = prepared_statement(stmt, keys, dialect)
+    if prepared is None or any(len(p) != len(keys) for p in params):
         return None
     return prepared.sql, [prepared.row(p) for p in params]
 
@@ -202,17 +211,19 @@ async def executemany(conn: AsyncConnection, stmt: Executable, params: list[dict
             await conn.execute(stmt, params)
         return
     sql, rows = prepared
-    await _on_driver(conn, _executemany_in_thread, sql, rows, sql=sql)
+    await on_driver(conn, _executemany_in_thread, sql, rows, sql=sql)
 
 
-async def _on_driver(conn: AsyncConnection, fn: Any, *args: Any, sql: str) -> None:
-    """fn(sqlite3 connection, *args) on the connection's own thread, in one trip; sqlite3's errors come
-    back as SQLAlchemy's DBAPIError, as they would through it."""
+async def on_driver(conn: AsyncConnection, fn: Any, *args: Any, sql: str) -> Any:
+    """fn(sqlite3 connection, *args) on the connection's own thread, in one trip, and its result;
+    sqlite3's errors come back as SQLAlchemy's DBAPIError (`sql` names the statement), as they would
+    through it."""
     driver = (await conn.get_raw_connection()).driver_connection
     try:
-        await driver._execute(lambda: fn(driver._conn, *args))
+        return await driver._execute(lambda: fn(driver._conn, *args))
     except sqlite3.Error as exc:
         raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
+
 
 
 def _executemany_in_thread(conn: sqlite3.Connection, sql: str, rows: list[list[Any]]) -> None:

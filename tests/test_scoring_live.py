@@ -271,8 +271,34 @@ async def test_webhook_on_stage_change_is_signed_and_retried(aiohttp_server: Any
     assert headers["X-Beacon-Delivery"] == received[0][0]["X-Beacon-Delivery"]  # same delivery, retried
 
 
-@pytest.mark.parametrize("seed,chunk", [(1, None), (2, 1)], ids=["decay-in-one-chunk", "decay-a-contact-per-chunk"])
-async def test_rescore_equals_real_time(beacon: Any, seed: int, chunk: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+async def contact_ids(beacon: Any, externals: list[str]) -> set[int]:
+    async with beacon.rt.sessions() as session:
+        return set((await session.scalars(select(Contact.id).where(Contact.external_userid.in_(externals)))).all())
+
+
+async def book_holds(beacon: Any, ids: set[int] | None) -> None:
+    """Before a decay run, after the clock moved on (the tracker lease with it): this process is the
+    tracker again and its ScoreBook holds `ids` (their state replayed as the tracker's warm-up does),
+    or, with None, holds nothing (as in a process that is not the tracker)."""
+    await beacon.rt.tracker.drain()  # takes the lease again, which forgets the book
+    service = beacon.rt.services["scoring"]
+    if ids is None:
+        service.forget()
+        return
+    async with beacon.rt.read_sessions() as session:
+        await service.warm(session, ids)
+    assert all(cid in service.book for cid in ids)
+
+
+@pytest.mark.parametrize(
+    "seed,chunk,cold",
+    [(1, None, False), (2, 1, False), (3, None, True), (4, 1, True)],
+    ids=["decay-in-one-chunk", "decay-a-contact-per-chunk", "decay-from-the-ledger", "decay-from-the-ledger-a-contact-per-chunk"],
+)
+async def test_rescore_equals_real_time(beacon: Any, seed: int, chunk: int | None, cold: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger the tracker and the nightly decay write is the one a replay of the event log makes.
+    Decay takes two paths: through the ScoreBook for contacts this process scored, and from the ledger's
+    aggregates for the others (`cold`: the book forgotten, as in a process that is not the tracker)."""
     import bot.scoring.jobs as jobs
 
     if chunk is not None:  # the nightly decay's chunks as small as they get: the same ledger
@@ -290,6 +316,7 @@ async def test_rescore_equals_real_time(beacon: Any, seed: int, chunk: int | Non
         await post_event(beacon, who, kind, at=beacon.clock.now(), **props)
         await settle(beacon)
     beacon.clock.advance(days=75)
+    await book_holds(beacon, None if cold else await contact_ids(beacon, people))
     assert await run_job(beacon.rt, "decay-scores", decay_scores, "decay:final")
 
     async def snapshot() -> tuple[list[tuple[Any, ...]], dict[str, float]]:
@@ -310,3 +337,47 @@ async def test_rescore_equals_real_time(beacon: Any, seed: int, chunk: int | Non
     assert (a - b, b - a) == ({}, {})
     assert replay_scores == live_scores
     assert report.contacts == len(people) and report.changed == []
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["through-the-book", "from-the-ledger"])
+async def test_decay_leaves_a_contact_scored_meanwhile_for_the_next_run(beacon: Any, cold: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decay reads a chunk, computes its ticks, then writes them in a transaction of its own. A contact
+    whose score changed in between (another process scored it: its tracker decays it as it scores) is
+    left out; the others are written, and the next run decays the one left out."""
+    import bot.scoring.jobs as jobs
+
+    ids = {who: await new_contact(beacon, who) for who in ("wmQuiet1", "wmQuiet2")}
+    for who in ids:
+        await post_event(beacon, who, "download", at=beacon.clock.now())
+    await settle(beacon)
+    beacon.clock.advance(days=60)
+    await book_holds(beacon, None if cold else set(ids.values()))
+    read = jobs._read_chunk
+
+    async def read_then_change(*args: Any, **kwargs: Any) -> Any:
+        found = await read(*args, **kwargs)
+        async with beacon.rt.sessions() as session, session.begin():  # what the other process's scoring commits
+            contact = await session.get(Contact, ids["wmQuiet2"])
+            contact.score = 7.5
+            session.add(ScoreEntry(contact_id=contact.id, model="default", rule="elsewhere", points=-0.5,
+                                   reason="scored elsewhere", at=beacon.clock.now()))
+        return found
+
+    monkeypatch.setattr(jobs, "_read_chunk", read_then_change)
+    assert await run_job(beacon.rt, "decay-scores", decay_scores, "decay:1")
+
+    async def decay_rows(external: str) -> list[float]:
+        async with beacon.rt.sessions() as session:
+            return list((await session.scalars(
+                select(ScoreEntry.points).where(ScoreEntry.contact_id == ids[external], ScoreEntry.rule == "decay")
+            )).all())
+
+    async def score(external: str) -> float:
+        async with beacon.rt.sessions() as session:
+            return (await session.get(Contact, ids[external])).score  # type: ignore[union-attr]
+
+    assert await decay_rows("wmQuiet1") and await score("wmQuiet1") < 8.0
+    assert await decay_rows("wmQuiet2") == [] and await score("wmQuiet2") == 7.5
+    monkeypatch.setattr(jobs, "_read_chunk", read)
+    assert await run_job(beacon.rt, "decay-scores", decay_scores, "decay:2")
+    assert await decay_rows("wmQuiet2") and await score("wmQuiet2") < 7.5

@@ -16,6 +16,11 @@ so that a chunk's write transaction takes about bot.db.WRITE_TARGET_S):
    meanwhile, decaying them itself) are left out, and the ledger rows and new scores / temperatures
    of the others go in with one executemany each. On SQLite the write lock is held for that
    transaction only (milliseconds), not for the whole job: link opens and callbacks keep committing.
+   There, the rows are converted for the driver in step 1, and the transaction (BEGIN IMMEDIATE,
+   the check, both executemany runs, COMMIT) is one call on the connection's thread: nothing of the
+   event loop's runs inside it, which under link load stretched each chunk's transaction to several
+   times its own work (the loop's other tasks ran between its awaits while the lock was held).
+   Contacts the ScoreBook holds are decayed through the book, in a transaction of their own.
 The job needs no replay of the event log, so its cost is a few indexed aggregates per chunk, not a
 rescore of every quiet contact. The longest write transaction (BEGIN through COMMIT) is logged.
 """
@@ -29,11 +34,11 @@ from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import String, and_, bindparam, case, func, insert, or_, select, type_coerce, update
 
-from bot.batch import executemany
+from bot.batch import executemany, on_driver, prepared_statement
 from bot.context import Context
-from bot.db import Chunks, yield_to_writer
+from bot.db import Chunks, write_gate, yield_to_writer
 from bot.leases import holds_lease
 from bot.lifecycle import mark_dormant, recently_reactivated
 from bot.models import Contact, Event, ScoreEntry
@@ -66,20 +71,27 @@ async def decay_scores(ctx: Context) -> None:
     quiet = decayed = chunks = 0
     longest = 0.0
     size = Chunks(CHUNK)
-    steer = ctx.session.bind.dialect.name == "sqlite"  # sized to SQLite's one write lock; PostgreSQL locks rows
+    form = _WriteForm(rt.engine)
     while True:
         await yield_to_writer(rt.engine)  # the chunk's read and arithmetic run after any transaction in progress
         async with rt.read_sessions() as reader:
-            seen, prepared = await _read_chunk(reader, service, days, cutoff, after, now, size.size)
+            seen, prepared = await _read_chunk(reader, service, days, cutoff, after, now, size.size, form)
         if not seen:
             break
         after = max(seen)
         quiet += len(seen)
         chunks += 1
-        written, held = await _write_chunk(rt, service, seen, prepared, now)
-        if steer:
+        held = 0.0
+        if form.driver:
+            written, held = await _write_prepared(rt, service, seen, prepared, form)
+            prepared = {}
+            decayed += written
+        if not form.driver or any(cid in service.book for cid in seen):
+            written, took = await _write_chunk(rt, service, seen, prepared, now, form)
+            decayed += written
+            held = max(held, took)
+        if form.driver:  # sized to SQLite's one write lock; PostgreSQL locks rows
             size.took(held, len(seen))
-        decayed += written
         longest = max(longest, held)
     log.info("decay: %d of %d quiet contacts lost points (%d chunks, last %d contacts, longest write transaction %.1f ms)",
              decayed, quiet, chunks, size.size, longest * 1000)
@@ -129,7 +141,8 @@ def _chunk_statement() -> Any:
         .subquery("engaged")
     )
     return (
-        select(chunk.c.id, chunk.c.score, chunk.c.last_activity_at, chunk.c.region, chunk.c.reactivated,
+        # The last activity as stored (on SQLite its text): only compared with itself, read again at write time.
+        select(chunk.c.id, chunk.c.score, type_coerce(chunk.c.last_activity_at, String), chunk.c.region, chunk.c.reactivated,
                ledger.c.total, ledger.c.behavior, ledger.c.last_tick, engaged.c.engaged)
         .select_from(chunk.outerjoin(ledger, ledger.c.contact_id == chunk.c.id).outerjoin(engaged, engaged.c.contact_id == chunk.c.id))
         .order_by(chunk.c.id)
@@ -139,11 +152,32 @@ def _chunk_statement() -> Any:
 _CHUNK_READ = _chunk_statement()
 
 
+class _WriteForm:
+    """The rows decay writes, in the form they are written in: on SQLite the driver's positional rows,
+    converted before the write transaction (`bot.batch.prepared_statement`); elsewhere the dicts
+    SQLAlchemy takes."""
+
+    def __init__(self, engine: Any) -> None:
+        self.dialect = engine.dialect
+        self.driver = write_gate(engine) is not None  # SQLite (the gate is what the one-call transaction takes)
+        self.ledger: Any = None
+        self.update: Any = None
+
+    def rows(self, ledger: list[dict[str, Any]], change: dict[str, Any]) -> tuple[list[Any], Any]:
+        if self.driver and self.ledger is None:
+            self.ledger = prepared_statement(_LEDGER_INSERT, tuple(ledger[0]), self.dialect)
+            self.update = prepared_statement(_SCORE_UPDATE, tuple(change), self.dialect)
+            self.driver = self.ledger is not None and self.update is not None
+        if not self.driver:
+            return ledger, change
+        return [self.ledger.row(row) for row in ledger], self.update.row(change)
+
+
 async def _read_chunk(reader: Any, service: Any, days: _LocalDays, cutoff: dt.datetime, after: int,
-                      now: dt.datetime, limit: int) -> tuple[dict[int, tuple[Any, ...]], dict[int, tuple[list[dict[str, Any]], dict[str, Any]]]]:
-    """The next `limit` quiet contacts after id `after`: {id: (score, last_activity_at, region,
-    reactivated_at)} as read, and for those the book does not hold and that lose points, {id:
-    (ledger rows, contact update)}."""
+                      now: dt.datetime, limit: int, form: _WriteForm) -> tuple[dict[int, tuple[Any, ...]], dict[int, tuple[list[Any], Any]]]:
+    """The next `limit` quiet contacts after id `after`: {id: (score, last_activity_at as stored,
+    region, reactivated_at)} as read, and for those the book does not hold and that lose points, {id:
+    (ledger rows, contact update)} in `form`."""
     conn = await reader.connection()
     contacts = (await conn.execute(_CHUNK_READ, {"after": after, "cutoff": cutoff, "limit": limit})).all()
     if not contacts:
@@ -155,6 +189,8 @@ async def _read_chunk(reader: Any, service: Any, days: _LocalDays, cutoff: dt.da
         if n % 100 == 99:
             await yield_to_writer(reader.bind)  # a chunk's arithmetic is tens of milliseconds: let others go first
         seen[contact_id] = (score, last_activity, region, reactivated)
+        if contact_id in service.book:
+            service.check(SimpleNamespace(id=contact_id, score=score))  # scored elsewhere: from the ledger, then
         if contact_id in service.book or last_engaged is None:
             continue  # the book's state is used at write time; never engaged: nothing decays
         spec = scorer.model_for(region or None)
@@ -165,7 +201,8 @@ async def _read_chunk(reader: Any, service: Any, days: _LocalDays, cutoff: dt.da
         entries = scorer.decay(state, now)
         if entries:
             new_score = round(float(total or 0.0) + sum(e.points for e in entries), 2)
-            prepared[contact_id] = (ledger_rows(entries), _update(contact_id, new_score, _temperature(new_score, spec, reactivated, now), now))
+            change = _update(contact_id, new_score, _temperature(new_score, spec, reactivated, now), now)
+            prepared[contact_id] = form.rows(ledger_rows(entries), change)
     return seen, prepared
 
 
@@ -177,11 +214,56 @@ def _update(contact_id: int, score: float, temp: str, now: dt.datetime) -> dict[
     return {"b_id": contact_id, "b_score": score, "b_temperature": temp, "b_now": now}
 
 
+_CONTACTS = Contact.__table__.name
+
+
+async def _write_prepared(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]],
+                          prepared: dict[int, tuple[list[Any], Any]], form: _WriteForm) -> tuple[int, float]:
+    """SQLite: the ticks and new scores computed before the transaction, for the contacts nobody
+    scored meanwhile, in one call on the connection's thread (BEGIN IMMEDIATE through COMMIT, under
+    this process's write gate). Returns how many contacts lost points and how long the lock was held.
+    A contact the book took up meanwhile without scoring it is written too; its cached state is
+    dropped, to be replayed from what was written."""
+    if not prepared:
+        return 0, 0.0
+    expected = {cid: seen[cid][:2] for cid in prepared}
+    engine = rt.engine
+    async with engine.connect() as conn, write_gate(engine).exclusive():  # type: ignore[union-attr]
+        written, held = await on_driver(conn, _decay_in_thread, expected, prepared, form.ledger.sql, form.update.sql,
+                                        sql=form.update.sql)
+    for contact_id in written:
+        if contact_id in service.book:
+            service.forget(contact_id)
+    return len(written), held
+
+
+def _decay_in_thread(conn: Any, expected: dict[int, tuple[Any, Any]], prepared: dict[int, tuple[list[Any], Any]],
+                     ledger_sql: str, update_sql: str) -> tuple[list[int], float]:
+    """On SQLite's connection thread: the whole write transaction of `_write_prepared`."""
+    began = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ids = list(expected)
+        current = conn.execute(f"SELECT id, score, last_activity_at FROM {_CONTACTS} WHERE id IN ({','.join('?' * len(ids))})", ids)
+        written = [cid for cid, score, activity in current if expected[cid] == (score, activity)]
+        ledger = [row for cid in written for row in prepared[cid][0]]
+        if ledger:
+            conn.executemany(ledger_sql, ledger)
+            conn.executemany(update_sql, [prepared[cid][1] for cid in written])
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return written, time.perf_counter() - began
+
+
 async def _write_chunk(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]],
-                       prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]], now: dt.datetime) -> tuple[int, float]:
+                       prepared: dict[int, tuple[list[Any], Any]], now: dt.datetime, form: _WriteForm) -> tuple[int, float]:
     """One short transaction: the chunk's ticks and new scores, for contacts nobody scored meanwhile
-    (everything but the book's contacts was computed before the transaction began). Returns how many
-    contacts lost points and how long the transaction held the write lock (BEGIN through COMMIT).
+    (the book's contacts decayed through the book; the others' rows, in `prepared`, were computed
+    before the transaction began: on SQLite they were written by `_write_prepared` and this only
+    decays the book's). Returns how many contacts lost points and how long the transaction held the
+    write lock (BEGIN through COMMIT).
 
     COMMIT counts: it writes the chunk's changed pages to the WAL with the lock held, which at a
     million contacts was as long again as the statements. It does not include a checkpoint as long
@@ -193,9 +275,13 @@ async def _write_chunk(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]],
             async with session.begin():
                 conn = await session.connection()  # BEGIN IMMEDIATE on SQLite: the write lock from here
                 began = time.perf_counter()
-                rows, updates = await _chunk_changes(conn, service, seen, prepared, now, changed_book)
-                await executemany(conn, _LEDGER_INSERT, rows)
-                await executemany(conn, _SCORE_UPDATE, updates)
+                rows, updates = await _chunk_changes(conn, service, seen, prepared, now, changed_book, form)
+                if form.driver:
+                    if rows:
+                        await on_driver(conn, _write_rows_in_thread, form.ledger.sql, rows, form.update.sql, updates, sql=form.update.sql)
+                else:
+                    await executemany(conn, _LEDGER_INSERT, rows)
+                    await executemany(conn, _SCORE_UPDATE, updates)
             held = time.perf_counter() - began
     except BaseException:
         for contact_id in changed_book:  # the book moved on, the database did not: replay them later
@@ -204,13 +290,20 @@ async def _write_chunk(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]],
     return len(updates), held
 
 
+def _write_rows_in_thread(conn: Any, ledger_sql: str, ledger: list[Any], update_sql: str, updates: list[Any]) -> None:
+    conn.executemany(ledger_sql, ledger)
+    conn.executemany(update_sql, updates)
+
+
 async def _chunk_changes(conn: Any, service: Any, seen: dict[int, tuple[Any, ...]],
-                         prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]], now: dt.datetime,
-                         changed_book: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Inside the write transaction: the ledger rows and contact updates of the chunk's contacts that
-    are as they were read (locked on PostgreSQL), decaying the book's contacts through the book."""
+                         prepared: dict[int, tuple[list[Any], Any]], now: dt.datetime,
+                         changed_book: list[int], form: _WriteForm) -> tuple[list[Any], list[Any]]:
+    """Inside the write transaction: the ledger rows and contact updates (in `form`) of the chunk's
+    contacts that are as they were read (locked on PostgreSQL), decaying the book's contacts through
+    the book."""
     c = Contact.__table__.c
-    current = select(c.id, c.score, c.last_activity_at).where(c.id.in_(list(seen)))
+    wanted = list(seen) if not form.driver else [cid for cid in seen if cid in service.book]
+    current = select(c.id, c.score, type_coerce(c.last_activity_at, String)).where(c.id.in_(wanted))
     if conn.dialect.name == "postgresql":
         current = current.with_for_update()
     rows: list[dict[str, Any]] = []
@@ -228,8 +321,9 @@ async def _chunk_changes(conn: Any, service: Any, seen: dict[int, tuple[Any, ...
             changed_book.append(contact_id)
             new_score = service.score(contact_id)
             model = service.scorer.model_for(region or None)
-            rows += ledger_rows(ticks)
-            updates.append(_update(contact_id, new_score, _temperature(new_score, model, reactivated, now), now))
+            ledger, change = form.rows(ledger_rows(ticks), _update(contact_id, new_score, _temperature(new_score, model, reactivated, now), now))
+            rows += ledger
+            updates.append(change)
         elif contact_id in prepared:
             ledger, change = prepared[contact_id]
             rows += ledger
