@@ -47,9 +47,15 @@ def _with_dedupe(path: str, payload: dict[str, Any], key: str, agent_id: int) ->
     return payload
 
 
+def outbox_row(path: str, payload: dict[str, Any], *, key: str, now: dt.datetime) -> dict[str, Any]:
+    """A new outbox row's columns, every default filled in (for writers that bypass the ORM)."""
+    return {"idempotency_key": key[:160], "path": path, "payload": payload, "status": "pending", "attempts": 0,
+            "next_attempt_at": now, "created_at": now}
+
+
 def enqueue(session: AsyncSession, path: str, payload: dict[str, Any], *, key: str, now: dt.datetime) -> OutboxItem:
     """Add an outbox row to the caller's transaction."""
-    item = OutboxItem(idempotency_key=key[:160], path=path, payload=payload, next_attempt_at=now, created_at=now)
+    item = OutboxItem(**outbox_row(path, payload, key=key, now=now))
     session.add(item)
     return item
 

@@ -191,23 +191,53 @@ async def test_reps_todo_lists_overdue_first_with_task_links(beacon: Any) -> Non
     assert len(beacon.sim.state.messages_to("rep1")) == 1 and beacon.sim.state.messages_to("mgr1") == []
 
 
+def before_each_claim(monkeypatch: pytest.MonkeyPatch, before: Any, after_commit: Any = None) -> None:
+    """Calls before(recipient) before each digest claim, and after_commit() after each COMMIT of claims,
+    on either write path: the job's unit of work (PostgreSQL), or one call on SQLite's thread per
+    transaction (where these run on that thread)."""
+    import bot.digest.jobs as jobs
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    real_claim, real_one, real_commit, real_session_commit = jobs.claim_and_queue, jobs._claim_one, jobs._commit, AsyncSession.commit
+
+    async def claim(session: Any, out: Any, *, now: dt.datetime) -> bool:
+        before(out.recipient)
+        return await real_claim(session, out, now=now)
+
+    def claim_one(conn: Any, claim: Any, *args: Any) -> bool:
+        before(claim.out.recipient)
+        return real_one(conn, claim, *args)
+
+    monkeypatch.setattr(jobs, "claim_and_queue", claim)
+    monkeypatch.setattr(jobs, "_claim_one", claim_one)
+    if after_commit is not None:
+        def commit(conn: Any) -> None:
+            real_commit(conn)
+            after_commit()
+
+        async def session_commit(self: AsyncSession) -> None:
+            await real_session_commit(self)
+            after_commit()
+
+        monkeypatch.setattr(jobs, "_commit", commit)
+        monkeypatch.setattr(AsyncSession, "commit", session_commit)
+
+
 async def run_dying_on_the_fourth_claim(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
     """digest-reps run by a process killed at its fourth claim: (recipients it tried, in order;
     recipients whose digest was committed)."""
     import bot.digest.jobs as jobs
 
-    real = jobs.claim_and_queue
     calls: list[str] = []
 
-    async def dies_on_the_fourth(session: Any, out: Any, *, now: dt.datetime) -> bool:
-        calls.append(out.recipient)
+    def dies_on_the_fourth(recipient: str) -> None:
+        calls.append(recipient)
         if len(calls) == 4:
             raise RuntimeError("process killed")
-        return await real(session, out, now=now)
 
-    monkeypatch.setattr(jobs, "claim_and_queue", dies_on_the_fourth)
-    assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:first")
-    monkeypatch.setattr(jobs, "claim_and_queue", real)
+    with monkeypatch.context() as patch:
+        before_each_claim(patch, dies_on_the_fourth)
+        assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:first")
     async with beacon.rt.sessions() as session:
         committed = sorted((await session.scalars(select(Digest.recipient).where(Digest.kind == "reps"))).all())
     return calls, committed
@@ -251,34 +281,28 @@ async def test_a_digest_transaction_leaves_room_for_its_commit(beacon: Any, monk
     costs 1 unit, a COMMIT 2, the budget is 3 (CLAIM_CHUNK out of the way)."""
     import types
 
-    from sqlalchemy.ext.asyncio import AsyncSession
-
     import bot.digest.jobs as jobs
 
     await seed(beacon.rt)
     beacon.clock.set(mon(8, 30, day=24))
     now = [0.0]
     chunks: list[int] = [0]
-    real_claim, real_commit = jobs.claim_and_queue, AsyncSession.commit
 
-    async def claim(session: Any, out: Any, **kw: Any) -> bool:
+    def claim(_recipient: str) -> None:
         now[0] += 1
         chunks[-1] += 1
-        return await real_claim(session, out, **kw)
 
-    async def commit(self: AsyncSession) -> None:
-        await real_commit(self)
+    def commit() -> None:
         now[0] += 2
         chunks.append(0)
 
-    monkeypatch.setattr(jobs, "claim_and_queue", claim)
-    monkeypatch.setattr(AsyncSession, "commit", commit)
+    before_each_claim(monkeypatch, claim, commit)
     monkeypatch.setattr(jobs, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     monkeypatch.setattr(jobs, "CLAIM_CHUNK", 100)
     monkeypatch.setattr(jobs, "CLAIM_BUDGET_S", 3)
     assert await run_job(beacon.rt, "digest-reps", digest_reps, "digest-reps:counted")
-    # 3 claims (a 4th would pass 3 units; no COMMIT timed yet), then 1 per transaction (1 + 1 + 2 > 3);
-    # the last claim is committed by the job's unit of work. Not counting COMMIT would give [3, 2].
+    # 3 claims (a 4th would pass 3 units; no COMMIT timed yet), then 1 per transaction (1 + 1 + 2 > 3).
+    # Not counting COMMIT would give [3, 2].
     assert [n for n in chunks if n] == [3, 1, 1], chunks
     async with beacon.rt.sessions() as session:
         assert len((await session.scalars(select(Digest.recipient).where(Digest.kind == "reps"))).all()) == 5

@@ -1,12 +1,18 @@
 """The digest jobs (`digest-reps`, `digest-managers`) and the building blocks the CLI shares with them.
 
-Data is read in a read-only session, and charts are drawn in a child process. Only then does the job's
-unit of work write the `digests` rows and the outbox rows, committing every CLAIM_CHUNK recipients or
-sooner, before one more claim and the COMMIT (timed at the last one) would take the transaction past
-CLAIM_BUDGET_S (a manager's digest carries its chart), so on SQLite the write lock is held for
-milliseconds at a time, not for the whole build or all of a large team's claims at once. A claim is
-idempotent (one `digests` row per kind, recipient and day): a run that fails half-way has queued the
-digests it committed, and a later run queues the rest.
+Data is read in a read-only session, and charts are drawn in a child process. Only then are the
+`digests` rows and the outbox rows written, committing every CLAIM_CHUNK recipients or sooner, before
+one more claim and the COMMIT (timed at the last one) would take the transaction past CLAIM_BUDGET_S (a
+manager's digest carries its chart), so on SQLite the write lock is held for milliseconds at a time, not
+for the whole build or all of a large team's claims at once. A claim is idempotent (one `digests` row
+per kind, recipient and day): a run that fails half-way has queued the digests it committed, and a
+later run queues the rest.
+
+On SQLite every row is converted for the driver first, and each transaction (BEGIN IMMEDIATE, its
+claims, COMMIT) is one call on the connection's thread: no await inside it lets the event loop's other
+work (link opens, the tracker) run while the lock is held, which under load stretched a 20 ms chunk
+several times over. Elsewhere (PostgreSQL, where a transaction holds row locks only) the job's unit of
+work makes the claims and commits the last chunk.
 """
 
 from __future__ import annotations
@@ -16,12 +22,19 @@ import datetime as dt
 import logging
 import time
 
+from typing import Any
+
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.batch import on_driver, prepared_statement
 from bot.config import Settings
 from bot.context import Context
+from bot.db import write_gate, yield_to_writer
 from bot.digest.managers import render_team, summary
-from bot.digest.send import Outgoing, claim_and_queue
+from bot.digest.send import Outgoing, claim_and_queue, claim_statement, digest_row, messages
+from bot.models import OutboxItem
+from bot.outbox import outbox_row
 from bot.digest.team import build_team_digests
 from bot.digest.todo import build_todos, render_todo
 from bot.digest.window import split_markdown, today, window_for
@@ -70,6 +83,12 @@ async def send_digests(ctx: Context, kind: str, day: dt.date) -> tuple[int, int]
     async with ctx.runtime.read_sessions() as reader:
         outs = await build_outgoing(reader, ctx.settings, kind, day)
     now = ctx.clock.now()
+    claims = _driver_claims(ctx.runtime.engine, outs, now) if outs else None
+    if claims is not None:
+        flags = await _claim_on_driver(ctx.runtime.engine, *claims)
+        sent = sum(1 for claimed, out in zip(flags, outs) if claimed and out.bodies)
+        log.info("digest %s %s: %d sent, %d already sent or empty", kind, day, sent, len(outs) - sent)
+        return sent, len(outs) - sent
     sent = skipped = 0
     clock = time.perf_counter
     began, claimed, commit_s = clock(), 0, 0.0
@@ -92,6 +111,84 @@ async def send_digests(ctx: Context, kind: str, day: dt.date) -> tuple[int, int]
             began, claimed = clock(), 0
     log.info("digest %s %s: %d sent, %d already sent or empty", kind, day, sent, skipped)
     return sent, skipped
+
+
+_OUTBOX_INSERT = insert(OutboxItem.__table__)
+
+
+class DriverClaim:
+    """One recipient's claim as SQLite's driver takes it: the `digests` row and its outbox rows."""
+
+    __slots__ = ("out", "digest", "outbox")
+
+    def __init__(self, out: Outgoing, digest: list[Any], outbox: list[list[Any]]) -> None:
+        self.out, self.digest, self.outbox = out, digest, outbox
+
+
+def _driver_claims(engine: Any, outs: list[Outgoing], now: dt.datetime) -> tuple[list[DriverClaim], str, str] | None:
+    """SQLite: every claim converted for the driver, with the two statements' SQL; else None."""
+    if write_gate(engine) is None:
+        return None
+    first = digest_row(outs[0], now)
+    claim = prepared_statement(claim_statement("sqlite"), tuple(first), engine.dialect)
+    queue = prepared_statement(_OUTBOX_INSERT, tuple(outbox_row("", {}, key="", now=now)), engine.dialect)
+    if claim is None or queue is None:
+        return None
+    claims = [
+        DriverClaim(out, claim.row(digest_row(out, now)), [queue.row(outbox_row(path, payload, key=key, now=now))
+                                                          for path, payload, key in messages(out)])
+        for out in outs
+    ]
+    return claims, claim.sql, queue.sql
+
+
+async def _claim_on_driver(engine: Any, claims: list[DriverClaim], claim_sql: str, queue_sql: str) -> list[bool]:
+    """Each claim's outcome (whether this run claimed it), written a transaction of one call at a time."""
+    flags: list[bool] = []
+    commit_s = 0.0
+    while len(flags) < len(claims):
+        await yield_to_writer(engine)  # between chunks: any write transaction in progress first
+        async with engine.connect() as conn, write_gate(engine).exclusive():  # type: ignore[union-attr]
+            done, commit_s = await on_driver(conn, _claim_chunk, claims[len(flags):len(flags) + CLAIM_CHUNK],
+                                             claim_sql, queue_sql, CLAIM_BUDGET_S, commit_s, sql=claim_sql)
+        flags += done
+    return flags
+
+
+def _claim_chunk(conn: Any, claims: list[DriverClaim], claim_sql: str, queue_sql: str, budget_s: float,
+                 commit_s: float) -> tuple[list[bool], float]:
+    """On SQLite's connection thread: one transaction of claims, ended before one more claim and a
+    COMMIT as long as the last (`commit_s`) would pass `budget_s`. Returns each claim's outcome and how
+    long this COMMIT took."""
+    clock = time.perf_counter
+    began = clock()
+    conn.execute("BEGIN IMMEDIATE")
+    done: list[bool] = []
+    try:
+        for claim in claims:
+            done.append(_claim_one(conn, claim, claim_sql, queue_sql))
+            elapsed = clock() - began
+            if elapsed + elapsed / len(done) + commit_s > budget_s:
+                break
+    except BaseException:
+        conn.rollback()
+        raise
+    committing = clock()
+    _commit(conn)
+    return done, clock() - committing
+
+
+def _claim_one(conn: Any, claim: DriverClaim, claim_sql: str, queue_sql: str) -> bool:
+    """claim_and_queue, on the driver: the `digests` row, and if it went in, the messages."""
+    if not conn.execute(claim_sql, claim.digest).fetchall():
+        return False
+    if claim.outbox:
+        conn.executemany(queue_sql, claim.outbox)
+    return True
+
+
+def _commit(conn: Any) -> None:
+    conn.commit()
 
 
 async def digest_reps(ctx: Context) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,25 +49,38 @@ class Outgoing:
         return f"beacon-{self.kind}-{self.recipient}-{self.day.isoformat()}.png"
 
 
-async def claim_and_queue(session: AsyncSession, out: Outgoing, *, now: dt.datetime) -> bool:
-    """Record the digest and queue its messages; False (and nothing queued) if it was sent before."""
-    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+def digest_row(out: Outgoing, now: dt.datetime) -> dict[str, Any]:
+    """The `digests` row that claims `out`."""
     content = {"bodies": out.bodies, "numbers": out.numbers, "chart": out.chart is not None, "empty": not out.bodies}
-    stmt = (
-        dialect.insert(Digest)
-        .values(kind=out.kind, recipient=out.recipient, day=out.day, content=content, created_at=now)
-        .on_conflict_do_nothing(index_elements=["kind", "recipient", "day"])
-        .returning(Digest.id)
-    )
-    if (await session.execute(stmt)).scalar() is None:
-        return False
+    return {"kind": out.kind, "recipient": out.recipient, "day": out.day, "content": content, "created_at": now}
+
+
+@functools.lru_cache(maxsize=None)
+def claim_statement(dialect_name: str) -> Any:
+    """INSERT of a `digests` row (`digest_row`'s keys) that does nothing if the digest was claimed
+    before, RETURNING its id only if this one claimed it."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(Digest).on_conflict_do_nothing(index_elements=["kind", "recipient", "day"]).returning(Digest.id)
+
+
+def messages(out: Outgoing) -> list[tuple[str, dict[str, Any], str]]:
+    """The outbox rows (path, payload, idempotency key) that carry `out`: its markdown bodies, then its chart."""
     base = f"digest:{out.kind}:{out.day.isoformat()}:{out.recipient}"
-    for n, body in enumerate(out.bodies):
-        payload = {"touser": out.recipient, "msgtype": "markdown", "markdown": {"content": body}}
-        enqueue(session, SEND_PATH, payload, key=f"{base}:{n}", now=now)
+    queued = [(SEND_PATH, {"touser": out.recipient, "msgtype": "markdown", "markdown": {"content": body}}, f"{base}:{n}")
+              for n, body in enumerate(out.bodies)]
     if out.chart is not None and out.bodies:
         payload = {"touser": out.recipient, "filename": out.chart_name, "png_b64": base64.b64encode(out.chart).decode()}
-        enqueue(session, IMAGE_PATH, payload, key=f"{base}:chart", now=now)
+        queued.append((IMAGE_PATH, payload, f"{base}:chart"))
+    return queued
+
+
+async def claim_and_queue(session: AsyncSession, out: Outgoing, *, now: dt.datetime) -> bool:
+    """Record the digest and queue its messages; False (and nothing queued) if it was sent before."""
+    claimed = await session.execute(claim_statement(session.bind.dialect.name), digest_row(out, now))
+    if claimed.scalar() is None:
+        return False
+    for path, payload, key in messages(out):
+        enqueue(session, path, payload, key=key, now=now)
     return True
 
 
