@@ -6,7 +6,10 @@ Each measurement is a fresh subprocess (`python -m bench.memory _measure VARIANT
 what it needs, builds its inputs, collects garbage, then fills one structure with N contacts and
 reports how much it grew:
 - dict: `{contact_id: score}` with N distinct float scores: the least a process can keep per contact;
-- book: a ScoringService (bot/scoring/service.py) whose ScoreBook holds N contacts' states;
+- book: a ScoringService (bot/scoring/service.py) whose ScoreBook holds N contacts' states, ids 1…N;
+- spread: the same with ids SPREAD apart: the contacts one process scored, spread over a company
+  SPREAD times the book's size (the book's id → row index costs 4 bytes per id up to the largest:
+  bot/scoring/engine.py RowIndex);
 - objects (reference only, up to 200k contacts): a dict of N ContactScoreState objects, what the
   book's packing avoids.
 The states are realistic: a sample of contacts is generated like `python -m bot synth` does (profile,
@@ -18,7 +21,7 @@ keep their totals: packed in their row (bot/scoring/engine.py pack_totals), or b
 dict when they do not fit; cap counters live beside the packed arrays, in a dict.
 Two modes: RSS growth (/proc/self/statm, after gc) and tracemalloc (traced bytes after the fill; dict
 and book only).
-Target (issue 9): the book ≤ 1.5× the plain dict, on RSS growth. A breakdown of the book by part
+Target (issue 9): the book ≤ 1.5× the plain dict, on RSS growth, for both id layouts. A breakdown of the book by part
 (row index, arrays, cap counters, totals) says where the bytes go.
 Exit status: 0 ran (the target may MISS; with --strict a MISS is exit 1), 1 a measurement failed,
 2 could not run.
@@ -40,7 +43,9 @@ from bench import harness
 NAME = "memory"
 SUMMARY = "ScoreBook (the scorer's in-memory state) vs a plain dict id → score, 100k and 1M contacts"
 TARGET_RATIO = 1.5
-VARIANTS = ("dict", "book", "objects")
+VARIANTS = ("dict", "book", "objects", "spread")
+TRACED = ("dict", "book")  # measured with tracemalloc too
+SPREAD = 10
 OBJECTS_UP_TO = 200_000  # contacts: the ORM-free objects reference is measured up to this size
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -108,6 +113,7 @@ def measure(variant: str, n: int, mode: str, sample: int) -> dict[str, Any]:
     import tracemalloc
 
     service, states = sample_states(sample) if variant != "dict" else (None, [])
+    step = SPREAD if variant == "spread" else 1
     scores = [(i % 9973) * 0.37 for i in range(sample)]  # a few floats to cycle through, as distinct objects below
     gc.collect()
     if mode == "tracemalloc":
@@ -119,10 +125,10 @@ def measure(variant: str, n: int, mode: str, sample: int) -> dict[str, Any]:
         holder = {}
         for i in range(1, n + 1):
             holder[i] = scores[i % sample] + 0.0 * i  # a new float object per contact, as real scores are
-    elif variant == "book":
+    elif variant in ("book", "spread"):
         holder = service.book  # type: ignore[union-attr]
         for i in range(1, n + 1):
-            holder.put(_copy(states[i % sample], i))
+            holder.put(_copy(states[i % sample], i * step))
     else:
         holder = {i: _copy(states[i % sample], i) for i in range(1, n + 1)}
     fill_s = time.perf_counter() - started
@@ -131,7 +137,7 @@ def measure(variant: str, n: int, mode: str, sample: int) -> dict[str, Any]:
     traced = tracemalloc.get_traced_memory()[0] if mode == "tracemalloc" else None
     out: dict[str, Any] = {"variant": variant, "n": n, "mode": mode, "bytes": traced if traced is not None else grown,
                            "fill_s": fill_s}
-    if variant == "book":
+    if variant in ("book", "spread"):
         out["parts"] = book_parts(holder)
         out["with_caps"] = len(holder._caps)
         out["with_totals"] = len(holder._totals)
@@ -141,13 +147,13 @@ def measure(variant: str, n: int, mode: str, sample: int) -> dict[str, Any]:
 
 def book_parts(book: Any) -> dict[str, int]:
     """Bytes per part of a ScoreBook (containers and the objects they alone hold; int keys counted once)."""
-    rows = sys.getsizeof(book._rows) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in book._rows.items())
+    rows = book._rows.nbytes()
     arrays = sum(a.buffer_info()[1] * a.itemsize for a in (book._model, book._mask, book._behavior, book._penalty, book._active, book._clock, book._packed_totals))
     caps = sys.getsizeof(book._caps) + sum(
         sys.getsizeof(c) + sys.getsizeof(c.earned) + (sys.getsizeof(c.per_item) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in c.per_item.items())
                                                       if c.per_item else 0) for c in book._caps.values())
     totals = sys.getsizeof(book._totals) + sum(sys.getsizeof(t) for t in book._totals.values())
-    return {"row index (dict id → row)": rows, "packed arrays": arrays, "cap counters (today)": caps, "max_times totals (unpacked)": totals}
+    return {"row index (id → row)": rows, "packed arrays": arrays, "cap counters (today)": caps, "max_times totals (unpacked)": totals}
 
 
 def run_one(variant: str, n: int, mode: str, sample: int) -> dict[str, Any]:
@@ -179,7 +185,9 @@ def main(argv: list[str]) -> int:
         for n in sizes:
             for mode in ("rss", "tracemalloc"):
                 # the objects reference only at the smaller sizes: at 1M it costs a quarter of the run
-                for variant in VARIANTS if mode == "rss" and n <= OBJECTS_UP_TO else VARIANTS[:2]:
+                for variant in VARIANTS if mode == "rss" else TRACED:
+                    if variant == "objects" and n > OBJECTS_UP_TO:
+                        continue
                     results[(variant, n, mode)] = run_one(variant, n, mode, args.sample)
     except (harness.BenchError, subprocess.TimeoutExpired) as exc:
         print(f"\nmemory: a measurement failed: {exc}", file=sys.stderr)
@@ -190,20 +198,22 @@ def main(argv: list[str]) -> int:
     mib = 2**20
     rows = []
     verdicts = []
+    def times(a: dict[str, Any], b: dict[str, Any]) -> float:
+        return a["bytes"] / b["bytes"] if b["bytes"] else float("inf")
+
     for n in sizes:
-        d, b, o = (results.get((v, n, "rss")) for v in VARIANTS)
-        assert d is not None and b is not None
-        dt_, bt = (results[(v, n, "tracemalloc")] for v in VARIANTS[:2])
-        ratio = b["bytes"] / d["bytes"] if d["bytes"] else float("inf")
-        verdicts.append(ratio <= TARGET_RATIO)
-        rows.append([f"{n:,}", d["bytes"] / mib, b["bytes"] / mib, ratio,
-                     o["bytes"] / mib if o else "-", (o["bytes"] / d["bytes"] if d["bytes"] else 0.0) if o else "-",
-                     dt_["bytes"] / mib, bt["bytes"] / mib, bt["bytes"] / dt_["bytes"] if dt_["bytes"] else 0.0,
-                     b["bytes"] / n, d["bytes"] / n])
+        d, b, o, w = (results.get((v, n, "rss")) for v in VARIANTS)
+        assert d is not None and b is not None and w is not None
+        dt_, bt = (results[(v, n, "tracemalloc")] for v in TRACED)
+        verdicts.append(times(b, d) <= TARGET_RATIO and times(w, d) <= TARGET_RATIO)
+        rows.append([f"{n:,}", d["bytes"] / mib, b["bytes"] / mib, times(b, d), w["bytes"] / mib, times(w, d),
+                     o["bytes"] / mib if o else "-", times(o, d) if o else "-",
+                     times(bt, dt_), b["bytes"] / n, w["bytes"] / n, d["bytes"] / n])
     print()
     print(harness.table(
-        ["contacts", "dict MiB", "book MiB", "book × dict", "objects MiB", "objects × dict", "dict MiB (tm)", "book MiB (tm)",
-         "book × dict (tm)", "book B/contact", "dict B/contact"], rows))
+        ["contacts", "dict MiB", "book MiB", "book × dict", "spread MiB", "spread × dict", "objects MiB", "objects × dict",
+         "book × dict (tm)", "book B/contact", "spread B/contact", "dict B/contact"], rows))
+    print(f"  book: ids 1…N; spread: ids {SPREAD} apart (a book of the contacts one process scored in a company {SPREAD} times its size)")
     last = results[("book", sizes[-1], "rss")]
     print(f"\n  where the book's bytes go at {sizes[-1]:,} contacts (sys.getsizeof; {last['with_totals']:,} contacts with unpacked "
           f"max_times totals, {last['with_caps']:,} with today's cap counters):")
@@ -212,8 +222,9 @@ def main(argv: list[str]) -> int:
                         [[k, v / mib, f"{v / total * 100:.0f} %", v / sizes[-1]] for k, v in last["parts"].items()]))
     ok = all(verdicts)
     for n, good in zip(sizes, verdicts):
-        d, b = results[("dict", n, "rss")], results[("book", n, "rss")]
-        print(f"  {n:>9,}: book {b['bytes'] / d['bytes']:.2f}× the dict (RSS growth; target ≤ {TARGET_RATIO}×)  {harness.verdict(good)}")
+        d, b, w = (results[(v, n, "rss")] for v in ("dict", "book", "spread"))
+        print(f"  {n:>9,}: book {times(b, d):.2f}× the dict, ids {SPREAD} apart {times(w, d):.2f}× (RSS growth; target ≤ "
+              f"{TARGET_RATIO}×)  {harness.verdict(good)}")
     elapsed = time.monotonic() - started
     print(f"\n  whole benchmark {elapsed:.0f} s")
     path = harness.write_results(NAME, {

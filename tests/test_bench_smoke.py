@@ -168,3 +168,11 @@ def test_nightly_reuse_needs_a_kept_sqlite_run(tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert message in proc.stdout + proc.stderr
     assert tmp_path.exists()  # a directory it could not use is left alone
+
+
+def test_memory_bench_runs() -> None:
+    """Both id layouts measured against the dict, and where the book's bytes go."""
+    out = run_bench("memory", "--sizes", "20000", "--sample", "200")
+    assert "spread × dict" in out and "row index (id → row)" in out
+    line = next(line for line in out.splitlines() if line.strip().startswith("20,000: book"))
+    assert "ids 10 apart" in line and ("PASS" in line or "MISS" in line)

@@ -440,6 +440,74 @@ def test_book_memory_is_within_one_and_a_half_of_a_score_dict() -> None:
     assert not book._totals  # every contact's totals packed into its row
 
 
+def test_book_with_dense_ids_is_a_fraction_of_a_score_dict() -> None:
+    """Ids from a sequence, as contacts have: the book's index is 4 bytes per id."""
+    n = 50_000
+    rng = random.Random(2)
+    tracemalloc.start()
+    plain = {cid: rng.random() * 100 for cid in range(1, n + 1)}
+    baseline = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    tracemalloc.start()
+    book = ScoreBook(SCORER)
+    for cid in range(1, n + 1):
+        state = SCORER.new_state(cid)
+        state.behavior, state.active_day, state.clock_day = rng.randrange(9000), 739700, 739720
+        book.put(state)
+    used = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(plain) == len(book) == n and book._rows.dense
+    assert used <= 0.5 * baseline, used / baseline
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_row_index_behaves_as_a_dict_through_its_moves(seed: int) -> None:
+    """The index against a dict: ids dense, then a few far ones (it becomes a dict), then dense again
+    as the book fills up (it moves back to the array); removals and re-insertions throughout."""
+    from bot.scoring.engine import RowIndex
+
+    rng = random.Random(seed)
+    index, model = RowIndex(), {}
+    modes = []
+
+    def check() -> None:
+        assert len(index) == len(model)
+        assert sorted(index) == sorted(model)
+        for cid in rng.sample(sorted(model), min(20, len(model))) if model else []:
+            assert cid in index and index[cid] == model[cid] and index.get(cid) == model[cid]
+        for missing in (0, -1, 10**12, "x", max(model, default=0) + 1):
+            assert missing not in index and (not isinstance(missing, int) or index.get(missing) is None)
+        with pytest.raises(KeyError):
+            index[10**12 + 1]
+
+    far = [rng.randrange(10**9, 2 * 10**9) for _ in range(5)]
+    phases = [
+        [rng.randrange(1, 5_000) for _ in range(3_000)],
+        far,
+        [rng.randrange(1, 5_000) for _ in range(3_000)] + [rng.randrange(1, 300_000) for _ in range(30_000)],
+        [rng.randrange(1, 300_000) for _ in range(40_000)],
+    ]
+    for n, ids in enumerate(phases):
+        if n == 3:
+            for cid in far:  # the far contacts forgotten (merged, or a lease taken over)
+                if cid in model:
+                    assert index.pop(cid) == model.pop(cid)
+        for cid in ids:
+            if cid in model and rng.random() < 0.3:
+                assert index.pop(cid) == model.pop(cid)
+            else:
+                row = rng.randrange(2**31)
+                index[cid] = model[cid] = row
+        check()
+        modes.append(index.dense)
+    # dense; a dict once far ids came in, and while they are held; dense again once they are gone
+    # and more ids fill 1..300k
+    assert modes == [True, False, False, True], modes
+    index[-5] = model[-5] = 7  # no sequence makes one, but the index still answers as a dict would
+    check()
+    assert not index.dense
+
+
 @pytest.mark.parametrize("totals", [None, {0: 1}, {3: 2, 0: 1, 254: 255, 9: 0}, {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, {0: 256}, {255: 1}])
 def test_book_keeps_max_times_totals_packed_or_beside(totals: dict[int, int] | None) -> None:
     book = ScoreBook(SCORER)

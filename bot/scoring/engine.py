@@ -431,13 +431,122 @@ def unpack_totals(word: int) -> dict[int, int] | None:
     return totals
 
 
+class RowIndex:
+    """Contact id → row of the ScoreBook's arrays: 4 bytes per id while the ids held are dense.
+
+    Contact ids come from a sequence, so the contacts a book holds are spread over 1 … the largest
+    id. An `array('I')` indexed by id (row + 1; 0 for none) costs 4 bytes per id up to the largest
+    held, where a dict costs about 100 bytes per contact (its slot and two int objects): the array
+    is used while the largest id is under DENSE_SPREAD times the number held (plus DENSE_FLOOR), a
+    dict otherwise (a book holding a few contacts of large ids); the index moves back to the array
+    once the ids held are dense enough again. Iteration is in id order in the array, in insertion
+    order in the dict."""
+
+    DENSE_SPREAD = 16
+    DENSE_FLOOR = 1 << 16
+
+    __slots__ = ("_dense", "_count", "_dict", "_next_check")
+
+    def __init__(self) -> None:
+        self._dense = array("I")
+        self._count = 0
+        self._dict: dict[int, int] | None = None
+        self._next_check = 0  # as a dict: how many ids it holds when it next looks whether they are dense
+
+    @property
+    def dense(self) -> bool:
+        return self._dict is None
+
+    def _fits(self, largest: int, count: int, spread: int) -> bool:
+        return largest < spread * count + self.DENSE_FLOOR
+
+    def __len__(self) -> int:
+        return self._count if self._dict is None else len(self._dict)
+
+    def __contains__(self, contact_id: object) -> bool:
+        if self._dict is not None:
+            return contact_id in self._dict
+        return type(contact_id) is int and 0 <= contact_id < len(self._dense) and self._dense[contact_id] != 0
+
+    def get(self, contact_id: int, default: int | None = None) -> int | None:
+        if self._dict is not None:
+            return self._dict.get(contact_id, default)
+        if 0 <= contact_id < len(self._dense):
+            slot = self._dense[contact_id]
+            if slot:
+                return slot - 1
+        return default
+
+    def __getitem__(self, contact_id: int) -> int:
+        row = self.get(contact_id)
+        if row is None:
+            raise KeyError(contact_id)
+        return row
+
+    def __setitem__(self, contact_id: int, row: int) -> None:
+        if self._dict is not None:
+            self._dict[contact_id] = row
+            if len(self._dict) >= self._next_check:  # each time the count doubles past the last look
+                self._next_check = 2 * len(self._dict)
+                if min(self._dict) >= 0 and self._fits(max(self._dict), len(self._dict), self.DENSE_SPREAD // 2):
+                    self._to_dense()  # dense enough again, with a margin against moving back and forth
+            return
+        size = len(self._dense)
+        if contact_id >= size or contact_id < 0:
+            if contact_id < 0 or not self._fits(contact_id, self._count + 1, self.DENSE_SPREAD):
+                self._to_dict()
+                self[contact_id] = row
+                return
+            grown = max(contact_id + 1, size + size // 4)  # geometric, within what the rule allows
+            if not self._fits(grown - 1, self._count + 1, self.DENSE_SPREAD):
+                grown = contact_id + 1
+            self._dense.frombytes(bytes(4 * (grown - size)))
+        if self._dense[contact_id] == 0:
+            self._count += 1
+        self._dense[contact_id] = row + 1
+
+    def pop(self, contact_id: int) -> int:
+        if self._dict is not None:
+            return self._dict.pop(contact_id)
+        row = self[contact_id]
+        self._dense[contact_id] = 0
+        self._count -= 1
+        return row
+
+    def __iter__(self) -> Iterator[int]:
+        if self._dict is not None:
+            return iter(self._dict)
+        return (contact_id for contact_id, slot in enumerate(self._dense) if slot)
+
+    def nbytes(self) -> int:
+        """Memory the index takes (the array's buffer, or the dict with its int objects)."""
+        import sys
+
+        if self._dict is None:
+            return self._dense.buffer_info()[1] * self._dense.itemsize
+        return sys.getsizeof(self._dict) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in self._dict.items())
+
+    def _to_dict(self) -> None:
+        self._dict = {contact_id: slot - 1 for contact_id, slot in enumerate(self._dense) if slot}
+        self._next_check = 2 * (len(self._dict) + 1)
+        self._dense, self._count = array("I"), 0
+
+    def _to_dense(self) -> None:
+        held, self._dict = self._dict or {}, None
+        self._dense = array("I", bytes(4 * (max(held, default=0) + 1)))
+        for contact_id, row in held.items():
+            self._dense[contact_id] = row + 1
+        self._count = len(held)
+
+
 class ScoreBook:
     """Scoring states of many contacts, packed into parallel typed arrays.
 
     Per contact: model index (1 byte), profile-rule mask (4), behavior cents (8), penalty cents (4),
     last-engagement day and clock day (2 each, days since 1970 — good until 2149) and the `max_times`
-    totals (8, see `pack_totals`): 29 bytes beside the id → row index, against ~24 for a float in a
-    dict id → score. Profile points come from the mask. Totals that do not pack (more than four rules,
+    totals (8, see `pack_totals`): 29 bytes, plus the id → row index (`RowIndex`: 4 bytes per id
+    while the ids held are dense), against ~24 for a float in a dict id → score (plus the dict's
+    own ~75 per entry). Profile points come from the mask. Totals that do not pack (more than four rules,
     or a count past 255) and today's cap counters live in side dicts, only for contacts that have
     them; `decay_all` drops counters of days that are over. `get` hands out a working
     ContactScoreState; `put` packs it back.
@@ -445,7 +554,7 @@ class ScoreBook:
 
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
-        self._rows: dict[int, int] = {}
+        self._rows = RowIndex()
         self._free: list[int] = []  # rows of removed contacts, reused by the next new one
         self._model = array("B")
         self._mask = array("I")
