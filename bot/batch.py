@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections import OrderedDict, defaultdict
 from typing import Any
 
@@ -140,11 +141,7 @@ class BatchWriter:
         work = [_driver_rows(stmt, params, self.engine.dialect) for stmt, params in groups]
         if any(w is None for w in work):
             return False
-        # The connection first, then the gate: the order every unit of work takes them in (a session
-        # checks out its connection, then BEGIN waits at the gate); the other order could deadlock
-        # with sessions holding every pooled connection while they wait for the gate.
-        async with self.engine.connect() as conn, self._gate.exclusive():  # type: ignore[union-attr]
-            await on_driver(conn, _write_in_thread, work, sql=work[0][0] if work else "")  # type: ignore[index]
+        await write_in_one_call(self.engine, _executemany_all, work, sql=work[0][0] if work else "")  # type: ignore[index]
         return True
 
 
@@ -225,20 +222,45 @@ async def on_driver(conn: AsyncConnection, fn: Any, *args: Any, sql: str) -> Any
         raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
 
 
+async def write_in_one_call(engine: AsyncEngine, fn: Any, *args: Any, sql: str, clock: Any = time.perf_counter) -> tuple[Any, float, float]:
+    """SQLite: a whole write transaction in one call on a connection's thread, under this process's
+    write gate (bot/db.py WriteGate): BEGIN IMMEDIATE, fn(sqlite3 connection, *args), COMMIT (ROLLBACK
+    if fn raises). Nothing of the event loop's runs inside it, so the lock is held for SQLite's work
+    and fn's alone; a transaction with awaits inside lasts as long as whatever the loop runs between
+    them. Returns fn's result, how long the lock was held (BEGIN through COMMIT) and how long COMMIT
+    took, both by `clock`. The rows fn writes should be converted before (`prepared_statement`)."""
+    # The connection first, then the gate: the order every unit of work takes them in (a session
+    # checks out its connection, then BEGIN waits at the gate); the other order could deadlock
+    # with sessions holding every pooled connection while they wait for the gate.
+    async with engine.connect() as conn, write_gate(engine).exclusive():  # type: ignore[union-attr]
+        return await on_driver(conn, _transaction_in_thread, fn, args, clock, sql=sql)  # type: ignore[no-any-return]
+
+
+def _transaction_in_thread(conn: sqlite3.Connection, fn: Any, args: tuple[Any, ...], clock: Any) -> tuple[Any, float, float]:
+    began = clock()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, *args)
+    except BaseException:
+        conn.rollback()
+        raise
+    committing = clock()
+    _commit(conn)
+    ended = clock()
+    return result, ended - began, ended - committing
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.commit()  # a function of its own: tests count COMMITs here (sqlite3's methods cannot be patched)
+
 
 def _executemany_in_thread(conn: sqlite3.Connection, sql: str, rows: list[list[Any]]) -> None:
     conn.executemany(sql, rows)
 
 
-def _write_in_thread(conn: sqlite3.Connection, work: list[tuple[str, list[list[Any]]]]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, rows in work:
-            conn.executemany(sql, rows)
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
+def _executemany_all(conn: sqlite3.Connection, work: list[tuple[str, list[list[Any]]]]) -> None:
+    for sql, rows in work:
+        conn.executemany(sql, rows)
 
 
 def _fail(batch: list[_Item], exc: BaseException) -> None:

@@ -192,13 +192,15 @@ async def test_reps_todo_lists_overdue_first_with_task_links(beacon: Any) -> Non
 
 
 def before_each_claim(monkeypatch: pytest.MonkeyPatch, before: Any, after_commit: Any = None) -> None:
-    """Calls before(recipient) before each digest claim, and after_commit() after each COMMIT of claims,
-    on either write path: the job's unit of work (PostgreSQL), or one call on SQLite's thread per
-    transaction (where these run on that thread)."""
-    import bot.digest.jobs as jobs
+    """Calls before(recipient) before each digest claim, and after_commit() after each COMMIT, on either
+    write path: the job's unit of work (PostgreSQL), or one call on SQLite's thread per transaction
+    (bot.batch.write_in_one_call; there these run on that thread)."""
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    real_claim, real_one, real_commit, real_session_commit = jobs.claim_and_queue, jobs._claim_one, jobs._commit, AsyncSession.commit
+    import bot.batch as batch
+    import bot.digest.jobs as jobs
+
+    real_claim, real_one, real_commit, real_session_commit = jobs.claim_and_queue, jobs._claim_one, batch._commit, AsyncSession.commit
 
     async def claim(session: Any, out: Any, *, now: dt.datetime) -> bool:
         before(out.recipient)
@@ -219,7 +221,7 @@ def before_each_claim(monkeypatch: pytest.MonkeyPatch, before: Any, after_commit
             await real_session_commit(self)
             after_commit()
 
-        monkeypatch.setattr(jobs, "_commit", commit)
+        monkeypatch.setattr(batch, "_commit", commit)
         monkeypatch.setattr(AsyncSession, "commit", session_commit)
 
 

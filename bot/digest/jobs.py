@@ -21,23 +21,22 @@ import asyncio
 import datetime as dt
 import logging
 import time
-
 from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.batch import on_driver, prepared_statement
+from bot.batch import prepared_statement, write_in_one_call
 from bot.config import Settings
 from bot.context import Context
 from bot.db import write_gate, yield_to_writer
 from bot.digest.managers import render_team, summary
 from bot.digest.send import Outgoing, claim_and_queue, claim_statement, digest_row, messages
-from bot.models import OutboxItem
-from bot.outbox import outbox_row
 from bot.digest.team import build_team_digests
 from bot.digest.todo import build_todos, render_todo
 from bot.digest.window import split_markdown, today, window_for
+from bot.models import OutboxItem
+from bot.outbox import outbox_row
 from bot.sop.calendar import BusinessCalendar
 
 log = logging.getLogger("beacon.digest")
@@ -84,19 +83,19 @@ async def send_digests(ctx: Context, kind: str, day: dt.date) -> tuple[int, int]
         outs = await build_outgoing(reader, ctx.settings, kind, day)
     now = ctx.clock.now()
     claims = _driver_claims(ctx.runtime.engine, outs, now) if outs else None
-    if claims is not None:
-        flags = await _claim_on_driver(ctx.runtime.engine, *claims)
-        sent = sum(1 for claimed, out in zip(flags, outs) if claimed and out.bodies)
-        log.info("digest %s %s: %d sent, %d already sent or empty", kind, day, sent, len(outs) - sent)
-        return sent, len(outs) - sent
-    sent = skipped = 0
+    flags = await (_claim_on_driver(ctx.runtime.engine, *claims) if claims is not None else _claim_in_session(ctx, outs, now))
+    sent = sum(1 for claimed, out in zip(flags, outs) if claimed and out.bodies)
+    log.info("digest %s %s: %d sent, %d already sent or empty", kind, day, sent, len(outs) - sent)
+    return sent, len(outs) - sent
+
+
+async def _claim_in_session(ctx: Context, outs: list[Outgoing], now: dt.datetime) -> list[bool]:
+    """Each claim's outcome, made in the job's unit of work, which commits the last chunk."""
+    flags: list[bool] = []
     clock = time.perf_counter
     began, claimed, commit_s = clock(), 0, 0.0
     for n, out in enumerate(outs, 1):
-        if await claim_and_queue(ctx.session, out, now=now) and out.bodies:
-            sent += 1
-        else:
-            skipped += 1
+        flags.append(await claim_and_queue(ctx.session, out, now=now))
         claimed += 1
         if n == len(outs):
             break  # the caller's unit of work commits the last chunk
@@ -109,8 +108,7 @@ async def send_digests(ctx: Context, kind: str, day: dt.date) -> tuple[int, int]
             commit_s = clock() - committing
             await asyncio.sleep(0)  # let the loop serve requests between chunks
             began, claimed = clock(), 0
-    log.info("digest %s %s: %d sent, %d already sent or empty", kind, day, sent, skipped)
-    return sent, skipped
+    return flags
 
 
 _OUTBOX_INSERT = insert(OutboxItem.__table__)
@@ -148,34 +146,26 @@ async def _claim_on_driver(engine: Any, claims: list[DriverClaim], claim_sql: st
     commit_s = 0.0
     while len(flags) < len(claims):
         await yield_to_writer(engine)  # between chunks: any write transaction in progress first
-        async with engine.connect() as conn, write_gate(engine).exclusive():  # type: ignore[union-attr]
-            done, commit_s = await on_driver(conn, _claim_chunk, claims[len(flags):len(flags) + CLAIM_CHUNK],
-                                             claim_sql, queue_sql, CLAIM_BUDGET_S, commit_s, sql=claim_sql)
+        done, _held, commit_s = await write_in_one_call(
+            engine, _claim_chunk, claims[len(flags):len(flags) + CLAIM_CHUNK], claim_sql, queue_sql, CLAIM_BUDGET_S,
+            commit_s, time.perf_counter, sql=claim_sql, clock=time.perf_counter,
+        )
         flags += done
     return flags
 
 
 def _claim_chunk(conn: Any, claims: list[DriverClaim], claim_sql: str, queue_sql: str, budget_s: float,
-                 commit_s: float) -> tuple[list[bool], float]:
-    """On SQLite's connection thread: one transaction of claims, ended before one more claim and a
-    COMMIT as long as the last (`commit_s`) would pass `budget_s`. Returns each claim's outcome and how
-    long this COMMIT took."""
-    clock = time.perf_counter
+                 commit_s: float, clock: Any) -> list[bool]:
+    """Inside one transaction, on SQLite's thread: claims until one more and a COMMIT as long as the
+    last (`commit_s`) would pass `budget_s`. Returns each claim's outcome."""
     began = clock()
-    conn.execute("BEGIN IMMEDIATE")
     done: list[bool] = []
-    try:
-        for claim in claims:
-            done.append(_claim_one(conn, claim, claim_sql, queue_sql))
-            elapsed = clock() - began
-            if elapsed + elapsed / len(done) + commit_s > budget_s:
-                break
-    except BaseException:
-        conn.rollback()
-        raise
-    committing = clock()
-    _commit(conn)
-    return done, clock() - committing
+    for claim in claims:
+        done.append(_claim_one(conn, claim, claim_sql, queue_sql))
+        elapsed = clock() - began
+        if elapsed + elapsed / len(done) + commit_s > budget_s:
+            break
+    return done
 
 
 def _claim_one(conn: Any, claim: DriverClaim, claim_sql: str, queue_sql: str) -> bool:
@@ -185,10 +175,6 @@ def _claim_one(conn: Any, claim: DriverClaim, claim_sql: str, queue_sql: str) ->
     if claim.outbox:
         conn.executemany(queue_sql, claim.outbox)
     return True
-
-
-def _commit(conn: Any) -> None:
-    conn.commit()
 
 
 async def digest_reps(ctx: Context) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sys
 from array import array
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
@@ -520,8 +521,6 @@ class RowIndex:
 
     def nbytes(self) -> int:
         """Memory the index takes (the array's buffer, or the dict with its int objects)."""
-        import sys
-
         if self._dict is None:
             return self._dense.buffer_info()[1] * self._dense.itemsize
         return sys.getsizeof(self._dict) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in self._dict.items())

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import String, and_, bindparam, case, func, insert, or_, select, type_coerce, update
 
-from bot.batch import executemany, on_driver, prepared_statement
+from bot.batch import executemany, on_driver, prepared_statement, write_in_one_call
 from bot.context import Context
 from bot.db import Chunks, write_gate, yield_to_writer
 from bot.leases import holds_lease
@@ -227,10 +227,8 @@ async def _write_prepared(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]
     if not prepared:
         return 0, 0.0
     expected = {cid: seen[cid][:2] for cid in prepared}
-    engine = rt.engine
-    async with engine.connect() as conn, write_gate(engine).exclusive():  # type: ignore[union-attr]
-        written, held = await on_driver(conn, _decay_in_thread, expected, prepared, form.ledger.sql, form.update.sql,
-                                        sql=form.update.sql)
+    written, held, _commit_s = await write_in_one_call(rt.engine, _decay_in_thread, expected, prepared, form.ledger.sql,
+                                                       form.update.sql, sql=form.update.sql)
     for contact_id in written:
         if contact_id in service.book:
             service.forget(contact_id)
@@ -238,23 +236,17 @@ async def _write_prepared(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]
 
 
 def _decay_in_thread(conn: Any, expected: dict[int, tuple[Any, Any]], prepared: dict[int, tuple[list[Any], Any]],
-                     ledger_sql: str, update_sql: str) -> tuple[list[int], float]:
-    """On SQLite's connection thread: the whole write transaction of `_write_prepared`."""
-    began = time.perf_counter()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        ids = list(expected)
-        current = conn.execute(f"SELECT id, score, last_activity_at FROM {_CONTACTS} WHERE id IN ({','.join('?' * len(ids))})", ids)
-        written = [cid for cid, score, activity in current if expected[cid] == (score, activity)]
-        ledger = [row for cid in written for row in prepared[cid][0]]
-        if ledger:
-            conn.executemany(ledger_sql, ledger)
-            conn.executemany(update_sql, [prepared[cid][1] for cid in written])
-    except BaseException:
-        conn.rollback()
-        raise
-    conn.commit()
-    return written, time.perf_counter() - began
+                     ledger_sql: str, update_sql: str) -> list[int]:
+    """Inside `_write_prepared`'s transaction, on SQLite's thread: the contacts as they were read
+    get their rows written; returns their ids."""
+    ids = list(expected)
+    current = conn.execute(f"SELECT id, score, last_activity_at FROM {_CONTACTS} WHERE id IN ({','.join('?' * len(ids))})", ids)
+    written = [cid for cid, score, activity in current if expected[cid] == (score, activity)]
+    ledger = [row for cid in written for row in prepared[cid][0]]
+    if ledger:
+        conn.executemany(ledger_sql, ledger)
+        conn.executemany(update_sql, [prepared[cid][1] for cid in written])
+    return written
 
 
 async def _write_chunk(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]],
