@@ -54,7 +54,8 @@ Hook = Callable[[AsyncSession, Event], Awaitable[None]]
 # which shares each batch's preloads over more events (on the links benchmark the tracker then keeps
 # up at full load instead of falling thousands of events behind).
 BATCH_BUDGET = {"sqlite": (50, 0.02), "postgresql": (200, 0.2)}
-# Woken by new events, the tracker waits this long before its next pass (PollingWorker.settle_s).
+# Woken by new events, the tracker leaves at least this long between the end of a pass and the start of
+# the next (PollingWorker.settle_s): the first event after a quiet spell goes at once.
 SETTLE_S = 0.02
 
 
@@ -84,7 +85,7 @@ class Tracker(PollingWorker):
                 self.rt.metrics.tracker_batches.inc()
                 self.rt.metrics.tracker_events.inc(done)
             if not more:
-                break  # the backlog is done: what comes next waits for `settle_s`, to join a batch
+                break  # the backlog is done: what comes next within `settle_s` joins the next batch
         if handled:
             self.rt.outbox.wake()
         return handled

@@ -20,9 +20,11 @@ from typing import Any, Awaitable, Callable
 class PollingWorker(ABC):
     name = "worker"
     poll_s = 1.0
-    # Woken, wait this long before the next pass, so that what arrives meanwhile joins it: under a
-    # steady stream of work a pass then takes what came in that time, rather than the one or two units
-    # that arrived while the last pass ran (a pass's fixed cost dwarfs a unit's). 0: go at once.
+    # At least this long between the end of a pass that found work and the start of the next, so that
+    # what arrives meanwhile joins it: under a steady stream of work a pass then takes what came in that
+    # time, rather than the one or two units that arrived while the last pass ran (a pass's fixed cost
+    # dwarfs a unit's). Work that wakes a worker with nothing to do for longer than this goes at once.
+    # 0: always at once.
     settle_s = 0.0
 
     def __init__(self, runtime: Any) -> None:
@@ -102,18 +104,26 @@ class PollingWorker(ABC):
 
     async def run(self) -> None:
         log = logging.getLogger(f"beacon.{self.name}")
+        loop = asyncio.get_running_loop()
+        busy_until = -self.settle_s  # when the last pass that found work ended
         while not self._stopping:
             try:
                 handled = await self.drain()
             except Exception:
                 log.exception("%s pass failed", self.name)
                 handled = 0
-            if not handled and not self._stopping:
+            if handled:
+                busy_until = loop.time()
+            elif not self._stopping:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
                 except TimeoutError:
                     pass
-            if self.settle_s and not self._stopping:
+            # The rest of the settling time after the last pass that found work: all of it right
+            # after such a pass, none once the worker has had nothing to do for that long (the first
+            # unit after a quiet spell is handled at once). Passes that found nothing do not count.
+            rest = busy_until + self.settle_s - loop.time()
+            if rest > 0 and not self._stopping:
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), self.settle_s)
+                    await asyncio.wait_for(self._stop_requested.wait(), rest)
