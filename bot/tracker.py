@@ -126,7 +126,8 @@ class Tracker(PollingWorker):
         merged = set(self.merged)
         batch: TrackerBatch | None = None
         limit = min(self._limit, self.batch)
-        await self._warm(limit)
+        if await self._warm(limit) == 0:
+            return 0, False  # nothing to do: no write transaction (on SQLite, the write lock) for it
         try:
             async with self.rt.sessions() as session, session.begin():
                 events = await self._next_events(session, limit)
@@ -154,21 +155,25 @@ class Tracker(PollingWorker):
                     abandon(batch)
             return await self._pass_one_by_one()
 
-    async def _warm(self, limit: int) -> None:
+    async def _warm(self, limit: int) -> int | None:
         """Hooks that cache per-contact state (scoring's book) load it for the contacts the next `limit`
         events are about, in a read-only session, before the write transaction takes the lock: on
         SQLite, loading it inside held the write lock for tens of milliseconds per cold contact. A
-        guess: attribution may find other contacts, which the hooks then load in the transaction."""
+        guess: attribution may find other contacts, which the hooks then load in the transaction.
+        Returns how many unprocessed events the read found (None: no hook warms, so nothing was read).
+        Events committed after the read wake the worker's next pass (PollingWorker.run)."""
         warmers = [warm for hook in self.hooks if (warm := getattr(hook, "warm", None)) is not None]
         if not warmers:
-            return
+            return None
         await yield_to_writer(self.rt.engine)  # replays are CPU: after any write transaction in progress
         async with self.rt.read_sessions() as session:
-            ids = {cid for row in await session.execute(likely_contacts(limit)) for cid in row if cid is not None}
+            rows = (await session.execute(likely_contacts(limit))).all()
+            ids = {cid for row in rows for cid in row if cid is not None}
             for warm in warmers:
                 warmed = await warm(session, ids)
                 if warmed:
                     self.rt.metrics.tracker_warmed.inc(warmed)
+        return len(rows)
 
     async def _run_batch(self, batch: TrackerBatch) -> int:
         session, events = batch.session, batch.events

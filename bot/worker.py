@@ -107,6 +107,9 @@ class PollingWorker(ABC):
         loop = asyncio.get_running_loop()
         busy_until = -self.settle_s  # when the last pass that found work ended
         while not self._stopping:
+            # Cleared before the pass, not after: work that arrives while a pass runs, after it looked,
+            # wakes the next one (cleared after, that wake-up would be lost until `poll_s`).
+            self._wake.clear()
             try:
                 handled = await self.drain()
             except Exception:
@@ -115,7 +118,6 @@ class PollingWorker(ABC):
             if handled:
                 busy_until = loop.time()
             elif not self._stopping:
-                self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
                 except TimeoutError:

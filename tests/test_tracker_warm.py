@@ -98,3 +98,27 @@ async def test_a_score_changed_elsewhere_is_replayed_outside_the_write_transacti
     assert ledger_reads.read_only >= 1 and ledger_reads.in_write == 0
     score, ledger = await stored(beacon, cid)
     assert score == ledger > decayed  # replayed with the ticks, the call scored on top
+
+
+async def test_a_pass_with_nothing_to_do_takes_no_write_transaction(beacon: Any) -> None:
+    """The tracker's read before its write transaction also tells it whether any event waits: with
+    none, no transaction (on SQLite, no write lock) is taken for nothing."""
+    await new_contact(beacon, "wmIdle")
+    await post_event(beacon, "wmIdle", "webinar_attended")
+    await settle(beacon)
+    writes: list[str] = []
+
+    def outside_read_only(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not conn.get_execution_options().get(READ_ONLY) and "leases" not in statement:
+            writes.append(statement)
+
+    engine = beacon.rt.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", outside_read_only)
+    try:
+        assert await beacon.rt.tracker.drain() == 0
+        assert writes == []
+        await post_event(beacon, "wmIdle", "demo_request")  # with an event waiting, the pass writes
+        await settle(beacon)
+    finally:
+        event.remove(engine, "before_cursor_execute", outside_read_only)
+    assert any("UPDATE events SET processed" in s for s in writes)

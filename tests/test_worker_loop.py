@@ -108,3 +108,28 @@ async def test_a_pass_that_found_nothing_does_not_restart_the_settling_time() ->
         assert [len(taken) for _, taken in worker.passes] == [0, 1, 0, 1]
     finally:
         await _stop(worker, task)
+
+
+class LooksThenWorks(Counter):
+    """A pass that looks for work first and then spends a while on other things (the tracker's pass
+    after its read: the write transaction, the hooks)."""
+
+    async def drain(self) -> int:
+        handled = await super().drain()
+        await asyncio.sleep(0.1)
+        return handled
+
+
+async def test_work_arriving_after_a_pass_looked_wakes_the_next_pass() -> None:
+    worker = LooksThenWorks()
+    task = await _running(worker)
+    try:
+        await asyncio.sleep(SETTLE_S * 1.5)  # quiet, then a pass begins on its own poll: force one
+        worker.wake()
+        while len(worker.passes) < 2:
+            await asyncio.sleep(0.005)
+        worker.arrive()  # the pass has looked and found nothing; it is still running
+        await asyncio.sleep(0.1 + SETTLE_S)
+        assert sum(len(taken) for _, taken in worker.passes) == 1, "handled by the next pass, not after poll_s"
+    finally:
+        await _stop(worker, task)
