@@ -105,26 +105,27 @@ class PollingWorker(ABC):
     async def run(self) -> None:
         log = logging.getLogger(f"beacon.{self.name}")
         loop = asyncio.get_running_loop()
-        busy_until = -self.settle_s  # when the last pass that found work ended
+        busy_until = -self.settle_s  # when the last pass that found work (or failed) ended
         while not self._stopping:
             # Cleared before the pass, not after: work that arrives while a pass runs, after it looked,
             # wakes the next one (cleared after, that wake-up would be lost until `poll_s`).
             self._wake.clear()
+            failed = False
             try:
                 handled = await self.drain()
             except Exception:
                 log.exception("%s pass failed", self.name)
-                handled = 0
-            if handled:
+                handled, failed = 0, True
+            if handled or failed:  # a failed pass settles too: wake-ups must not make it a busy loop
                 busy_until = loop.time()
-            elif not self._stopping:
+            if not handled and not self._stopping:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
                 except TimeoutError:
                     pass
-            # The rest of the settling time after the last pass that found work: all of it right
-            # after such a pass, none once the worker has had nothing to do for that long (the first
-            # unit after a quiet spell is handled at once). Passes that found nothing do not count.
+            # The rest of the settling time after the last pass that found work (or failed): all of it
+            # right after such a pass, none once the worker has had nothing to do for that long (the
+            # first unit after a quiet spell is handled at once). Passes that found nothing do not count.
             rest = busy_until + self.settle_s - loop.time()
             if rest > 0 and not self._stopping:
                 with suppress(TimeoutError):

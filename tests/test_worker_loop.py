@@ -9,6 +9,9 @@ generous upper bounds on waits it must not (the settle time is long against sche
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from bot.worker import PollingWorker
 
@@ -131,5 +134,29 @@ async def test_work_arriving_after_a_pass_looked_wakes_the_next_pass() -> None:
         worker.arrive()  # the pass has looked and found nothing; it is still running
         await asyncio.sleep(0.1 + SETTLE_S)
         assert sum(len(taken) for _, taken in worker.passes) == 1, "handled by the next pass, not after poll_s"
+    finally:
+        await _stop(worker, task)
+
+
+class Failing(Counter):
+    """Every pass fails, as while the database is down."""
+
+    async def drain(self) -> int:
+        await super().drain()
+        raise RuntimeError("database is down")
+
+
+async def test_a_failing_pass_is_not_retried_on_every_wake_up(caplog: pytest.LogCaptureFixture) -> None:
+    worker = Failing()
+    caplog.set_level(logging.CRITICAL, logger="beacon.test-counter")  # the failures' tracebacks are expected
+    task = asyncio.ensure_future(worker.run())
+    try:
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + SETTLE_S * 2.5
+        while loop.time() < until:  # work keeps arriving, each unit waking the worker
+            worker.arrive()
+            await asyncio.sleep(0.005)
+        assert 2 <= len(worker.passes) <= 4, "failed passes are spaced by the settling time"
     finally:
         await _stop(worker, task)
