@@ -108,7 +108,8 @@ class Demo:
             contact = await resp.json()
         self.say(f"stage {contact['stage']}, temperature {contact['temperature']}, score {contact['score']}")
         for entry in contact["score_breakdown"][:6]:
-            self.say(f"  {entry['points']:+g}  {entry['reason'] or entry['rule']}")
+            # A ledger reason names its points already ("打开《…》 +3").
+            self.say(f"  {entry['reason']}" if entry["reason"] else f"  {entry['rule']} {entry['points']:+g}")
         for event in contact["timeline"][:6]:
             self.say(f"  {event['at'][:19]}  {event['type']:<8} {event.get('item_title') or ''}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def test_demo_plays_the_scenario(tmp_path: Path) -> None:
     assert "bot → rep1: 我是 Beacon 销售助手" in out
     assert f"http://127.0.0.1:{port}/l/" in out
     assert "landing page: HTTP 200" in out
+    # The score breakdown: each line is one ledger reason, naming its points once.
+    breakdown = [line for line in out.splitlines() if "《" in line and re.search(r"[+-]\d", line)]
+    assert any("预约演示" in line and line.rstrip().endswith("+30") for line in breakdown), breakdown
+    assert all(len(re.findall(r"(?<![\w.])[+-]\d+(?:\.\d+)?", line)) == 1 for line in breakdown), breakdown
     assert "Where to look" in out and f"http://127.0.0.1:{port}/healthz" in out
     assert db.exists()
     shutil.rmtree(tmp_path / "state")
