@@ -54,8 +54,8 @@ Hook = Callable[[AsyncSession, Event], Awaitable[None]]
 # which shares each batch's preloads over more events (on the links benchmark the tracker then keeps
 # up at full load instead of falling thousands of events behind).
 BATCH_BUDGET = {"sqlite": (50, 0.02), "postgresql": (200, 0.2)}
-# Woken by new events, the tracker leaves at least this long between the end of a pass and the start of
-# the next (PollingWorker.settle_s): the first event after a quiet spell goes at once.
+# Woken by new events, the tracker leaves at least this long between the end of a pass that found events
+# and the start of the next (PollingWorker.settle_s): the first event after a quiet spell goes at once.
 SETTLE_S = 0.02
 
 
@@ -155,17 +155,16 @@ class Tracker(PollingWorker):
                     abandon(batch)
             return await self._pass_one_by_one()
 
-    async def _warm(self, limit: int) -> int | None:
-        """Hooks that cache per-contact state (scoring's book) load it for the contacts the next `limit`
-        events are about, in a read-only session, before the write transaction takes the lock: on
-        SQLite, loading it inside held the write lock for tens of milliseconds per cold contact. A
-        guess: attribution may find other contacts, which the hooks then load in the transaction.
-        Returns how many unprocessed events the read found (None: no hook warms, so nothing was read).
-        Events committed after the read wake the worker's next pass (PollingWorker.run)."""
+    async def _warm(self, limit: int) -> int:
+        """Read, in a read-only session, which contacts the next `limit` events are probably about, and
+        return how many unprocessed events there are (up to `limit`); events committed after this read
+        wake the worker's next pass (PollingWorker.run). Hooks that cache per-contact state (scoring's
+        book) load it for those contacts here, before the write transaction takes the lock: on SQLite,
+        loading it inside held the write lock for tens of milliseconds per cold contact. A guess:
+        attribution may find other contacts, which the hooks then load in the transaction."""
         warmers = [warm for hook in self.hooks if (warm := getattr(hook, "warm", None)) is not None]
-        if not warmers:
-            return None
-        await yield_to_writer(self.rt.engine)  # replays are CPU: after any write transaction in progress
+        if warmers:
+            await yield_to_writer(self.rt.engine)  # replays are CPU: after any write transaction in progress
         async with self.rt.read_sessions() as session:
             rows = (await session.execute(likely_contacts(limit))).all()
             ids = {cid for row in rows for cid in row if cid is not None}

@@ -110,13 +110,13 @@ class PollingWorker(ABC):
             # Cleared before the pass, not after: work that arrives while a pass runs, after it looked,
             # wakes the next one (cleared after, that wake-up would be lost until `poll_s`).
             self._wake.clear()
-            failed = False
             try:
                 handled = await self.drain()
             except Exception:
                 log.exception("%s pass failed", self.name)
-                handled, failed = 0, True
-            if handled or failed:  # a failed pass settles too: wake-ups must not make it a busy loop
+                handled = 0
+                busy_until = loop.time()  # a failed pass settles too: wake-ups must not make it a busy loop
+            if handled:
                 busy_until = loop.time()
             if not handled and not self._stopping:
                 try:

@@ -1,8 +1,8 @@
 """The background workers' loop (bot.worker.PollingWorker.run): when a pass starts after work arrives.
 
-`settle_s` is the least time between the end of a pass and the start of the next: work that arrives
-during a busy spell waits for it and joins the next pass together, while work that wakes a worker
-that sat idle longer goes at once. Times here are lower bounds on waits the loop must make and
+`settle_s` is the least time between the end of a pass that found work (or failed) and the start of
+the next: work that arrives during a busy spell waits for it and joins the next pass together, while
+work that wakes a worker with nothing to do for longer goes at once. Times here are lower bounds on waits the loop must make and
 generous upper bounds on waits it must not (the settle time is long against scheduling noise).
 """
 
