@@ -22,6 +22,7 @@ from sqlalchemy.util import await_only
 
 from bot import sqlite_driver
 from bot.config import DatabaseSettings
+from bot.priority import background_priority
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -362,6 +363,37 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         pool_timeout=settings.pool_timeout,
         pool_pre_ping=True,
     )
+
+
+BACKGROUND_POOL = 2  # connections of the background readers: the nightly jobs run one after another
+
+
+def create_background_engine(engine: AsyncEngine, settings: DatabaseSettings) -> AsyncEngine | None:
+    """SQLite file: an engine of its own for reads that can wait (the nightly jobs' and the digests'),
+    whose connections' threads run at background priority (bot/priority.py) and can only read
+    (`PRAGMA query_only`). A chunk of decay's aggregates keeps SQLite busy for tens of milliseconds at a
+    time, hundreds at a million contacts; at normal priority the link opens answered meanwhile got
+    half of the core. Readers take no lock a writer waits for (WAL), so lowering them inverts nothing.
+
+    None for PostgreSQL (a read's work is done by the server's own process, which a client cannot
+    lower) and for a database in memory (one connection's): use the engine's read sessions there."""
+    url = engine.url
+    if engine.dialect.name != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    background = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000},
+                                     pool_size=BACKGROUND_POOL, max_overflow=0, pool_timeout=settings.pool_timeout)
+    sqlite_driver.use_for(background.sync_engine)
+    event.listen(background.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms, Backstop()))
+    event.listen(background.sync_engine, "connect", _background_reader)
+    event.listen(background.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))  # deferred: a reader's snapshot
+    return background
+
+
+def _background_reader(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA query_only=ON")  # a write here would bypass the WriteGate: refused
+    cursor.close()
+    await_only(dbapi_conn.driver_connection._execute(background_priority))  # on the connection's own thread
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -194,7 +194,7 @@ async def mark_dormant(rt: "Runtime", session: AsyncSession, now: dt.datetime, *
     moved. A run stopped half-way leaves the rest for the next run."""
     cutoff = now - dt.timedelta(days=rt.settings.lifecycle.dormant_after_days)
     due = (Contact.stage == "customer", Contact.last_payment_at < cutoff, Contact.merged_into_id.is_(None))
-    async with rt.read_sessions() as reader:
+    async with rt.background_reads() as reader:
         ids = list((await reader.scalars(select(Contact.id).where(*due).order_by(Contact.id))).all())
     reason = f"超过 {rt.settings.lifecycle.dormant_after_days} 天未付款"
     most = chunk or DORMANT_CHUNK

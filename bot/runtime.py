@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.batch import BatchWriter
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
-from bot.db import WalCheckpointer, create_engine, read_session_factory, session_factory
+from bot.db import WalCheckpointer, create_background_engine, create_engine, read_session_factory, session_factory
 from bot.inbox import InboxStore, InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
@@ -50,6 +50,8 @@ class Runtime:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     read_sessions: async_sessionmaker[AsyncSession]
+    # Reads that can wait (nightly jobs, digests): on SQLite, connections at background CPU priority.
+    background_reads: async_sessionmaker[AsyncSession]
     metrics: Metrics
     dispatcher: Dispatcher
     http: aiohttp.ClientSession | None = None
@@ -68,6 +70,7 @@ class Runtime:
     recent_opens: RecentOpens = None  # type: ignore[assignment]
     beacon_limiter: Any = None
     checkpointer: WalCheckpointer | None = None
+    background_engine: AsyncEngine | None = None  # background_reads' own (SQLite files only)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     services: dict[str, Any] = field(default_factory=dict)
     held_leases: dict[str, Any] = field(default_factory=dict)
@@ -78,12 +81,15 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, *, routers: list[Router], clock: Clock | None = None) -> "Runtime":
         engine = create_engine(settings.database)
+        background = create_background_engine(engine, settings.database)
         rt = cls(
             settings=settings,
             clock=clock or SystemClock(),
             engine=engine,
             sessions=session_factory(engine),
             read_sessions=read_session_factory(engine),
+            background_reads=read_session_factory(background or engine),
+            background_engine=background,
             metrics=Metrics(),
             dispatcher=Dispatcher(routers),
         )
@@ -189,13 +195,18 @@ class Runtime:
         if self.http is not None:
             await self.http.close()
         try:
-            await asyncio.wait_for(self.engine.dispose(), STOP_STEP_S)
+            await asyncio.wait_for(self.dispose_engines(), STOP_STEP_S)
         except TimeoutError:
             log.warning("stop: closing database connections took over %.0f s; leaving them to the OS", STOP_STEP_S)
         took = clock() - began
         log.log(logging.WARNING if took > SLOW_STOP_S else logging.INFO,
                 "stopped in %.2f s (writes flushed %.2f s, workers finished %.2f s, leases and connections %.2f s)",
                 took, flushed - began, workers_done - flushed, clock() - workers_done)
+
+    async def dispose_engines(self) -> None:
+        if self.background_engine is not None:
+            await self.background_engine.dispose()
+        await self.engine.dispose()
 
     async def db_ok(self) -> bool:
         try:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import SpawnContext, SpawnProcess
 from functools import lru_cache
 
 from bot.digest.team import FUNNEL_STAGES, TeamDigest
+from bot.priority import background_priority
 
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
              "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC")
@@ -81,18 +81,6 @@ def render_chart(digest: TeamDigest, title: str) -> bytes:
 def render_charts(jobs: list[tuple[TeamDigest, str]]) -> list[bytes]:
     """PNG bytes of several charts (run in the child process)."""
     return [render_chart(digest, title) for digest, title in jobs]
-
-
-def background_priority(pid: int) -> None:
-    """Run process `pid` only when the CPU has nothing else to do (Linux's SCHED_IDLE; elsewhere the
-    lowest nice value): charts can wait, link opens and callbacks cannot."""
-    try:
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        try:
-            os.setpriority(os.PRIO_PROCESS, pid, 19)
-        except OSError:
-            pass
 
 
 class _BackgroundProcess(SpawnProcess):

@@ -79,7 +79,7 @@ async def send_digests(ctx: Context, kind: str, day: dt.date) -> tuple[int, int]
     if not should_send(ctx.settings, day):
         log.info("digest %s %s: not a business day, nothing sent", kind, day)
         return 0, 0
-    async with ctx.runtime.read_sessions() as reader:
+    async with ctx.runtime.background_reads() as reader:
         outs = await build_outgoing(reader, ctx.settings, kind, day)
     now = ctx.clock.now()
     claims = _driver_claims(ctx.runtime.engine, outs, now) if outs else None

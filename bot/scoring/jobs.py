@@ -2,7 +2,8 @@
 
 Decay (`decay-scores`) goes through the quiet contacts in id order, a chunk at a time (`Chunks`: sized
 so that a chunk's write transaction takes about bot.db.WRITE_TARGET_S):
-1. Read, in a read-only session (no write lock) and one statement: the chunk's contacts, and per
+1. Read, in a read-only session (no write lock; on SQLite at background CPU priority:
+   Runtime.background_reads) and one statement: the chunk's contacts, and per
    contact two grouped aggregates: from the ledger the positive behavior points left (event points
    > 0 plus the decay ticks so far) and the day of the last tick; from the event log the last
    engagement. That is all decay needs (see bot/scoring/engine.py): ticks fall on the local
@@ -74,8 +75,8 @@ async def decay_scores(ctx: Context) -> None:
     form = _WriteForm(rt.engine)
     while True:
         await yield_to_writer(rt.engine)  # the chunk's read and arithmetic run after any transaction in progress
-        async with rt.read_sessions() as reader:
-            seen, prepared = await _read_chunk(reader, service, days, cutoff, after, now, size.size, form)
+        async with rt.background_reads() as reader:
+            seen, prepared = await _read_chunk(reader, rt.engine, service, days, cutoff, after, now, size.size, form)
         if not seen:
             break
         after = max(seen)
@@ -173,7 +174,7 @@ class _WriteForm:
         return [self.ledger.row(row) for row in ledger], self.update.row(change)
 
 
-async def _read_chunk(reader: Any, service: Any, days: _LocalDays, cutoff: dt.datetime, after: int,
+async def _read_chunk(reader: Any, engine: Any, service: Any, days: _LocalDays, cutoff: dt.datetime, after: int,
                       now: dt.datetime, limit: int, form: _WriteForm) -> tuple[dict[int, tuple[Any, ...]], dict[int, tuple[list[Any], Any]]]:
     """The next `limit` quiet contacts after id `after`: {id: (score, last_activity_at as stored,
     region, reactivated_at)} as read, and for those the book does not hold and that lose points, {id:
@@ -187,7 +188,7 @@ async def _read_chunk(reader: Any, service: Any, days: _LocalDays, cutoff: dt.da
     prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     for n, (contact_id, score, last_activity, region, reactivated, total, behavior, last_tick, last_engaged) in enumerate(contacts):
         if n % 100 == 99:
-            await yield_to_writer(reader.bind)  # a chunk's arithmetic is tens of milliseconds: let others go first
+            await yield_to_writer(engine)  # a chunk's arithmetic is tens of milliseconds: let others go first
         seen[contact_id] = (score, last_activity, region, reactivated)
         if contact_id in service.book:
             service.check(SimpleNamespace(id=contact_id, score=score))  # scored elsewhere: from the ledger, then
