@@ -12,17 +12,19 @@ import datetime as dt
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
-from typing import Callable
+from types import SimpleNamespace
+from typing import Any, Callable
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, insert, select, update
 
+from bot.batch import executemany
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db import create_engine, session_factory
 from bot.lifecycle import recently_reactivated
 from bot.models import Contact, ContentItem, Event, ScoreEntry, StageChange
 from bot.scoring.engine import ScoredEvent
-from bot.scoring.service import ScoringService, ledger_rows, profile_of
+from bot.scoring.service import PROFILE_FIELDS, ScoringService, ledger_rows, profile_of
 from bot.scoring.stages import stage_for_score, temperature
 
 Progress = Callable[[int, int], None]
@@ -65,11 +67,25 @@ async def rescore_all(settings: Settings, *, clock: Clock | None = None, chunk: 
     return report
 
 
+_CONTACTS = Contact.__table__.c
+_CONTACT_COLUMNS = [_CONTACTS.id, _CONTACTS.score, _CONTACTS.stage, _CONTACTS.temperature, _CONTACTS.created_at, _CONTACTS.profile,
+                    *(_CONTACTS[name] for name in PROFILE_FIELDS)]  # region is one of PROFILE_FIELDS
+_LEDGER_INSERT = insert(ScoreEntry.__table__)
+_STAGE_INSERT = insert(StageChange.__table__)
+_CONTACT_UPDATE = update(Contact.__table__).where(_CONTACTS.id == bindparam("b_id")).values(
+    score=bindparam("b_score"), temperature=bindparam("b_temperature"), stage=bindparam("b_stage"), updated_at=bindparam("b_now"),
+)
+
+
 async def _rescore_range(sessions, service: ScoringService, items: dict, batch: list[int], now: dt.datetime, report: RescoreReport) -> None:
+    """One id range in one transaction, in Core statements (no ORM object per contact or row): the
+    ledger rows, stage moves and contact updates go in with one executemany each, on SQLite straight
+    to the driver (bot/batch.py: the rows converted once, not per execution by SQLAlchemy)."""
     lo, hi = batch[0], batch[-1]
     async with sessions() as session, session.begin():
-        contacts = {c.id: c for c in (await session.scalars(select(Contact).where(Contact.id.in_(batch)))).all()}
-        conn = await session.connection()  # Core statements: no ORM processing per row
+        conn = await session.connection()
+        contacts = {row.id: SimpleNamespace(**row._mapping)
+                    for row in (await conn.execute(select(*_CONTACT_COLUMNS).where(_CONTACTS.id.in_(batch))))}
         ev = Event.__table__.c
         rows = (await conn.execute(
             select(ev.id, ev.contact_id, ev.type, ev.occurred_at, ev.item_id, ev.props)
@@ -77,12 +93,14 @@ async def _rescore_range(sessions, service: ScoringService, items: dict, batch: 
             .order_by(ev.contact_id, ev.occurred_at, ev.id)
         )).all()  # Rows unpack like tuples
         by_contact = {cid: list(group) for cid, group in groupby(rows, key=itemgetter(1))}
-        await session.execute(delete(ScoreEntry).where(ScoreEntry.contact_id.in_(batch)))
-        new_rows = []
+        await conn.execute(delete(ScoreEntry).where(ScoreEntry.contact_id.in_(batch)))
+        new_rows: list[dict[str, Any]] = []
+        moves: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
         for cid in batch:
             contact = contacts[cid]
             events = [_scored(row, items) for row in by_contact.get(cid, ())]
-            state, entries = service.scorer.rescore(cid, profile_of(contact), events, now, profile_at=contact.created_at)
+            state, entries = service.scorer.rescore(cid, profile_of(contact), events, now, profile_at=contact.created_at)  # type: ignore[arg-type]
             new_rows += ledger_rows(entries)
             report.contacts += 1
             report.events += len(events)
@@ -91,16 +109,19 @@ async def _rescore_range(sessions, service: ScoringService, items: dict, batch: 
             if round(contact.score or 0.0, 2) != score:
                 report.changed.append(cid)
             model = service.scorer.model_for(contact.region or None)
-            contact.score = score
-            contact.temperature = "hot" if recently_reactivated(contact, now) else temperature(score, model)
-            target = stage_for_score(contact.stage, score, model)
+            temp = "hot" if recently_reactivated(contact, now) else temperature(score, model)  # type: ignore[arg-type]
+            stage = contact.stage
+            target = stage_for_score(stage, score, model)
             if target is not None:
-                session.add(StageChange(contact_id=cid, from_stage=contact.stage, to_stage=target, by="rule:rescore",
-                                        reason=f"重新评分 {score:g}", at=now))
-                contact.stage = target
+                moves.append({"contact_id": cid, "from_stage": stage, "to_stage": target, "by": "rule:rescore",
+                              "reason": f"重新评分 {score:g}", "at": now})
+                stage = target
                 report.stage_moves += 1
-        for start in range(0, len(new_rows), 5000):
-            await conn.execute(ScoreEntry.__table__.insert(), new_rows[start:start + 5000])
+            if (score, temp, stage) != (contact.score, contact.temperature, contact.stage):
+                updates.append({"b_id": cid, "b_score": score, "b_temperature": temp, "b_stage": stage, "b_now": now})
+        await executemany(conn, _LEDGER_INSERT, new_rows)
+        await executemany(conn, _STAGE_INSERT, moves)
+        await executemany(conn, _CONTACT_UPDATE, updates)
 
 
 _NO_ITEM = (None, None, (), None)

@@ -15,7 +15,7 @@ from aiohttp import web
 from sqlalchemy import event, select
 
 from bot.context import Context
-from bot.models import Contact, ScoreEntry, StageChange, Task
+from bot.models import Contact, Event, ScoreEntry, StageChange, Task
 from bot.rescore import rescore_all
 from bot.scheduler import run_job
 from bot.scoring.jobs import decay_scores, mark_dormant_customers
@@ -337,6 +337,38 @@ async def test_rescore_equals_real_time(beacon: Any, seed: int, chunk: int | Non
     assert (a - b, b - a) == ({}, {})
     assert replay_scores == live_scores
     assert report.contacts == len(people) and report.changed == []
+
+
+async def test_rescore_moves_stages_and_touches_only_changed_contacts(beacon: Any) -> None:
+    """Events stored as processed but never scored (an import, or rules that gave them nothing): the
+    replay writes their ledger, moves each contact forward by its new score with a history row,
+    sets its temperature, and leaves a contact whose numbers stay the same untouched."""
+    old = beacon.clock.now()
+    hot = await new_contact(beacon, "wmImported")
+    quiet = await new_contact(beacon, "wmUnchanged")
+    beacon.clock.advance(days=3)
+    async with beacon.rt.sessions() as session, session.begin():
+        for n, kind in enumerate(("webinar_attended", "demo_request", "call")):
+            at = beacon.clock.now() - dt.timedelta(hours=3 - n)
+            session.add(Event(type=kind, contact_id=hot, occurred_at=at, received_at=at, props={}, processed=True))
+    beacon.clock.advance(hours=1)
+
+    report = await rescore_all(beacon.rt.settings, clock=beacon.clock)
+
+    assert (report.contacts, report.events, report.stage_moves, report.changed) == (2, 3, 1, [hot])
+    data = await contact_json(beacon, "wmImported")
+    assert data["score"] == round(sum(e["points"] for e in data["score_breakdown"]), 2) >= 50
+    assert (data["stage"], data["temperature"]) == ("mql", "hot")
+    assert [(h["from"], h["to"]) for h in data["stage_history"]] == [("new", "mql")]
+    async with beacon.rt.sessions() as session:
+        move = await session.scalar(select(StageChange).where(StageChange.contact_id == hot))
+        touched = dict((await session.execute(select(Contact.id, Contact.updated_at))).all())
+    assert (move.by, move.reason, move.at) == ("rule:rescore", f"重新评分 {data['score']:g}", beacon.clock.now())
+    assert touched == {hot: beacon.clock.now(), quiet: old}
+    # Again: the same ledger, nothing changed, no second move.
+    again = await rescore_all(beacon.rt.settings, clock=beacon.clock)
+    assert (again.stage_moves, again.changed) == (0, [])
+    assert (await contact_json(beacon, "wmImported"))["score"] == data["score"]
 
 
 @pytest.mark.parametrize("cold", [False, True], ids=["through-the-book", "from-the-ledger"])
