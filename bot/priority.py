@@ -1,4 +1,5 @@
-"""CPU priority for work that can wait: the digests' chart process and the nightly jobs' reads.
+"""CPU priority for work that can wait: the digests' chart process, the nightly jobs' reads, and
+background loops on the event loop's thread.
 
 On one busy core the server's event loop (link opens, callbacks) shares the CPU with whatever else of
 the process is runnable: a thread running a long SQLite read releases the GIL while SQLite works, and
@@ -13,7 +14,12 @@ requests that wait for them.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 NICEST = 19  # where SCHED_IDLE is missing: the lowest nice value
 
@@ -33,3 +39,13 @@ def background_priority(pid: int = 0) -> str | None:
     except OSError:
         return None
 
+
+
+async def in_turns(items: Iterable[T], every: int = 100) -> AsyncIterator[T]:
+    """`items`, letting the event loop run what is ready after every `every` of them. For background
+    loops on the event loop's thread (a digest for each of 2,000 reps, the rows of their tasks) that
+    would otherwise hold it, and the link opens and callbacks waiting on it, for 50–100 ms at a time."""
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % every == 0:
+            await asyncio.sleep(0)

@@ -37,6 +37,7 @@ from bot.digest.todo import build_todos, render_todo
 from bot.digest.window import split_markdown, today, window_for
 from bot.models import OutboxItem
 from bot.outbox import outbox_row
+from bot.priority import in_turns
 from bot.sop.calendar import BusinessCalendar
 
 log = logging.getLogger("beacon.digest")
@@ -51,7 +52,7 @@ async def build_outgoing(session: AsyncSession, settings: Settings, kind: str, d
     public = settings.server.public_url
     if kind == "reps":
         outs = []
-        for todo in await build_todos(session, settings, window):
+        async for todo in in_turns(await build_todos(session, settings, window), 50):
             bodies = [] if todo.empty else split_markdown(render_todo(todo, window, public))
             numbers = {"tasks": todo.total, "overdue": todo.overdue, "task_ids": [t.task_id for t in todo.lines],
                        "hot": len(todo.hot)}
@@ -64,7 +65,7 @@ async def build_outgoing(session: AsyncSession, settings: Settings, kind: str, d
 
         charts = list(await draw_charts([(team, f"{team.name} · {window.report_day.isoformat()}") for team in teams]))
     outs = []
-    for team, chart in zip(teams, charts):
+    async for team, chart in in_turns(zip(teams, charts), 20):
         body = render_team(team, window, public, settings.alerts.sla_hours)
         outs.append(Outgoing(kind, team.manager, day, split_markdown(body), chart, summary(team)))
     return outs
@@ -82,7 +83,7 @@ async def send_digests(ctx: Context, kind: str, day: dt.date) -> tuple[int, int]
     async with ctx.runtime.background_reads() as reader:
         outs = await build_outgoing(reader, ctx.settings, kind, day)
     now = ctx.clock.now()
-    claims = _driver_claims(ctx.runtime.engine, outs, now) if outs else None
+    claims = await _driver_claims(ctx.runtime.engine, outs, now) if outs else None
     flags = await (_claim_on_driver(ctx.runtime.engine, *claims) if claims is not None else _claim_in_session(ctx, outs, now))
     sent = sum(1 for claimed, out in zip(flags, outs) if claimed and out.bodies)
     log.info("digest %s %s: %d sent, %d already sent or empty", kind, day, sent, len(outs) - sent)
@@ -123,7 +124,7 @@ class DriverClaim:
         self.out, self.digest, self.outbox = out, digest, outbox
 
 
-def _driver_claims(engine: Any, outs: list[Outgoing], now: dt.datetime) -> tuple[list[DriverClaim], str, str] | None:
+async def _driver_claims(engine: Any, outs: list[Outgoing], now: dt.datetime) -> tuple[list[DriverClaim], str, str] | None:
     """SQLite: every claim converted for the driver, with the two statements' SQL; else None."""
     if write_gate(engine) is None:
         return None
@@ -135,7 +136,7 @@ def _driver_claims(engine: Any, outs: list[Outgoing], now: dt.datetime) -> tuple
     claims = [
         DriverClaim(out, claim.row(digest_row(out, now)), [queue.row(outbox_row(path, payload, key=key, now=now))
                                                           for path, payload, key in messages(out)])
-        for out in outs
+        async for out in in_turns(outs, 100)
     ]
     return claims, claim.sql, queue.sql
 

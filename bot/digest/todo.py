@@ -19,6 +19,7 @@ from bot.config import Settings
 from bot.digest.window import DigestWindow, md_text, weekday_label
 from bot.lifecycle import STAGE_LABELS
 from bot.models import Contact, Rep, Task
+from bot.priority import in_turns
 
 KIND_LABELS = {"sop": "SOP", "follow_up": "跟进", "hot_lead": "热线索", "dormant": "沉睡唤醒", "manual": "待办"}
 HOT_STAGES = ("nurturing", "mql", "sql")
@@ -79,7 +80,7 @@ async def build_todos(session: AsyncSession, settings: Settings, window: DigestW
     rows = await session.execute(
         select(ranked).where(ranked.c.rn <= settings.digest.max_tasks).order_by(ranked.c.owner_userid, ranked.c.rn)
     )
-    for row in rows.all():
+    async for row in in_turns(rows, 500):
         due = _aware(row.due_at)
         todos[row.owner_userid].lines.append(TodoLine(row.id, row.kind, row.title, due, row.priority, due < window.as_of))
     await _hot_leads(session, settings, todos)
@@ -94,7 +95,7 @@ async def _hot_leads(session: AsyncSession, settings: Settings, todos: dict[str,
         Contact.owner_userid.in_(list(todos)), Contact.temperature == "hot", Contact.stage.in_(HOT_STAGES),
         Contact.merged_into_id.is_(None), Contact.erased_at.is_(None), ~has_task,
     ).subquery()  # fmt: skip
-    for row in (await session.execute(select(hot).where(hot.c.rn <= settings.digest.top_items))).all():
+    async for row in in_turns(await session.execute(select(hot).where(hot.c.rn <= settings.digest.top_items)), 500):
         name = row.name or row.external_userid or f"#{row.id}"
         label = f"{name}（{row.company}）" if row.company else name
         todos[row.owner_userid].hot.append(HotLead(label, row.score, row.stage))
