@@ -365,7 +365,7 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     )
 
 
-BACKGROUND_POOL = 2  # connections of the background readers: the nightly jobs run one after another
+BACKGROUND_POOL = 2  # connections of the background readers (as many again at a peak): the nightly jobs run one after another
 
 
 def create_background_engine(engine: AsyncEngine, settings: DatabaseSettings) -> AsyncEngine | None:
@@ -380,8 +380,8 @@ def create_background_engine(engine: AsyncEngine, settings: DatabaseSettings) ->
     url = engine.url
     if engine.dialect.name != "sqlite" or not url.database or url.database == ":memory:":
         return None
-    background = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000},
-                                     pool_size=BACKGROUND_POOL, max_overflow=0, pool_timeout=settings.pool_timeout)
+    background = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000}, pool_size=BACKGROUND_POOL,
+                                     max_overflow=BACKGROUND_POOL, pool_timeout=settings.pool_timeout)
     sqlite_driver.use_for(background.sync_engine)
     event.listen(background.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms, Backstop()))
     event.listen(background.sync_engine, "connect", _background_reader)
@@ -393,7 +393,8 @@ def _background_reader(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA query_only=ON")  # a write here would bypass the WriteGate: refused
     cursor.close()
-    await_only(dbapi_conn.driver_connection._execute(background_priority))  # on the connection's own thread
+    if await_only(dbapi_conn.driver_connection._execute(background_priority)) is None:  # on the connection's own thread
+        logging.getLogger("beacon.db").warning("could not lower a background reader's CPU priority: it runs at normal priority")
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -40,7 +40,6 @@ def background_priority(pid: int = 0) -> str | None:
         return None
 
 
-
 async def in_turns(items: Iterable[T], every: int = 100) -> AsyncIterator[T]:
     """`items`, letting the event loop run what is ready after every `every` of them. For background
     loops on the event loop's thread (a digest for each of 2,000 reps, the rows of their tasks) that

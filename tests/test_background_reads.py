@@ -179,3 +179,19 @@ async def test_background_loops_let_the_event_loop_run_in_turns() -> None:
     await other
     assert done == list(range(1000))
     assert sorted(set(turns)) == list(range(0, 1000, 100))  # a turn after each hundred, none between
+
+
+async def test_a_reader_that_cannot_be_lowered_still_reads_and_says_so(sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Where neither SCHED_IDLE nor a nice value can be set, the jobs still run, at normal priority."""
+    import bot.db
+
+    monkeypatch.setattr(bot.db, "background_priority", lambda: None)
+    rt = Runtime.build(make_settings(sqlite_url), routers=[])
+    try:
+        with caplog.at_level("WARNING", logger="beacon.db"):
+            async with rt.background_reads() as session:
+                assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await rt.dispose_engines()
+    assert "could not lower a background reader's CPU priority" in caplog.text
