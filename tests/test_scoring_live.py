@@ -303,6 +303,7 @@ async def test_rescore_equals_real_time(beacon: Any, seed: int, chunk: int | Non
 
     if chunk is not None:  # the nightly decay's chunks as small as they get: the same ledger
         monkeypatch.setattr(jobs, "CHUNK", chunk)
+        monkeypatch.setattr(jobs, "PG_CHUNK", chunk)
     rng = random.Random(seed)
     people = [f"wmR{seed}{i}" for i in range(4)]
     for who in people:
@@ -369,6 +370,32 @@ async def test_rescore_moves_stages_and_touches_only_changed_contacts(beacon: An
     again = await rescore_all(beacon.rt.settings, clock=beacon.clock)
     assert (again.stage_moves, again.changed) == (0, [])
     assert (await contact_json(beacon, "wmImported"))["score"] == data["score"]
+
+
+async def test_decay_chunks_are_sized_for_each_database(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: chunks sized to the one write lock (CHUNK, then by time). PostgreSQL, which locks rows:
+    fewer, larger chunks (PG_CHUNK), each read being a pass over the ledger for its contacts."""
+    import bot.scoring.jobs as jobs
+
+    monkeypatch.setattr(jobs, "CHUNK", 2)
+    monkeypatch.setattr(jobs, "PG_CHUNK", 5)
+    for n in range(10):
+        await new_contact(beacon, f"wmChunk{n}")
+        await post_event(beacon, f"wmChunk{n}", "webinar_attended")
+    await settle(beacon)
+    beacon.clock.advance(days=40)
+    reads: list[str] = []
+    engine = (beacon.rt.background_engine or beacon.rt.engine).sync_engine
+    record = lambda _c, _cur, statement, *_a: reads.append(statement) if "WITH chunk AS" in statement else None  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert await run_job(beacon.rt, "decay-scores", decay_scores, "decay-scores:chunks")
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    sqlite = beacon.rt.engine.dialect.name == "sqlite"
+    assert len(reads) == (10 // 2 if sqlite else 10 // 5) + 1  # and one that finds nobody left
+    scores = [(await contact_json(beacon, f"wmChunk{n}"))["score_breakdown"][-1]["rule"] for n in range(10)]
+    assert scores == ["decay"] * 10
 
 
 @pytest.mark.parametrize("cold", [False, True], ids=["through-the-book", "from-the-ledger"])
