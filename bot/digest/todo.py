@@ -77,7 +77,10 @@ async def build_todos(session: AsyncSession, settings: Settings, window: DigestW
         partition_by=Task.owner_userid, order_by=(is_overdue.desc(), Task.priority, Task.due_at, Task.id)
     ).label("rn")
     ranked = select(Task.id, Task.owner_userid, Task.kind, Task.title, Task.due_at, Task.priority, rank).where(due_today).subquery()
-    rows = await session.execute(
+    # On the connection, not through the ORM: the rows (one per line of every to-do list, tens of
+    # thousands at 2,000 reps) are then converted as they are iterated, in turns, not all at once.
+    conn = await session.connection()
+    rows = await conn.execute(
         select(ranked).where(ranked.c.rn <= settings.digest.max_tasks).order_by(ranked.c.owner_userid, ranked.c.rn)
     )
     async for row in in_turns(rows, 500):
@@ -95,7 +98,8 @@ async def _hot_leads(session: AsyncSession, settings: Settings, todos: dict[str,
         Contact.owner_userid.in_(list(todos)), Contact.temperature == "hot", Contact.stage.in_(HOT_STAGES),
         Contact.merged_into_id.is_(None), Contact.erased_at.is_(None), ~has_task,
     ).subquery()  # fmt: skip
-    async for row in in_turns(await session.execute(select(hot).where(hot.c.rn <= settings.digest.top_items)), 500):
+    conn = await session.connection()  # as for the tasks: rows converted in turns
+    async for row in in_turns(await conn.execute(select(hot).where(hot.c.rn <= settings.digest.top_items)), 500):
         name = row.name or row.external_userid or f"#{row.id}"
         label = f"{name}（{row.company}）" if row.company else name
         todos[row.owner_userid].hot.append(HotLead(label, row.score, row.stage))
