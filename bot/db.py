@@ -348,12 +348,11 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         if url.database and url.database != ":memory:":  # a file: a queue pool, sized like PostgreSQL's
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             pool = {"pool_size": settings.pool_size, "max_overflow": settings.max_overflow, "pool_timeout": settings.pool_timeout}
-        engine = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000}, **pool)
-        sqlite_driver.use_for(engine.sync_engine)
         # Checkpoints in the background (a serving Runtime's WalCheckpointer takes them over): writers
         # then keep a backstop only.
-        backstop = engine.sync_engine.dialect.beacon_backstop = Backstop()  # type: ignore[attr-defined]
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms, backstop))
+        backstop = Backstop()
+        engine = _sqlite_engine(url, settings, backstop, **pool)
+        engine.sync_engine.dialect.beacon_backstop = backstop  # type: ignore[attr-defined]
         WriteGate(settings.busy_timeout_ms / 1000).install(engine)
         return engine
     return create_async_engine(
@@ -363,6 +362,14 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         pool_timeout=settings.pool_timeout,
         pool_pre_ping=True,
     )
+
+
+def _sqlite_engine(url: Any, settings: DatabaseSettings, backstop: Backstop, **pool: Any) -> AsyncEngine:
+    """A SQLite engine on the hop-saving driver, with the pragmas applied to every connection."""
+    engine = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000}, **pool)
+    sqlite_driver.use_for(engine.sync_engine)
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms, backstop))
+    return engine
 
 
 BACKGROUND_POOL = 2  # connections of the background readers (as many again at a peak): the nightly jobs run one after another
@@ -380,10 +387,8 @@ def create_background_engine(engine: AsyncEngine, settings: DatabaseSettings) ->
     url = engine.url
     if engine.dialect.name != "sqlite" or not url.database or url.database == ":memory:":
         return None
-    background = create_async_engine(url, connect_args={"timeout": settings.busy_timeout_ms / 1000}, pool_size=BACKGROUND_POOL,
-                                     max_overflow=BACKGROUND_POOL, pool_timeout=settings.pool_timeout)
-    sqlite_driver.use_for(background.sync_engine)
-    event.listen(background.sync_engine, "connect", _sqlite_pragmas(settings.busy_timeout_ms, Backstop()))
+    background = _sqlite_engine(url, settings, Backstop(), pool_size=BACKGROUND_POOL, max_overflow=BACKGROUND_POOL,
+                                pool_timeout=settings.pool_timeout)
     event.listen(background.sync_engine, "connect", _background_reader)
     event.listen(background.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))  # deferred: a reader's snapshot
     return background
