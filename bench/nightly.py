@@ -4,7 +4,7 @@
 [--db sqlite|postgresql] [--pg-url URL] [--keep] [--reuse DIR] [--strict]` (`--help` for all). The default
 size keeps the whole run near a minute. Full size:
 `--contacts 1000000 --events 10000000`: the synthetic company alone takes 20-35 minutes to write
-and ~13 GB per database copy (mostly the score ledger: one decay row per quiet contact per day),
+and several GB per database copy (mostly the score ledger and the event log),
 with up to three copies on disk at once. `--keep` leaves it in the temp dir and `--reuse DIR` runs
 the jobs again on it (SQLite; about ten minutes at full size instead of about half an hour).
 
@@ -41,7 +41,7 @@ Each variant starts from its own copy of the prepared database and runs pinned t
   attributed and scored by the tracker) and, on SQLite, the probe. Reported: link-open p50/p99 during each job
   and during all four, against the `--idle` seconds (IDLE_S) of the same load before (target: p99 ≤ 3× idle),
   and the probe's longest wait in each window.
-Then the results are checked: the same decay ticks (contact, points, time, reason), scores and
+Then the results are checked: the same decay rows tonight wrote (contact, spell, points, time, reason), scores and
 temperatures, the same dormancy moves, the same digest numbers per recipient in the jobs-alone run and
 the raw run; and no link open answered non-2xx.
 On PostgreSQL there is no database-wide write lock, so no probe; its server's processes are not pinned
@@ -455,12 +455,11 @@ _DECAY_SQL = {
             WHERE behavior > 0 AND active IS NOT NULL AND :today > active + :after_days
               AND (last_tick IS NULL OR last_tick < :today)""",
         "ledger": """
-            INSERT INTO score_ledger (contact_id, model, rule, points, event_id, reason, at)
-            SELECT id, :model, 'decay', -tick / 100.0, NULL,
-                   '连续' || quiet || '天无互动，行为分衰减 ' ||
-                   CASE WHEN tick % 100 = 0 THEN printf('%+d', -tick / 100) ELSE rtrim(printf('%+.2f', -tick / 100.0), '0') END,
-                   :at
-            FROM temp.due WHERE tick IS NOT NULL ORDER BY id""",
+            INSERT INTO score_ledger (contact_id, model, rule, points, event_id, reason, at, quiet_since)
+            SELECT id, :model, 'decay', -tick / 100.0, NULL, '连续' || quiet || '天无互动，行为分逐日衰减', :at, date(active)
+            FROM temp.due WHERE tick IS NOT NULL ORDER BY id
+            ON CONFLICT (contact_id, model, quiet_since) WHERE quiet_since IS NOT NULL
+            DO UPDATE SET points = round(score_ledger.points + excluded.points, 2), at = excluded.at, reason = excluded.reason""",
         "scores": """
             UPDATE contacts SET score = ROUND(d.total - d.tick / 100.0, 2),
                    temperature = CASE
@@ -492,12 +491,13 @@ _DECAY_SQL = {
             WHERE behavior > 0 AND active IS NOT NULL AND CAST(:today AS date) > active + CAST(:after_days AS integer)
               AND (last_tick IS NULL OR last_tick < CAST(:today AS date))""",
         "ledger": """
-            INSERT INTO score_ledger (contact_id, model, rule, points, event_id, reason, at)
-            SELECT id, CAST(:model AS text), 'decay', -tick / 100.0, NULL,
-                   '连续' || quiet || '天无互动，行为分衰减 ' ||
-                   CASE WHEN tick % 100 = 0 THEN (-tick / 100)::text ELSE rtrim(to_char(-tick / 100.0, 'FM999999990.00'), '0') END,
-                   CAST(:at AS timestamp)
-            FROM due WHERE tick IS NOT NULL ORDER BY id""",
+            INSERT INTO score_ledger (contact_id, model, rule, points, event_id, reason, at, quiet_since)
+            SELECT id, CAST(:model AS text), 'decay', -tick / 100.0, NULL, '连续' || quiet || '天无互动，行为分逐日衰减',
+                   CAST(:at AS timestamp), active
+            FROM due WHERE tick IS NOT NULL ORDER BY id
+            ON CONFLICT (contact_id, model, quiet_since) WHERE quiet_since IS NOT NULL
+            DO UPDATE SET points = round((score_ledger.points + excluded.points)::numeric, 2)::double precision,
+                          at = excluded.at, reason = excluded.reason""",
         "scores": """
             UPDATE contacts SET score = ROUND((d.total - d.tick / 100.0)::numeric, 2),
                    temperature = CASE
@@ -706,7 +706,7 @@ def _differences(p: Sql, r: Sql, job_at: dt.datetime, last_event: int) -> list[s
     # Contacts with events newer than the prepared database's (none without load) are left out.
     touched = {c for (c,) in p.rows(
         "SELECT DISTINCT contact_id FROM events WHERE contact_id IS NOT NULL AND id > :last", {"last": last_event})}
-    sql = "SELECT contact_id, points, at, reason FROM score_ledger WHERE rule = 'decay' AND at = :at ORDER BY contact_id"
+    sql = "SELECT contact_id, points, at, reason, quiet_since FROM score_ledger WHERE rule = 'decay' AND at = :at ORDER BY contact_id"
     ticks_p = [t for t in p.rows(sql, {"at": midnight}) if t[0] not in touched]
     ticks_r = [t for t in r.rows(sql, {"at": midnight}) if t[0] not in touched]
     if ticks_p != ticks_r:

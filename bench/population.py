@@ -156,7 +156,8 @@ def _score_history(con: sqlite3.Connection, first: int, last: int, until: dt.dat
 
     from bot.config import Settings
     from bot.scoring.engine import ScoredEvent, Scorer
-    from bot.scoring.service import ledger_rows, profile_of
+    from bot.ledger import ledger_rows
+    from bot.scoring.service import profile_of
     from bot.scoring.stages import temperature
 
     scorer = Scorer(Settings().scoring)
@@ -184,7 +185,8 @@ def _score_history(con: sqlite3.Connection, first: int, last: int, until: dt.dat
             ledger += ledger_rows(entries)
             scores.append((state.score, temperature(state.score, scorer.model_for(contact.region or None)), contact.id))
     con.executemany(
-        "INSERT INTO score_ledger (contact_id, model, rule, points, event_id, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(r["contact_id"], r["model"], r["rule"], r["points"], r["event_id"], r["reason"], sqlite_ts(r["at"])) for r in ledger],
+        "INSERT INTO score_ledger (contact_id, model, rule, points, event_id, reason, at, quiet_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r["contact_id"], r["model"], r["rule"], r["points"], r["event_id"], r["reason"], sqlite_ts(r["at"]),
+          None if r["quiet_since"] is None else r["quiet_since"].isoformat()) for r in ledger],
     )
     con.executemany("UPDATE contacts SET score = ?, temperature = ? WHERE id = ?", scores)

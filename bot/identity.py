@@ -88,7 +88,10 @@ async def merge_contacts(session: AsyncSession, from_id: int, into_id: int, *, r
         key = model.__tablename__
         ids = list((await session.scalars(select(model.id if hasattr(model, "id") else col).where(col == from_id))).all())
         if ids:
-            await session.execute(update(model).where(model.id.in_(ids)).values({column: into_id}))
+            values: dict[str, Any] = {column: into_id}
+            if model is ScoreEntry:  # the source's quiet spells close: the target may have spells since the same day
+                values["quiet_since"] = None
+            await session.execute(update(model).where(model.id.in_(ids)).values(values))
             moved[key] = ids
     fields: dict[str, Any] = {}
     for name in ("external_userid", "phone", "name", "company", "title", "email", "owner_userid", "channel_id"):

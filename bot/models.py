@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -277,10 +278,26 @@ class Event(Base):
 
 
 class ScoreEntry(Base):
-    """One application of one scoring rule; a contact's score is the sum of its entries."""
+    """One application of one scoring rule; a contact's score is the sum of its entries.
+
+    Inactivity decay is one row per quiet spell, not per day: `quiet_since` (the local day of the
+    last engagement the spell follows) is set on decay rows only, and each night's tick adds its
+    points to the spell's row (`bot.scoring.service.ledger_insert`), moving `at` to the latest tick.
+    """
 
     __tablename__ = "score_ledger"
-    __table_args__ = (Index("ix_score_ledger_contact_at", "contact_id", "at"),)
+    __table_args__ = (
+        Index("ix_score_ledger_contact_at", "contact_id", "at"),
+        Index(
+            "ux_score_ledger_quiet_spell",
+            "contact_id",
+            "model",
+            "quiet_since",
+            unique=True,
+            sqlite_where=text("quiet_since IS NOT NULL"),
+            postgresql_where=text("quiet_since IS NOT NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
     model: Mapped[str] = mapped_column(String(64))
@@ -289,6 +306,7 @@ class ScoreEntry(Base):
     event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"))
     reason: Mapped[str] = mapped_column(String(255), default="")
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    quiet_since: Mapped[dt.date | None] = mapped_column(Date)
 
 
 class StageChange(Base):

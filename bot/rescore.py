@@ -24,7 +24,8 @@ from bot.db import create_engine, session_factory
 from bot.lifecycle import recently_reactivated
 from bot.models import Contact, ContentItem, Event, ScoreEntry, StageChange
 from bot.scoring.engine import ScoredEvent
-from bot.scoring.service import PROFILE_FIELDS, ScoringService, ledger_rows, profile_of
+from bot.ledger import ledger_insert, ledger_rows
+from bot.scoring.service import PROFILE_FIELDS, ScoringService, profile_of
 from bot.scoring.stages import stage_for_score, temperature
 
 Progress = Callable[[int, int], None]
@@ -70,7 +71,6 @@ async def rescore_all(settings: Settings, *, clock: Clock | None = None, chunk: 
 _CONTACTS = Contact.__table__.c
 _CONTACT_COLUMNS = [_CONTACTS.id, _CONTACTS.score, _CONTACTS.stage, _CONTACTS.temperature, _CONTACTS.created_at, _CONTACTS.profile,
                     *(_CONTACTS[name] for name in PROFILE_FIELDS)]  # region is one of PROFILE_FIELDS
-_LEDGER_INSERT = insert(ScoreEntry.__table__)
 _STAGE_INSERT = insert(StageChange.__table__)
 _CONTACT_UPDATE = update(Contact.__table__).where(_CONTACTS.id == bindparam("b_id")).values(
     score=bindparam("b_score"), temperature=bindparam("b_temperature"), stage=bindparam("b_stage"), updated_at=bindparam("b_now"),
@@ -119,7 +119,7 @@ async def _rescore_range(sessions, service: ScoringService, items: dict, batch: 
                 report.stage_moves += 1
             if (score, temp, stage) != (contact.score, contact.temperature, contact.stage):
                 updates.append({"b_id": cid, "b_score": score, "b_temperature": temp, "b_stage": stage, "b_now": now})
-        await executemany(conn, _LEDGER_INSERT, new_rows)
+        await executemany(conn, ledger_insert(conn.dialect.name), new_rows)
         await executemany(conn, _STAGE_INSERT, moves)
         await executemany(conn, _CONTACT_UPDATE, updates)
 

@@ -79,7 +79,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "id", "type", "contact_id", "visitor_id", "share_id", "item_id", "version_id", "rep_userid", "channel_id", "props",
         "occurred_at", "received_at", "idempotency_key", "processed",
     ),
-    "score_ledger": ("contact_id", "model", "rule", "points", "event_id", "reason", "at"),
+    "score_ledger": ("contact_id", "model", "rule", "points", "event_id", "reason", "at", "quiet_since"),
     "stage_history": ("contact_id", "from_stage", "to_stage", "by", "reason", "at"),
     "tasks": (
         "kind", "title", "body", "owner_userid", "contact_id", "item_id", "priority", "status", "due_at",
@@ -222,9 +222,10 @@ class Generator:
         self.now = world.now
         self.rep_cum = _cumulative(world.rep_weights)
         self.ts: Callable[[dt.datetime | None], Any] = _sqlite_ts if world.dialect == "sqlite" else _pg_ts
+        self.day: Callable[[int], Any] = _sqlite_day if world.dialect == "sqlite" else dt.date.fromordinal
 
     def chunk(self, spec: ChunkSpec) -> Chunk:
-        from bot.scoring.engine import NOT_ENGAGEMENT, ScoredEvent
+        from bot.scoring.engine import NOT_ENGAGEMENT, ScoredEvent, merge_spells
         from bot.scoring.rules import DECAY_RULE
         from bot.scoring.service import profile_of
         from bot.scoring.stages import stage_for_score, temperature
@@ -317,14 +318,17 @@ class Generator:
                 moves.append(("customer", "dormant", "rule:dormancy", f"超过 {w.dormant_after_days} 天未付款", dormant_at))
                 stage = "dormant"
                 updated = max(updated, dormant_at)
-            for entry in entries:
+            for entry in merge_spells(entries):  # one row per quiet spell, as the ledger keeps them
+                since = None
                 if entry.event_id is None and entry.rule == DECAY_RULE:  # ticks fall on a few midnights
                     at = midnights.get(entry.at)
                     if at is None:
                         at = midnights[entry.at] = ts(entry.at)
+                    if entry.quiet_since is not None:
+                        since = self.day(entry.quiet_since)
                 else:
                     at = ts(entry.at)
-                ledger.append((cid, entry.model, entry.rule, entry.points, entry.event_id, entry.reason[:255], at))
+                ledger.append((cid, entry.model, entry.rule, entry.points, entry.event_id, entry.reason[:255], at, since))
             for from_stage, to_stage, by, reason, at in moves:
                 history.append((cid, from_stage, to_stage, by, reason, ts(at)))
                 updated = max(updated, at)
@@ -543,6 +547,10 @@ def _sqlite_ts(value: dt.datetime | None) -> str | None:
 
 def _pg_ts(value: dt.datetime | None) -> dt.datetime | None:
     return None if value is None else value.replace(tzinfo=None)
+
+
+def _sqlite_day(ordinal: int) -> str:
+    return dt.date.fromordinal(ordinal).isoformat()  # SQLAlchemy's SQLite Date format
 
 
 # --- writing ---------------------------------------------------------------------------------------

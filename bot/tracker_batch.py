@@ -33,7 +33,8 @@ from sqlalchemy.sql import TableClause
 from sqlalchemy.sql.util import find_tables
 
 from bot.inbox import insert_ignore
-from bot.models import Contact, Event, ScoreEntry, Share, Visitor, utcnow
+from bot.ledger import add_to_spell, ledger_insert, spell_key
+from bot.models import Contact, Event, Share, Visitor, utcnow
 
 if TYPE_CHECKING:
     from bot.tracker import Tracker
@@ -62,7 +63,6 @@ _EVENT_STATE = (
     update(_EVENTS).where(_EVENTS.c.id == bindparam("b_id")).values(contact_id=bindparam("b_contact"), processed=bindparam("b_processed"))
 )
 _MARK_PROCESSED = update(_EVENTS).where(_EVENTS.c.id.in_(bindparam("b_ids", expanding=True))).values(processed=True)
-_LEDGER = ScoreEntry.__table__.insert()
 
 
 class BrowserRow:
@@ -94,6 +94,8 @@ class TrackerBatch:
         self.stage_moved: set[int] = set()  # contacts with a stage change queued in this batch
         self.stale = True
         self._forward = insert_ignore(session.bind.dialect.name, _EVENTS, "idempotency_key")
+        self._ledger = ledger_insert(session.bind.dialect.name)
+        self._spells: dict[tuple[Any, ...], dict[str, Any]] = {}  # queued decay rows by spell
         self._inserts: dict[str, Any] = {}
         self._savepoints: list[Any] = []
 
@@ -262,8 +264,16 @@ class TrackerBatch:
         self.add("events", self._forward, params)
 
     def add_ledger(self, rows: list[dict[str, Any]]) -> None:
+        """Ledger rows (bot.ledger.ledger_rows); a decay tick whose spell has a row queued is added to it."""
         for row in rows:
-            self.add("score_ledger", _LEDGER, row)
+            key = spell_key(row)
+            if key is not None:
+                queued = self._spells.get(key)
+                if queued is not None:
+                    add_to_spell(queued, row)
+                    continue
+                self._spells[key] = row
+            self.add("score_ledger", self._ledger, row)
 
     @property
     def pending(self) -> bool:
@@ -286,6 +296,8 @@ class TrackerBatch:
                 if not ops:
                     continue
                 self.ops[table] = []
+                if table == "score_ledger":
+                    self._spells = {}  # written: a later tick of a spell goes in as a row of its own
                 start = 0
                 while start < len(ops):  # consecutive rows of one statement: one executemany
                     stmt = ops[start][0]

@@ -59,3 +59,40 @@ async def test_merge_and_undo(beacon: Any) -> None:
             assert "already undone" in str(exc)
         else:
             raise AssertionError("a merge cannot be undone twice")
+
+
+async def test_merge_of_two_contacts_quiet_since_the_same_day(beacon: Any) -> None:
+    """Each has a decay row for a quiet spell since the same day (one row per contact and spell): the
+    merge moves the source's row over as a closed entry, so the two do not collide, and the
+    survivor's own spell goes on taking ticks. Undo moves it back."""
+    import datetime as dt
+
+    from bot.ledger import ledger_insert
+    from bot.models import ScoreEntry
+
+    rt, now = beacon.rt, beacon.clock.now()
+    since = dt.date(2026, 1, 5)
+
+    def tick(contact_id: int, points: float) -> dict[str, Any]:
+        return {"contact_id": contact_id, "model": "default", "rule": "decay", "points": points, "event_id": None,
+                "reason": "连续40天无互动，行为分逐日衰减", "at": now, "quiet_since": since}
+
+    async with rt.sessions() as session, session.begin():
+        one, two = (Contact(name=n, created_at=now, updated_at=now) for n in ("甲", "乙"))
+        session.add_all([one, two])
+        await session.flush()
+        await session.execute(ledger_insert(rt.engine.dialect.name), [tick(one.id, -1.5), tick(two.id, -2.0)])
+        one_id, two_id = one.id, two.id
+    async with rt.sessions() as session, session.begin():
+        record = await merge_contacts(session, two_id, one_id, reason="same person", now=now)
+        merge_id = record.id
+    async with rt.sessions() as session, session.begin():
+        await session.execute(ledger_insert(rt.engine.dialect.name), [tick(one_id, -0.25)])  # the survivor's next tick
+    async with rt.sessions() as session:
+        rows = sorted((r.points, r.quiet_since) for r in (await session.scalars(select(ScoreEntry).where(ScoreEntry.contact_id == one_id))).all())
+        assert rows == [(-2.0, None), (-1.75, since)]
+    async with rt.sessions() as session, session.begin():
+        await undo_merge(session, merge_id, now=now)
+    async with rt.sessions() as session:
+        back = (await session.scalars(select(ScoreEntry.points).where(ScoreEntry.contact_id == two_id))).all()
+        assert list(back) == [-2.0]

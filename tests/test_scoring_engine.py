@@ -21,7 +21,7 @@ from bot.scoring import (
     stage_for_score,
     temperature,
 )
-from bot.scoring.engine import pack_totals, unpack_totals
+from bot.scoring.engine import merge_spells, pack_totals, unpack_totals
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 2, 2, 0, tzinfo=UTC)  # 10:00 in Asia/Shanghai
@@ -234,34 +234,43 @@ def test_thirty_quiet_days_change_nothing() -> None:
     assert state.score == 45.0
 
 
+LOCAL = dt.timezone(dt.timedelta(hours=8))
+ENGAGED_DAY = dt.date(2026, 3, 2).toordinal()  # engaged_state's events, in local time
+
+
 def test_sixty_quiet_days_halve_behavior_only() -> None:
     state, ledger = engaged_state()
     ticks = SCORER.decay(state, T0 + dt.timedelta(days=60))
-    assert len(ticks) == 30
-    assert all(e.rule == "decay" and e.points < 0 and e.event_id is None for e in ticks)
+    assert [(e.rule, e.event_id, e.quiet_since, e.reason) for e in ticks] == [("decay", None, ENGAGED_DAY, "连续60天无互动，行为分逐日衰减")]
     assert state.behavior / 100 == pytest.approx(22.5, abs=0.2)
+    assert ticks[0].points == (state.behavior - 4500) / 100  # the 30 daily ticks in one entry
     assert state.profile == 3000 and state.penalty == -3000  # profile and penalties never decay
     ledger += ticks
     assert cents(ledger) == state.cents
-    assert ticks[0].reason.startswith("连续31天无互动，行为分衰减 -")
 
 
 def test_decay_ticks_fall_on_local_midnights() -> None:
     state, _ = engaged_state()
-    ticks = SCORER.decay(state, T0 + dt.timedelta(days=35))
-    local = [e.at.astimezone(dt.timezone(dt.timedelta(hours=8))) for e in ticks]
-    assert [t.time() for t in local] == [dt.time(0)] * 5
-    assert local[0].date() == dt.date(2026, 4, 2)  # last engaged 2 March (local): the 31st midnight after
+    first = SCORER.decay(state, T0 + dt.timedelta(days=31))
+    assert first[0].at.astimezone(LOCAL) == dt.datetime(2026, 4, 2, tzinfo=LOCAL)  # last engaged 2 March: the 31st midnight after
+    assert first[0].reason == "连续31天无互动，行为分逐日衰减"
+    later = SCORER.decay(state, T0 + dt.timedelta(days=35))
+    assert later[0].at.astimezone(LOCAL) == dt.datetime(2026, 4, 6, tzinfo=LOCAL)  # dated at the last tick's midnight
+    assert later[0].quiet_since == first[0].quiet_since == ENGAGED_DAY
 
 
 def test_decay_is_idempotent_and_independent_of_when_it_is_called() -> None:
+    """However the ticks are cut into calls (real time decays at each event, the nightly job once a
+    day), the spell sums to the same points: the daily rounding is the same."""
     once, _ = engaged_state()
     all_at_once = SCORER.decay(once, T0 + dt.timedelta(days=90))
     piecewise, _ = engaged_state()
     parts: list[Entry] = []
     for hours in (24 * 31, 24 * 31 + 1, 24 * 40 + 7, 24 * 40 + 7, 24 * 55, 24 * 90):
         parts += SCORER.decay(piecewise, T0 + dt.timedelta(hours=hours))
-    assert parts == all_at_once
+    assert len(parts) == 4 and len(all_at_once) == 1
+    assert merge_spells(parts) == all_at_once
+    assert piecewise.behavior == once.behavior
     assert SCORER.decay(piecewise, T0 + dt.timedelta(days=90)) == []
     assert SCORER.decay(piecewise, T0 + dt.timedelta(days=10)) == []
 
@@ -270,8 +279,31 @@ def test_engagement_restarts_the_quiet_clock_but_leaving_does_not() -> None:
     state, _ = engaged_state()
     SCORER.apply(state, ev("open", T0 + dt.timedelta(days=29), item_id=5))
     assert SCORER.decay(state, T0 + dt.timedelta(days=59)) == []
-    SCORER.apply(state, ev("unsubscribe", T0 + dt.timedelta(days=59)))
-    assert len(SCORER.decay(state, T0 + dt.timedelta(days=61))) == 2
+    SCORER.apply(state, ev("unsubscribe", T0 + dt.timedelta(days=59)))  # not engagement: the spell goes on
+    before = state.behavior
+    ticks = SCORER.decay(state, T0 + dt.timedelta(days=61))
+    assert [(e.quiet_since, e.reason) for e in ticks] == [(ENGAGED_DAY + 29, "连续32天无互动，行为分逐日衰减")]
+    first = round(before * (1 - 0.5 ** (1 / 30)))
+    second = round((before - first) * (1 - 0.5 ** (1 / 30)))  # each day's tick on what the day before left
+    assert before - state.behavior == first + second == -round(ticks[0].points * 100)
+
+
+def test_each_quiet_spell_is_one_entry() -> None:
+    """A replay keeps one decay entry per spell: ticks before and after a non-engagement event merge,
+    an engagement starts a new spell."""
+    state = SCORER.new_state(1)
+    events = [ev("download", T0, id=1, item_id=1), ev("unsubscribe", T0 + dt.timedelta(days=40), id=2),
+              ev("download", T0 + dt.timedelta(days=70), id=3, item_id=2)]
+    state, entries = SCORER.rescore(1, {}, events, T0 + dt.timedelta(days=120))
+    spells = [e for e in entries if e.rule == "decay"]
+    assert [e.quiet_since for e in spells] == [ENGAGED_DAY, ENGAGED_DAY + 70]
+    assert [e.reason for e in spells] == ["连续70天无互动，行为分逐日衰减", "连续50天无互动，行为分逐日衰减"]
+    assert cents(entries) == state.cents
+    split = SCORER.new_state(1)
+    pieces = SCORER.apply(split, events[0]) + SCORER.apply(split, events[1]) + SCORER.apply(split, events[2])
+    pieces += SCORER.decay(split, T0 + dt.timedelta(days=120))
+    assert len([e for e in pieces if e.rule == "decay"]) == 3  # the first spell in two calls
+    assert merge_spells(pieces) == entries
 
 
 def test_no_decay_when_half_life_is_zero() -> None:

@@ -440,3 +440,73 @@ async def test_decay_leaves_a_contact_scored_meanwhile_for_the_next_run(beacon: 
     monkeypatch.setattr(jobs, "_read_chunk", read)
     assert await run_job(beacon.rt, "decay-scores", decay_scores, "decay:2")
     assert await decay_rows("wmQuiet2") and await score("wmQuiet2") < 7.5
+
+
+@pytest.mark.parametrize("cold", [False, True], ids=["through-the-book", "from-the-ledger"])
+async def test_decay_keeps_one_ledger_row_per_quiet_spell(beacon: Any, cold: bool) -> None:
+    """Inactivity decay is one ledger row per quiet spell, not one per day: each night's tick and the
+    tracker's lazy decay at a non-engagement event add to the spell's row; an engagement starts a new
+    spell. The rows sum to the score, and a rescore writes the same rows."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(beacon.rt.settings.scoring.models[0].timezone)
+    cid = await new_contact(beacon, "wmSpell")
+    first = beacon.clock.now()
+    await post_event(beacon, "wmSpell", "download", at=first)
+    await settle(beacon)
+
+    async def decay_rows() -> list[tuple[Any, ...]]:
+        async with beacon.rt.sessions() as session:
+            return [tuple(r) for r in (await session.execute(
+                select(ScoreEntry.quiet_since, ScoreEntry.points, ScoreEntry.reason, ScoreEntry.at)
+                .where(ScoreEntry.contact_id == cid, ScoreEntry.rule == "decay").order_by(ScoreEntry.id)
+            )).all()]
+
+    async def nightly(key: str) -> None:
+        await book_holds(beacon, None if cold else {cid})
+        assert await run_job(beacon.rt, "decay-scores", decay_scores, key)
+
+    def midnight() -> dt.datetime:
+        return dt.datetime.combine(beacon.clock.now().astimezone(zone).date(), dt.time(), tzinfo=zone)
+
+    engaged = first.astimezone(zone).date()
+    beacon.clock.advance(days=35)
+    await nightly("decay:1")
+    [(since, points, reason, at)] = await decay_rows()
+    assert (since, at) == (engaged, midnight()) and points < 0
+    assert reason == f"连续{(midnight().date() - engaged).days}天无互动，行为分逐日衰减"
+    for night in (2, 3):
+        beacon.clock.advance(days=1)
+        await nightly(f"decay:{night}")
+    [(since, more, reason, at)] = await decay_rows()
+    assert since == engaged and more < points and at == midnight() and reason.startswith(f"连续{(midnight().date() - engaged).days}天")
+
+    beacon.clock.advance(days=2)  # not engagement: the tracker decays up to it, into the same spell
+    await post_event(beacon, "wmSpell", "unsubscribe", at=beacon.clock.now())
+    await settle(beacon)
+    [(since, most, _reason, at)] = await decay_rows()
+    assert since == engaged and most < more and at == midnight()
+
+    beacon.clock.advance(days=1)
+    await post_event(beacon, "wmSpell", "open", at=beacon.clock.now())  # the day's tick, then the spell ends
+    await settle(beacon)
+    [ended] = await decay_rows()
+    assert ended[0] == engaged and ended[1] < most and ended[3] == midnight()
+    reengaged = beacon.clock.now().astimezone(zone).date()
+    beacon.clock.advance(days=40)
+    await nightly("decay:4")
+    spells = await decay_rows()
+    assert [s[0] for s in spells] == [engaged, reengaged] and spells[0] == ended
+
+    async def ledger() -> tuple[list[tuple[Any, ...]], float]:
+        async with beacon.rt.sessions() as session:
+            rows = sorted(tuple(r) for r in (await session.execute(
+                select(ScoreEntry.rule, ScoreEntry.points, ScoreEntry.event_id, ScoreEntry.quiet_since, ScoreEntry.reason)
+                .where(ScoreEntry.contact_id == cid))).all())
+            return rows, (await session.get(Contact, cid)).score  # type: ignore[union-attr]
+
+    rows, score = await ledger()
+    assert round(sum(r[1] for r in rows), 2) == score
+    assert (await contact_json(beacon, "wmSpell"))["score"] == score
+    await rescore_all(beacon.rt.settings, clock=beacon.clock)
+    assert await ledger() == (rows, score)

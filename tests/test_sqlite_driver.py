@@ -209,14 +209,17 @@ async def test_executemany_in_a_transaction_matches_sqlalchemy(sqlite_url: str) 
     `conn.execute` writes them, inside the caller's transaction (a rollback takes them back)."""
     from bot.batch import executemany
     from bot.models import Contact, ScoreEntry
-    from bot.scoring.jobs import _LEDGER_INSERT, _SCORE_UPDATE
+    from bot.ledger import ledger_insert
+    from bot.scoring.jobs import _SCORE_UPDATE
 
     engine = create_engine(make_settings(sqlite_url).database)
     at = dt.datetime(2026, 5, 6, 7, 8, 9, 101112, tzinfo=dt.timezone.utc)
+    _LEDGER_INSERT = ledger_insert("sqlite")
 
     def ledger(contact_id: int, tag: str) -> list[dict[str, Any]]:
+        # The last two rows are ticks of one quiet spell: the second adds to the first's row.
         return [{"contact_id": contact_id, "model": "default", "rule": "decay", "points": -1.25 * n, "event_id": None,
-                 "reason": f"{tag} 衰减 {n}", "at": at} for n in range(1, 4)]
+                 "reason": f"{tag} 衰减 {n}", "at": at, "quiet_since": None if n == 1 else dt.date(2026, 3, n)} for n in (1, 2, 2)]
 
     try:
         async with engine.begin() as conn:
@@ -236,9 +239,10 @@ async def test_executemany_in_a_transaction_matches_sqlalchemy(sqlite_url: str) 
     finally:
         await engine.dispose()
     path = sqlite_url.split("///", 1)[1]
-    led = _raw_rows(path, "SELECT contact_id, model, rule, points, event_id, reason, at FROM score_ledger ORDER BY id")
-    assert [r[1:] for r in led if r[0] == a] == [r[1:] for r in led if r[0] == b] and len(led) == 6
+    led = _raw_rows(path, "SELECT contact_id, model, rule, points, event_id, reason, at, quiet_since FROM score_ledger ORDER BY id")
+    assert [r[1:] for r in led if r[0] == a] == [r[1:] for r in led if r[0] == b] and len(led) == 4
     assert led[0][6] == "2026-05-06 07:08:09.101112"
+    assert [(r[3], r[7]) for r in led if r[0] == a] == [(-1.25, None), (-5.0, "2026-03-02")]
     contacts = _raw_rows(path, "SELECT score, temperature, updated_at FROM contacts ORDER BY id")
     assert contacts[0] == contacts[1] == (12.5, "warm", "2026-05-06 07:08:09.101112")
 

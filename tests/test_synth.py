@@ -86,7 +86,10 @@ def test_synth_writes_a_consistent_company_and_rescore_agrees(db_url: str, tmp_p
     assert counts["unprocessed"] < EVENTS * 0.01  # mostly processed: the tracker has (almost) nothing to do
     assert counts["reps"] == 4 and counts["managers"] == 1 and counts["channels"] == 3  # 2,000 reps per 1M contacts, min 3
     assert counts["shares"] >= CONTACTS // 2 and counts["tasks"] > 0 and counts["decay"] > 0
-    assert counts["ledger"] > EVENTS  # events, profile rules and the decay ticks of quiet contacts
+    assert counts["ledger"] > EVENTS // 2  # events, profile rules and the decay of quiet contacts
+    # Decay is one row per quiet spell, each with the day of the engagement it follows.
+    spells = query(db_url, "SELECT COUNT(*), COUNT(quiet_since), COUNT(DISTINCT contact_id) FROM score_ledger WHERE rule = 'decay'")[0]
+    assert spells[0] == spells[1] and spells[2] <= spells[0] < 2 * spells[2], spells
     by_type = dict(query(db_url, "SELECT type, COUNT(*) FROM events GROUP BY type"))
     for kind in ("open", "read", "dwell", "download", "cta", "form_submit", "contact_added", "payment", "message"):
         assert by_type.get(kind, 0) > 0, (kind, by_type)

@@ -60,7 +60,12 @@ class ScoredEvent:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One ledger row: which rule gave how many points, for which event, and why (for reps)."""
+    """One ledger row: which rule gave how many points, for which event, and why (for reps).
+
+    Decay entries carry `quiet_since`, the local day (ordinal) of the last engagement their quiet
+    spell follows: the ledger keeps one row per spell, to which each later tick of the same spell
+    adds its points (`merge_spells`; in the database, `bot.scoring.service.ledger_insert`).
+    """
 
     contact_id: int
     model: str
@@ -69,6 +74,7 @@ class Entry:
     event_id: int | None
     reason: str
     at: dt.datetime
+    quiet_since: int | None = None
 
 
 class DayCaps:
@@ -335,7 +341,8 @@ class Scorer:
         return entries
 
     def decay(self, state: ContactScoreState, until: dt.datetime) -> list[Entry]:
-        """Decay ticks for the local midnights after the state's clock up to `until`, one entry each.
+        """Decay ticks for the local midnights after the state's clock up to `until`: at most one
+        entry, their sum, dated at the last tick's midnight (see Entry.quiet_since).
 
         Idempotent: calling it again with the same or an earlier time adds nothing.
         """
@@ -352,16 +359,19 @@ class Scorer:
         spec = model.spec
         if state.active_day is not None and model.keep < 1.0 and state.behavior > 0:
             start = max(state.clock_day + 1, state.active_day + spec.decay_after_days + 1)
-            for day in range(start, target + 1):
+            lost = 0
+            last = start
+            for day in range(start, target + 1):  # each day's tick rounds on what the day before left
                 if state.behavior <= 0:
                     break
                 tick = min(state.behavior, max(1, _round_half_up(state.behavior * (1.0 - model.keep))))
                 state.behavior -= tick
-                quiet = day - state.active_day
-                reason = f"连续{quiet}天无互动，行为分衰减 {_signed(-tick)}"
-                entries.append(
-                    Entry(state.contact_id, spec.name, DECAY_RULE, -tick / 100, None, reason, model.midnight(day))
-                )
+                lost += tick
+                last = day
+            if lost:
+                reason = f"连续{last - state.active_day}天无互动，行为分逐日衰减"
+                entries.append(Entry(state.contact_id, spec.name, DECAY_RULE, -lost / 100, None, reason,
+                                     model.midnight(last), state.active_day))
         state.clock_day = target
         if state.caps is not None and state.caps.day < target:
             state.caps = None  # yesterday's counters are never needed again
@@ -386,7 +396,31 @@ class Scorer:
         for event in ordered:
             entries += self.apply(state, event)
         entries += self.decay(state, until)
-        return state, entries
+        return state, merge_spells(entries)
+
+
+def merge_spells(entries: list[Entry]) -> list[Entry]:
+    """`entries` with the decay entries of one quiet spell (contact, model, quiet_since) summed into
+    one, in the place of the spell's first and with its last entry's reason and time: what the
+    ledger holds after writing them one by one."""
+    if sum(1 for e in entries if e.quiet_since is not None) < 2:
+        return entries
+    merged: list[Entry] = []
+    spells: dict[tuple[int, str, int], int] = {}
+    for entry in entries:
+        if entry.quiet_since is None:
+            merged.append(entry)
+            continue
+        key = (entry.contact_id, entry.model, entry.quiet_since)
+        at = spells.get(key)
+        if at is None:
+            spells[key] = len(merged)
+            merged.append(entry)
+        else:
+            first = merged[at]
+            merged[at] = Entry(entry.contact_id, entry.model, entry.rule, round(first.points + entry.points, 2), None,
+                               entry.reason, entry.at, entry.quiet_since)
+    return merged
 
 
 _DAY0 = dt.date(1970, 1, 1).toordinal() - 1  # stored day 0 means "none"; 1 is 1970-01-01

@@ -36,21 +36,20 @@ from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import String, and_, bindparam, case, func, insert, or_, select, type_coerce, update
+from sqlalchemy import String, and_, bindparam, case, func, or_, select, type_coerce, update
 
 from bot.batch import executemany, on_driver, prepared_statement, write_in_one_call
 from bot.context import Context
 from bot.db import Chunks, write_gate, yield_to_writer
 from bot.leases import holds_lease
+from bot.ledger import ledger_insert, ledger_rows
 from bot.lifecycle import mark_dormant, recently_reactivated
 from bot.models import Contact, Event, ScoreEntry
 from bot.scoring.engine import NOT_ENGAGEMENT, ContactScoreState
 from bot.scoring.rules import DECAY_RULE
-from bot.scoring.service import ledger_rows
 from bot.scoring.stages import temperature
 
 log = logging.getLogger("beacon.scoring.jobs")
-_LEDGER_INSERT = insert(ScoreEntry.__table__)
 _SCORE_UPDATE = update(Contact.__table__).where(Contact.__table__.c.id == bindparam("b_id")).values(
     score=bindparam("b_score"), temperature=bindparam("b_temperature"), updated_at=bindparam("b_now"),
 )
@@ -172,7 +171,7 @@ class _WriteForm:
 
     def rows(self, ledger: list[dict[str, Any]], change: dict[str, Any]) -> tuple[list[Any], Any]:
         if self.driver and self.ledger is None:
-            self.ledger = prepared_statement(_LEDGER_INSERT, tuple(ledger[0]), self.dialect)
+            self.ledger = prepared_statement(ledger_insert(self.dialect.name), tuple(ledger[0]), self.dialect)
             self.update = prepared_statement(_SCORE_UPDATE, tuple(change), self.dialect)
             self.driver = self.ledger is not None and self.update is not None
         if not self.driver:
@@ -279,7 +278,7 @@ async def _write_chunk(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]],
                     if rows:
                         await on_driver(conn, _write_rows_in_thread, form.ledger.sql, rows, form.update.sql, updates, sql=form.update.sql)
                 else:
-                    await executemany(conn, _LEDGER_INSERT, rows)
+                    await executemany(conn, ledger_insert(conn.dialect.name), rows)
                     await executemany(conn, _SCORE_UPDATE, updates)
             held = time.perf_counter() - began
     except BaseException:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Iterable
+from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.ledger import ledger_insert, ledger_rows
 from bot.models import Contact, ContentItem, Event, ScoreEntry
 from bot.tracker_batch import BATCH_KEY
 from bot.scoring.engine import ContactScoreState, DayCaps, Entry, ScoreBook, ScoredEvent, Scorer
@@ -85,14 +86,6 @@ async def scored_event(session: AsyncSession, facts: ItemFacts, event: Any, cont
         props=event.props or {},
         item_title=title,
     )
-
-
-def ledger_rows(entries: Iterable[Entry]) -> list[dict[str, Any]]:
-    return [
-        {"contact_id": e.contact_id, "model": e.model, "rule": e.rule, "points": e.points,
-         "event_id": e.event_id, "reason": e.reason[:255], "at": e.at}
-        for e in entries
-    ]
 
 
 class ScoringService:
@@ -231,7 +224,7 @@ class ScoringService:
             if batch is not None:
                 batch.add_ledger(ledger_rows(entries))  # written with the batch, before any read of the ledger
             else:
-                await session.execute(ScoreEntry.__table__.insert(), ledger_rows(entries))  # Core: no ORM bulk path
+                await session.execute(ledger_insert(session.bind.dialect.name), ledger_rows(entries))  # Core: no ORM bulk path
 
     def remember(self, batch: Any, contact_id: int) -> None:
         """Keep the contact's state as it was before the batch touched it (see `restore`)."""

@@ -1,0 +1,72 @@
+"""Writing the score ledger: the rows of scoring entries, and the one statement every writer uses.
+
+A decay entry belongs to a quiet spell (`Entry.quiet_since`); the ledger keeps one row per spell.
+`ledger_insert` adds a tick to its spell's row when the row exists (INSERT … ON CONFLICT on the
+partial unique index of `score_ledger`, see bot/models.py), so the real-time scorer, the nightly job
+and a rescore all end with the same rows whichever of them wrote a spell's ticks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Any, Iterable
+
+from sqlalchemy import Float, Numeric, cast, func
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bot.models import ScoreEntry
+from bot.scoring.engine import Entry
+
+_SPELL_KEY = ("contact_id", "model", "quiet_since")
+
+
+@functools.cache
+def ledger_insert(dialect_name: str) -> Any:
+    """INSERT of ledger rows for the dialect; a decay row whose spell has a row already adds its
+    points to it and moves its time and reason to the latest tick."""
+    table = ScoreEntry.__table__
+    stmt = (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
+    total: Any = table.c.points + stmt.excluded.points
+    # Rounded to the cent, as merge_spells and a replay round: -23.83, not -23.830000000000002.
+    if dialect_name == "postgresql":  # round(double precision, int) does not exist there
+        total = cast(func.round(cast(total, Numeric), 2), Float)
+    else:
+        total = func.round(total, 2)
+    return stmt.on_conflict_do_update(
+        index_elements=list(_SPELL_KEY),
+        index_where=table.c.quiet_since.is_not(None),
+        set_={"points": total, "at": stmt.excluded.at, "reason": stmt.excluded.reason},
+    )
+
+
+def ledger_rows(entries: Iterable[Entry]) -> list[dict[str, Any]]:
+    """Rows for `ledger_insert`; the decay entries of one spell in one row (a statement may not
+    update the row it inserted, as PostgreSQL's multi-row INSERT would)."""
+    rows: list[dict[str, Any]] = []
+    spells: dict[tuple[int, str, int], dict[str, Any]] = {}
+    for e in entries:
+        row = {"contact_id": e.contact_id, "model": e.model, "rule": e.rule, "points": e.points,
+               "event_id": e.event_id, "reason": e.reason[:255], "at": e.at, "quiet_since": None}
+        if e.quiet_since is not None:
+            key = (e.contact_id, e.model, e.quiet_since)
+            same = spells.get(key)
+            if same is not None:
+                add_to_spell(same, row)
+                continue
+            row["quiet_since"] = dt.date.fromordinal(e.quiet_since)
+            spells[key] = row
+        rows.append(row)
+    return rows
+
+
+def add_to_spell(row: dict[str, Any], tick: dict[str, Any]) -> None:
+    """A later tick of the spell of `row` (a queued row not yet written), merged into it."""
+    row["points"] = round(row["points"] + tick["points"], 2)
+    row["at"] = tick["at"]
+    row["reason"] = tick["reason"]
+
+
+def spell_key(row: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The spell a ledger row adds to, or None for a row of its own."""
+    return None if row["quiet_since"] is None else (row["contact_id"], row["model"], row["quiet_since"])
