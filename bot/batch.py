@@ -150,7 +150,7 @@ class _Prepared:
     row the driver takes (values the statement binds itself filled in, every value through its column
     type's bind processor, exactly as SQLAlchemy would do per execution)."""
 
-    def __init__(self, stmt: Executable, keys: tuple[str, ...], dialect: Any) -> None:
+    def __init__(self, stmt: Executable, keys: tuple[str, ...], dialect: Any, repeated: bool = False) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
         self.sql = str(compiled)
         # Columns whose value SQLAlchemy computes per row (Python-side defaults) are not done here.
@@ -158,6 +158,8 @@ class _Prepared:
         names = compiled.positiontup or []
         self.names = [(name, compiled.params.get(name)) for name in names]
         processors = [compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
+        if repeated:
+            processors = [None if process is None else _converted_once(process) for process in processors]
         self.processors = [(i, process) for i, process in enumerate(processors) if process is not None]
 
     def row(self, params: dict[str, Any]) -> list[Any]:
@@ -170,18 +172,39 @@ class _Prepared:
         return values
 
 
-_PREPARED: OrderedDict[tuple[Executable, tuple[str, ...], str], _Prepared] = OrderedDict()
+def _converted_once(process: Any, size: int = 1024) -> Any:
+    """`process` remembering its last `size` distinct values' results (bind processors are pure)."""
+    done: dict[Any, Any] = {}
+
+    def convert(value: Any) -> Any:
+        try:
+            return done[value]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable (a JSON value)
+            return process(value)
+        if len(done) >= size:
+            done.clear()
+        result = done[value] = process(value)
+        return result
+
+    return convert
+
+
+_PREPARED: OrderedDict[tuple[Executable, tuple[str, ...], str, bool], _Prepared] = OrderedDict()
 _PREPARED_SIZE = 256  # statements are module constants in practice; a bound all the same
 
 
-def prepared_statement(stmt: Executable, keys: tuple[str, ...], dialect: Any) -> _Prepared | None:
+def prepared_statement(stmt: Executable, keys: tuple[str, ...], dialect: Any, *, repeated: bool = False) -> _Prepared | None:
     """`stmt` compiled once for SQLite's driver, for params dicts with exactly `keys`: its `sql`, and
     `row(params)` giving the driver's positional row; None when the statement needs SQLAlchemy's own
-    execution (Python-side column defaults to fill in)."""
-    key = (stmt, keys, dialect.name)
+    execution (Python-side column defaults to fill in). `repeated`: the rows share most of their
+    values (a nightly job's clock, tonight's midnight), and each distinct value is converted once
+    (the conversion of a timestamp was a fifth of decay's time on the loop)."""
+    key = (stmt, keys, dialect.name, repeated)
     prepared = _PREPARED.get(key)
     if prepared is None:
-        prepared = _PREPARED[key] = _Prepared(stmt, keys, dialect)
+        prepared = _PREPARED[key] = _Prepared(stmt, keys, dialect, repeated)
         if len(_PREPARED) > _PREPARED_SIZE:
             _PREPARED.popitem(last=False)
     return prepared if prepared.complete else None

@@ -268,3 +268,30 @@ async def test_the_group_commit_takes_a_connection_before_the_gate(sqlite_url: s
             assert (await conn.scalars(select(Lease.name).order_by(Lease.name))).all() == ["batch", "unit"]
     finally:
         await engine.dispose()
+
+
+def test_repeated_values_are_converted_once_to_the_same_rows() -> None:
+    """prepared_statement(..., repeated=True) (the nightly jobs' rows, which share their clock): the
+    same positional rows as without it, each distinct value converted once, JSON values as well."""
+    from sqlalchemy.dialects import sqlite
+
+    import bot.batch as batch
+    from bot.ledger import ledger_insert
+
+    dialect = sqlite.dialect()
+    shanghai = dt.timezone(dt.timedelta(hours=8))
+    rows = [{"contact_id": n, "model": "default", "rule": "decay", "points": -0.5 * n, "event_id": None, "reason": "r",
+             "at": T0 if n % 2 else T0.astimezone(shanghai), "quiet_since": dt.date(2026, 3, 1 + n % 3)} for n in range(1, 2000)]
+    plain = batch.prepared_statement(ledger_insert("sqlite"), tuple(rows[0]), dialect)
+    once = batch.prepared_statement(ledger_insert("sqlite"), tuple(rows[0]), dialect, repeated=True)
+    assert plain is not None and once is not None and plain is not once
+    assert [once.row(r) for r in rows] == [plain.row(r) for r in rows]
+    assert once.row(rows[0])[6] == T0.replace(tzinfo=None).isoformat(" ", "microseconds")  # the same instant in any zone
+    events = [{"type": "open", "contact_id": 1, "visitor_id": None, "share_id": None, "item_id": None, "version_id": None,
+               "rep_userid": None, "channel_id": None, "props": {"n": n % 2}, "occurred_at": T0 + dt.timedelta(seconds=n),
+               "received_at": T0, "idempotency_key": None, "processed": False} for n in range(3000)]  # past the memory's bound
+    plain = batch.prepared_statement(insert(Event), tuple(events[0]), dialect)
+    once = batch.prepared_statement(insert(Event), tuple(events[0]), dialect, repeated=True)
+    assert [once.row(r) for r in events] == [plain.row(r) for r in events]
+    with pytest.raises(ValueError):
+        once.row({**events[0], "received_at": T0.replace(tzinfo=None)})  # a naive time is still refused

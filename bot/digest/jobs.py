@@ -129,8 +129,8 @@ async def _driver_claims(engine: Any, outs: list[Outgoing], now: dt.datetime) ->
     if write_gate(engine) is None:
         return None
     first = digest_row(outs[0], now)
-    claim = prepared_statement(claim_statement("sqlite"), tuple(first), engine.dialect)
-    queue = prepared_statement(_OUTBOX_INSERT, tuple(outbox_row("", {}, key="", now=now)), engine.dialect)
+    claim = prepared_statement(claim_statement("sqlite"), tuple(first), engine.dialect, repeated=True)
+    queue = prepared_statement(_OUTBOX_INSERT, tuple(outbox_row("", {}, key="", now=now)), engine.dialect, repeated=True)
     if claim is None or queue is None:
         return None
     claims = [

@@ -171,8 +171,8 @@ class _WriteForm:
 
     def rows(self, ledger: list[dict[str, Any]], change: dict[str, Any]) -> tuple[list[Any], Any]:
         if self.driver and self.ledger is None:
-            self.ledger = prepared_statement(ledger_insert(self.dialect.name), tuple(ledger[0]), self.dialect)
-            self.update = prepared_statement(_SCORE_UPDATE, tuple(change), self.dialect)
+            self.ledger = prepared_statement(ledger_insert(self.dialect.name), tuple(ledger[0]), self.dialect, repeated=True)
+            self.update = prepared_statement(_SCORE_UPDATE, tuple(change), self.dialect, repeated=True)
             self.driver = self.ledger is not None and self.update is not None
         if not self.driver:
             return ledger, change
