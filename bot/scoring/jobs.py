@@ -104,16 +104,27 @@ async def decay_scores(ctx: Context) -> None:
 
 
 class _LocalDays:
-    """Local day ordinals in each model's time zone (as the scorer counts days)."""
+    """Local day ordinals in each model's time zone (as the scorer counts days); the last ticks of
+    a night's quiet contacts fall on a handful of midnights, each converted once."""
 
     def __init__(self) -> None:
         self._zones: dict[str, ZoneInfo] = {}
+        self._ticks: dict[tuple[dt.datetime, str], int] = {}
 
     def day(self, at: dt.datetime, tz: str) -> int:
         zone = self._zones.get(tz)
         if zone is None:
             zone = self._zones[tz] = ZoneInfo(tz)
         return at.astimezone(zone).date().toordinal()
+
+    def tick_day(self, at: dt.datetime, tz: str) -> int:
+        key = (at, tz)
+        day = self._ticks.get(key)
+        if day is None:
+            if len(self._ticks) >= 4096:
+                self._ticks.clear()
+            day = self._ticks[key] = self.day(at, tz)
+        return day
 
 
 def _chunk_statement() -> Any:
@@ -201,7 +212,7 @@ async def _read_chunk(reader: Any, engine: Any, service: Any, days: _LocalDays, 
             continue  # the book's state is used at write time; never engaged: nothing decays
         spec = scorer.model_for(region or None)
         active = days.day(last_engaged, spec.timezone)
-        clock = active if last_tick is None else max(active, days.day(last_tick, spec.timezone))
+        clock = active if last_tick is None else max(active, days.tick_day(last_tick, spec.timezone))
         state = ContactScoreState(contact_id, spec.name, behavior=round(float(behavior or 0.0) * 100),
                                   active_day=active, clock_day=clock)
         entries = scorer.decay(state, now)
@@ -213,7 +224,9 @@ async def _read_chunk(reader: Any, engine: Any, service: Any, days: _LocalDays, 
 
 
 def _temperature(score: float, model: Any, reactivated: str | None, now: dt.datetime) -> str:
-    return "hot" if recently_reactivated(SimpleNamespace(profile={"reactivated_at": reactivated}), now) else temperature(score, model)  # type: ignore[arg-type]
+    if reactivated and recently_reactivated(SimpleNamespace(profile={"reactivated_at": reactivated}), now):  # type: ignore[arg-type]
+        return "hot"
+    return temperature(score, model)
 
 
 def _update(contact_id: int, score: float, temp: str, now: dt.datetime) -> dict[str, Any]:
