@@ -29,7 +29,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from sqlalchemy import false, func, select, update
+from sqlalchemy import Integer, bindparam, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db import yield_to_writer
@@ -314,11 +314,10 @@ async def backlog(session: AsyncSession, now: dt.datetime) -> dict[str, Any]:
     return {"unprocessed": int(count or 0), "lag_s": round(max(0.0, (now - oldest).total_seconds()), 1) if oldest else 0.0}
 
 
-def likely_contacts(limit: int) -> Any:
-    """The contacts the oldest `limit` unprocessed events are probably about, before attribution: their
-    own, their browser's and their share's (rows of three ids, any of them NULL)."""
+def _likely_contacts() -> Any:
     ev = Event.__table__.c
-    upcoming = select(ev.contact_id, ev.visitor_id, ev.share_id).where(ev.processed == false()).order_by(ev.id).limit(limit).subquery()
+    upcoming = (select(ev.contact_id, ev.visitor_id, ev.share_id).where(ev.processed == false()).order_by(ev.id)
+                .limit(bindparam("limit", type_=Integer)).subquery())
     vis, sh = Visitor.__table__.c, Share.__table__.c
     return (
         select(upcoming.c.contact_id, vis.contact_id, sh.contact_id)
@@ -328,10 +327,22 @@ def likely_contacts(limit: int) -> Any:
     )
 
 
+# Built once and given their limit with `.params()`: building a statement costs about as much as
+# SQLite running it, and the tracker runs both on every pass.
+_LIKELY_CONTACTS = _likely_contacts()
+# `= false`, not `IS false`: only the former matches the partial index.
+_UNPROCESSED = select(Event).where(Event.processed == false()).order_by(Event.id).limit(bindparam("limit", type_=Integer))
+
+
+def likely_contacts(limit: int) -> Any:
+    """The contacts the oldest `limit` unprocessed events are probably about, before attribution: their
+    own, their browser's and their share's (rows of three ids, any of them NULL)."""
+    return _LIKELY_CONTACTS.params(limit=limit)
+
+
 def unprocessed_events(limit: int) -> Any:
     """The oldest events the tracker has not processed yet (served by the partial ix_events_unprocessed)."""
-    # `= false`, not `IS false`: only the former matches the partial index.
-    return select(Event).where(Event.processed == false()).order_by(Event.id).limit(limit)
+    return _UNPROCESSED.params(limit=limit)
 
 
 async def _has_browser(session: AsyncSession, contact_id: int) -> bool:

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.ledger import ledger_insert, ledger_rows
@@ -33,6 +33,10 @@ def profile_of(contact: Contact) -> dict[str, Any]:
     profile = {name: getattr(contact, name) for name in PROFILE_FIELDS}
     profile.update({k: v for k, v in (contact.profile or {}).items() if k not in profile})
     return {k: v for k, v in profile.items() if v not in (None, "")} | {"region": contact.region or None}
+
+
+_i = ContentItem.__table__.c
+_ITEM_FACTS = select(_i.id, _i.kind, _i.stage, _i.tags, _i.title).where(_i.id.in_(bindparam("ids", expanding=True)))
 
 
 class ItemFacts:
@@ -60,10 +64,7 @@ class ItemFacts:
         """Cache the facts of several items in one query."""
         missing = [i for i in item_ids if i is not None and i not in self._cache]
         if missing:
-            c = ContentItem.__table__.c
-            rows = await (await session.connection()).execute(
-                select(c.id, c.kind, c.stage, c.tags, c.title).where(c.id.in_(missing))
-            )
+            rows = await (await session.connection()).execute(_ITEM_FACTS, {"ids": missing})
             for item_id, kind, stage, tags, title in rows:
                 self._cache[item_id] = (kind, stage, tuple(tags or ()), title)
 
@@ -88,6 +89,18 @@ async def scored_event(session: AsyncSession, facts: ItemFacts, event: Any, cont
     )
 
 
+# Built once (building one costs about as much as SQLite running it); ids as an expanding parameter.
+_c, _led, _ev = Contact.__table__.c, ScoreEntry.__table__.c, Event.__table__.c
+_LIVE_SCORES = select(_c.id, _c.score).where(_c.id.in_(bindparam("ids", expanding=True)), _c.merged_into_id.is_(None),
+                                           _c.erased_at.is_(None))
+_CONTACTS_BY_ID = select(Contact).where(Contact.id.in_(bindparam("ids", expanding=True)))
+_LEDGER_TOTALS = (select(_led.contact_id, func.max(_led.at), func.coalesce(func.sum(_led.points), 0.0))
+                  .where(_led.contact_id.in_(bindparam("ids", expanding=True))).group_by(_led.contact_id))
+_REPLAY_EVENTS = (select(_ev.id, _ev.contact_id, _ev.type, _ev.occurred_at, _ev.item_id, _ev.props)
+                  .where(_ev.contact_id.in_(bindparam("ids", expanding=True)), _ev.processed.is_(True))
+                  .order_by(_ev.contact_id, _ev.occurred_at, _ev.id))
+
+
 class ScoringService:
     def __init__(self, settings: ScoringSettings) -> None:
         self.scorer = Scorer(settings)
@@ -109,19 +122,10 @@ class ScoringService:
         if not ids:
             return {}
         conn = await session.connection()
-        led = ScoreEntry.__table__.c
         found: dict[int, tuple[Any, Any, list[ScoredEvent]]] = {cid: (None, 0.0, []) for cid in ids}
-        for cid, last, stored in await conn.execute(
-            select(led.contact_id, func.max(led.at), func.coalesce(func.sum(led.points), 0.0))
-            .where(led.contact_id.in_(ids)).group_by(led.contact_id)
-        ):
+        for cid, last, stored in await conn.execute(_LEDGER_TOTALS, {"ids": ids}):
             found[cid] = (last, stored, [])
-        ev = Event.__table__.c
-        rows = (await conn.execute(
-            select(ev.id, ev.contact_id, ev.type, ev.occurred_at, ev.item_id, ev.props)
-            .where(ev.contact_id.in_(ids), ev.processed.is_(True))
-            .order_by(ev.contact_id, ev.occurred_at, ev.id)
-        )).all()
+        rows = (await conn.execute(_REPLAY_EVENTS, {"ids": ids})).all()
         if rows:
             await self.facts.load(session, {r.item_id for r in rows})
             for row in rows:
@@ -170,16 +174,13 @@ class ScoringService:
         nightly decay) is caught by `check` in the write transaction."""
         if not contact_ids:
             return 0
-        c = Contact.__table__.c
-        scores = (await session.execute(
-            select(c.id, c.score).where(c.id.in_(contact_ids), c.merged_into_id.is_(None), c.erased_at.is_(None))
-        )).all()
+        scores = (await session.execute(_LIVE_SCORES, {"ids": list(contact_ids)})).all()
         for row in scores:
             self.check(row)  # type: ignore[arg-type]  # (id, score) is all it reads
         missing = [row.id for row in scores if row.id not in self.book]
         if not missing:
             return 0  # the usual pass: every contact already in the book and up to date
-        live = {contact.id: contact for contact in (await session.scalars(select(Contact).where(Contact.id.in_(missing)))).all()}
+        live = {contact.id: contact for contact in (await session.scalars(_CONTACTS_BY_ID, {"ids": missing})).all()}
         found = await self.prefetch(session, set(live))
         loaded = 0
         for contact_id, (last, stored, events) in found.items():
