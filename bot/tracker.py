@@ -37,7 +37,7 @@ from bot.identity import add_identity, find_by_identity, live_contact, merge_con
 from bot.inbox import insert_ignore
 from bot.leases import hold_lease
 from bot.models import Contact, Event, Share, Visitor
-from bot.tracker_batch import TrackerBatch, forward_params
+from bot.tracker_batch import TrackerBatch, batch_sessions, forward_params
 from bot.worker import PollingWorker
 
 if TYPE_CHECKING:
@@ -74,6 +74,13 @@ class Tracker(PollingWorker):
         self._limit = batch  # events per batched transaction, adapted to max_batch_s
         self.fallbacks = 0  # batches that failed and were done again one event at a time
         self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
+        self._batches: Any = None
+
+    def _batch_sessions(self) -> Any:
+        """A session for a batched pass (bot.tracker_batch.BatchSession), on the runtime's engine."""
+        if self._batches is None or self._batches.kw["bind"] is not self.rt.engine:
+            self._batches = batch_sessions(self.rt.engine)
+        return self._batches()
 
     async def drain(self) -> int:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""
@@ -129,7 +136,7 @@ class Tracker(PollingWorker):
         if await self._warm(limit) == 0:
             return 0, False  # nothing to do: no write transaction (on SQLite, the write lock) for it
         try:
-            async with self.rt.sessions() as session, session.begin():
+            async with self._batch_sessions() as session, session.begin():
                 events = await self._next_events(session, limit)
                 if not events:
                     return 0, False

@@ -26,7 +26,7 @@ import functools
 from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import bindparam, event as sa_event, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.sql import TableClause
@@ -108,17 +108,15 @@ class TrackerBatch:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def install(self) -> None:
+        """The batch takes over the session: a BatchSession (`batch_sessions`) hands its ORM
+        statements and savepoints to the batch from here until `uninstall`."""
+        if not isinstance(self.session.sync_session, BatchSession):
+            raise TypeError("a tracker batch needs a session from batch_sessions()")
         self._conn = (await self.session.connection()).sync_connection  # the transaction's connection
         self.session.info[BATCH_KEY] = self
-        sa_event.listen(self.session.sync_session, "do_orm_execute", self._before_foreign_statement)
-        sa_event.listen(self.session.sync_session, "after_transaction_create", self._before_savepoint)
-        sa_event.listen(self.session.sync_session, "after_transaction_end", self._after_savepoint)
 
     def uninstall(self) -> None:
         self.session.info.pop(BATCH_KEY, None)
-        sa_event.remove(self.session.sync_session, "do_orm_execute", self._before_foreign_statement)
-        sa_event.remove(self.session.sync_session, "after_transaction_create", self._before_savepoint)
-        sa_event.remove(self.session.sync_session, "after_transaction_end", self._after_savepoint)
 
     async def load(self) -> None:
         """Preload what the events from `index` on refer to (after a slow event: again, fresh)."""
@@ -422,6 +420,38 @@ class TrackerBatch:
         if self._savepoints and self._savepoints[-1] is transaction:
             self._savepoints.pop()
             self._unhide()
+
+
+class BatchSession(Session):
+    """The tracker's sessions: their ORM statements and savepoints go to the batch installed in them,
+    if any. Listening once on the class rather than on each batch's session: registering and removing
+    three listeners per batch was about 6 % of the tracker's time."""
+
+
+@sa_event.listens_for(BatchSession, "do_orm_execute")
+def _foreign_statement(state: Any) -> None:
+    batch = state.session.info.get(BATCH_KEY)
+    if batch is not None:
+        batch._before_foreign_statement(state)
+
+
+@sa_event.listens_for(BatchSession, "after_transaction_create")
+def _transaction_created(session: Session, transaction: Any) -> None:
+    batch = session.info.get(BATCH_KEY)
+    if batch is not None:
+        batch._before_savepoint(session, transaction)
+
+
+@sa_event.listens_for(BatchSession, "after_transaction_end")
+def _transaction_ended(session: Session, transaction: Any) -> None:
+    batch = session.info.get(BATCH_KEY)
+    if batch is not None:
+        batch._after_savepoint(session, transaction)
+
+
+def batch_sessions(engine: Any) -> Any:
+    """Sessions like bot.db.session_factory's, whose ORM work a TrackerBatch can take over."""
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=BatchSession)
 
 
 @functools.lru_cache(maxsize=64)

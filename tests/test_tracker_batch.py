@@ -303,3 +303,24 @@ async def test_one_drain_does_the_whole_backlog_even_when_batches_run_out_of_tim
     finally:
         await world.rt.stop()
     assert len(snap["events"]) == 6 and all(e[5] for e in snap["events"])
+
+
+async def test_a_batch_takes_over_only_a_batch_session(beacon: Any) -> None:
+    """The hand-over of ORM statements and savepoints is wired to BatchSession's class: a batch in a
+    plain session would see none of them, so installing it there is refused; in a batch session it
+    sees them until it is uninstalled."""
+    from bot.tracker_batch import BATCH_KEY, TrackerBatch, batch_sessions
+
+    tracker = beacon.rt.tracker
+    async with beacon.rt.sessions() as session, session.begin():
+        with pytest.raises(TypeError):
+            await TrackerBatch(tracker, session, []).install()
+    async with batch_sessions(beacon.rt.engine)() as session, session.begin():
+        batch = TrackerBatch(tracker, session, [])
+        await batch.install()
+        seen: list[str] = []
+        batch._before_foreign_statement = lambda state: seen.append(type(state.statement).__name__)  # type: ignore[method-assign]
+        await session.scalars(select(Contact).limit(1))
+        batch.uninstall()
+        await session.scalars(select(Contact).limit(1))
+        assert seen == ["Select"] and BATCH_KEY not in session.info
