@@ -16,7 +16,7 @@ from sqlalchemy import Float, Numeric, cast, func
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.models import ScoreEntry
-from bot.scoring.engine import Entry
+from bot.scoring.engine import Entry, merge_spells
 
 _SPELL_KEY = ("contact_id", "model", "quiet_since")
 
@@ -41,23 +41,15 @@ def ledger_insert(dialect_name: str) -> Any:
 
 
 def ledger_rows(entries: Iterable[Entry]) -> list[dict[str, Any]]:
-    """Rows for `ledger_insert`; the decay entries of one spell in one row (a statement may not
-    update the row it inserted, as PostgreSQL's multi-row INSERT would)."""
-    rows: list[dict[str, Any]] = []
-    spells: dict[tuple[int, str, int], dict[str, Any]] = {}
-    for e in entries:
-        row = {"contact_id": e.contact_id, "model": e.model, "rule": e.rule, "points": e.points,
-               "event_id": e.event_id, "reason": e.reason[:255], "at": e.at, "quiet_since": None}
-        if e.quiet_since is not None:
-            key = (e.contact_id, e.model, e.quiet_since)
-            same = spells.get(key)
-            if same is not None:
-                add_to_spell(same, row)
-                continue
-            row["quiet_since"] = dt.date.fromordinal(e.quiet_since)
-            spells[key] = row
-        rows.append(row)
-    return rows
+    """Rows for `ledger_insert`, the decay entries of one spell in one row (`merge_spells`): fewer
+    rows to write, and a multi-row INSERT … ON CONFLICT may not update one row twice (PostgreSQL
+    refuses it)."""
+    return [
+        {"contact_id": e.contact_id, "model": e.model, "rule": e.rule, "points": e.points, "event_id": e.event_id,
+         "reason": e.reason[:255], "at": e.at,
+         "quiet_since": None if e.quiet_since is None else dt.date.fromordinal(e.quiet_since)}
+        for e in merge_spells(list(entries))
+    ]
 
 
 def add_to_spell(row: dict[str, Any], tick: dict[str, Any]) -> None:

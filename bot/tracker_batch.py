@@ -68,7 +68,7 @@ _MARK_PROCESSED = update(_EVENTS).where(_EVENTS.c.id.in_(bindparam("b_ids", expa
 _SHARES_BY_ID = select(*_SHARE_COLUMNS).where(_SHARES.c.id.in_(bindparam("ids", expanding=True)))
 _VISITORS_BY_ID = select(_VISITORS.c.id, _VISITORS.c.contact_id).where(_VISITORS.c.id.in_(bindparam("ids", expanding=True)))
 _CONTACTS_WITH_BROWSER = select(_VISITORS.c.contact_id).where(_VISITORS.c.contact_id.in_(bindparam("ids", expanding=True))).distinct()
-_CONTACTS_BY_ID = select(Contact).where(Contact.id.in_(bindparam("ids", expanding=True)))
+CONTACTS_BY_ID = select(Contact).where(Contact.id.in_(bindparam("ids", expanding=True)))  # also scoring's warm-up
 
 
 class BrowserRow:
@@ -161,7 +161,7 @@ class TrackerBatch:
         for _ in range(11):  # the contacts, then whatever they were merged into (live_contact's 10 hops)
             if not wanted:
                 return
-            found = (await self.session.scalars(_CONTACTS_BY_ID, {"ids": list(wanted)})).all()
+            found = (await self.session.scalars(CONTACTS_BY_ID, {"ids": list(wanted)})).all()
             for contact in found:
                 self.contacts[contact.id] = contact
             for cid in wanted:

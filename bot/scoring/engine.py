@@ -64,7 +64,7 @@ class Entry:
 
     Decay entries carry `quiet_since`, the local day (ordinal) of the last engagement their quiet
     spell follows: the ledger keeps one row per spell, to which each later tick of the same spell
-    adds its points (`merge_spells`; in the database, `bot.scoring.service.ledger_insert`).
+    adds its points (`merge_spells`; in the database, `bot.ledger.ledger_insert`).
     """
 
     contact_id: int

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.ledger import ledger_insert, ledger_rows
 from bot.models import Contact, ContentItem, Event, ScoreEntry
-from bot.tracker_batch import BATCH_KEY
+from bot.tracker_batch import BATCH_KEY, CONTACTS_BY_ID
 from bot.scoring.engine import ContactScoreState, DayCaps, Entry, ScoreBook, ScoredEvent, Scorer
 from bot.scoring.rules import ScoringModel, ScoringSettings
 
@@ -93,7 +93,6 @@ async def scored_event(session: AsyncSession, facts: ItemFacts, event: Any, cont
 _c, _led, _ev = Contact.__table__.c, ScoreEntry.__table__.c, Event.__table__.c
 _LIVE_SCORES = select(_c.id, _c.score).where(_c.id.in_(bindparam("ids", expanding=True)), _c.merged_into_id.is_(None),
                                            _c.erased_at.is_(None))
-_CONTACTS_BY_ID = select(Contact).where(Contact.id.in_(bindparam("ids", expanding=True)))
 _LEDGER_TOTALS = (select(_led.contact_id, func.max(_led.at), func.coalesce(func.sum(_led.points), 0.0))
                   .where(_led.contact_id.in_(bindparam("ids", expanding=True))).group_by(_led.contact_id))
 _REPLAY_EVENTS = (select(_ev.id, _ev.contact_id, _ev.type, _ev.occurred_at, _ev.item_id, _ev.props)
@@ -180,7 +179,7 @@ class ScoringService:
         missing = [row.id for row in scores if row.id not in self.book]
         if not missing:
             return 0  # the usual pass: every contact already in the book and up to date
-        live = {contact.id: contact for contact in (await session.scalars(_CONTACTS_BY_ID, {"ids": missing})).all()}
+        live = {contact.id: contact for contact in (await session.scalars(CONTACTS_BY_ID, {"ids": missing})).all()}
         found = await self.prefetch(session, set(live))
         loaded = 0
         for contact_id, (last, stored, events) in found.items():
