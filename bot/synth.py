@@ -18,8 +18,8 @@ What it writes, all with `processed = true` where it applies, so the tracker has
   the last 180 days (customers, about 4 %, go back up to 1,000 days with their payments);
 - the score ledger, computed by the product's own scorer (bot/scoring/engine.py) from exactly those
   events and profiles, with decay applied up to `now` as last night's job would have: so a replay
-  (`ensure`, `rescore`) finds what is stored, and the next nightly decay adds one tick per quiet
-  contact. Scores, temperatures, stages (with their stage_history rows: score thresholds, payments,
+  (`ensure`, `rescore`) finds what is stored (decay as one row per quiet spell, bot/ledger.py),
+  and the next nightly decay adds one tick to each quiet contact's spell. Scores, temperatures, stages (with their stage_history rows: score thresholds, payments,
   dormancy), `last_activity_at` and `last_payment_at` follow from the same pass;
 - tasks: an MQL follow-up for every contact that reached MQL (old ones done), and a few to-dos
   per rep around `now`, so the digests have work.

@@ -15,7 +15,8 @@ PostgreSQL, which locks rows only, they are PG_CHUNK contacts):
    apply again at the next event).
 2. Write, in a short transaction of its own: the chunk's contacts are read again (FOR UPDATE on
    PostgreSQL), those whose score or last activity changed since step 1 (the tracker scored them
-   meanwhile, decaying them itself) are left out, and the ledger rows and new scores / temperatures
+   meanwhile, decaying them itself) are left out, and the ticks (added to each contact's row for its
+   quiet spell: bot/ledger.py) and new scores / temperatures
    of the others go in with one executemany each. On SQLite the write lock is held for that
    transaction only (milliseconds), not for the whole job: link opens and callbacks keep committing.
    There, the rows are converted for the driver in step 1, and the transaction (BEGIN IMMEDIATE,
