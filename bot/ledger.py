@@ -18,7 +18,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from bot.models import ScoreEntry
 from bot.scoring.engine import Entry, merge_spells
 
-_SPELL_KEY = ("contact_id", "model", "quiet_since")
 
 
 @functools.cache
@@ -34,7 +33,7 @@ def ledger_insert(dialect_name: str) -> Any:
     else:
         total = func.round(total, 2)
     return stmt.on_conflict_do_update(
-        index_elements=list(_SPELL_KEY),
+        index_elements=["contact_id", "model", "quiet_since"],
         index_where=table.c.quiet_since.is_not(None),
         set_={"points": total, "at": stmt.excluded.at, "reason": stmt.excluded.reason},
     )
@@ -42,23 +41,11 @@ def ledger_insert(dialect_name: str) -> Any:
 
 def ledger_rows(entries: Iterable[Entry]) -> list[dict[str, Any]]:
     """Rows for `ledger_insert`, the decay entries of one spell in one row (`merge_spells`): fewer
-    rows to write, and a multi-row INSERT … ON CONFLICT may not update one row twice (PostgreSQL
-    refuses it)."""
+    rows to write. (Rows of one spell in one executemany are also right: each adds to the row the
+    one before wrote.)"""
     return [
         {"contact_id": e.contact_id, "model": e.model, "rule": e.rule, "points": e.points, "event_id": e.event_id,
          "reason": e.reason[:255], "at": e.at,
          "quiet_since": None if e.quiet_since is None else dt.date.fromordinal(e.quiet_since)}
         for e in merge_spells(list(entries))
     ]
-
-
-def add_to_spell(row: dict[str, Any], tick: dict[str, Any]) -> None:
-    """A later tick of the spell of `row` (a queued row not yet written), merged into it."""
-    row["points"] = round(row["points"] + tick["points"], 2)
-    row["at"] = tick["at"]
-    row["reason"] = tick["reason"]
-
-
-def spell_key(row: dict[str, Any]) -> tuple[Any, ...] | None:
-    """The spell a ledger row adds to, or None for a row of its own."""
-    return None if row["quiet_since"] is None else (row["contact_id"], row["model"], row["quiet_since"])

@@ -282,7 +282,7 @@ class ScoreEntry(Base):
 
     Inactivity decay is one row per quiet spell, not per day: `quiet_since` (the local day of the
     last engagement the spell follows) is set on decay rows only, and each night's tick adds its
-    points to the spell's row (`bot.scoring.service.ledger_insert`), moving `at` to the latest tick.
+    points to the spell's row (`bot.ledger.ledger_insert`), moving `at` to the latest tick.
     """
 
     __tablename__ = "score_ledger"

@@ -74,13 +74,7 @@ class Tracker(PollingWorker):
         self._limit = batch  # events per batched transaction, adapted to max_batch_s
         self.fallbacks = 0  # batches that failed and were done again one event at a time
         self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
-        self._batches: Any = None
-
-    def _batch_sessions(self) -> Any:
-        """A session for a batched pass (bot.tracker_batch.BatchSession), on the runtime's engine."""
-        if self._batches is None or self._batches.kw["bind"] is not self.rt.engine:
-            self._batches = batch_sessions(self.rt.engine)
-        return self._batches()
+        self._batch_sessions = batch_sessions(runtime.engine)  # batched passes: bot.tracker_batch.BatchSession
 
     async def drain(self) -> int:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""

@@ -33,7 +33,7 @@ from sqlalchemy.sql import TableClause
 from sqlalchemy.sql.util import find_tables
 
 from bot.inbox import insert_ignore
-from bot.ledger import add_to_spell, ledger_insert, spell_key
+from bot.ledger import ledger_insert
 from bot.models import Contact, Event, Share, Visitor, utcnow
 
 if TYPE_CHECKING:
@@ -101,7 +101,6 @@ class TrackerBatch:
         self.stale = True
         self._forward = insert_ignore(session.bind.dialect.name, _EVENTS, "idempotency_key")
         self._ledger = ledger_insert(session.bind.dialect.name)
-        self._spells: dict[tuple[Any, ...], dict[str, Any]] = {}  # queued decay rows by spell
         self._inserts: dict[str, Any] = {}
         self._savepoints: list[Any] = []
 
@@ -266,15 +265,9 @@ class TrackerBatch:
         self.add("events", self._forward, params)
 
     def add_ledger(self, rows: list[dict[str, Any]]) -> None:
-        """Ledger rows (bot.ledger.ledger_rows); a decay tick whose spell has a row queued is added to it."""
+        """Ledger rows (bot.ledger.ledger_rows). Two ticks of one spell from different events of the
+        batch go in one executemany, row by row: the second adds to the row the first wrote."""
         for row in rows:
-            key = spell_key(row)
-            if key is not None:
-                queued = self._spells.get(key)
-                if queued is not None:
-                    add_to_spell(queued, row)
-                    continue
-                self._spells[key] = row
             self.add("score_ledger", self._ledger, row)
 
     @property
@@ -298,8 +291,6 @@ class TrackerBatch:
                 if not ops:
                     continue
                 self.ops[table] = []
-                if table == "score_ledger":
-                    self._spells = {}  # written: a later tick of a spell goes in as a row of its own
                 start = 0
                 while start < len(ops):  # consecutive rows of one statement: one executemany
                     stmt = ops[start][0]
