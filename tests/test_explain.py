@@ -28,6 +28,7 @@ from bot.models import (
     Alert, Contact, ContentItem, ContentVersion, Enrollment, Event, InboxItem, OutboxItem, Playbook, Rep, ScoreEntry, Share,
     StageChange, Task,
 )
+from bot.shares import LINK_BY_TOKEN
 from bot.sop.triggers import enrollments_of
 from bot.tracker import unprocessed_events
 from tests.conftest import T0
@@ -182,7 +183,7 @@ def hot_queries(keys: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
     now, contact, rep = keys["now"], keys["contact"], keys["rep"]
     return [
         # bot/shares.py ShareResolver._load (the link path, on a cache miss)
-        ("share by token", select(Share).where(Share.token == keys["token"]), "shares", "uq:shares.token"),
+        ("share by token", LINK_BY_TOKEN.params(token=keys["token"]), "shares", "uq:shares.token"),
         # bot/tracker.py: the tracker's next batch (a partial index on processed = false)
         ("unprocessed events", unprocessed_events(50), "events", "ix_events_unprocessed"),
         # bot/leases.py claim(): the inbox and outbox workers' due rows

@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
-from bot.models import Contact, Event, Share, Visitor
+from bot.models import Contact, ContentItem, ContentVersion, Event, Share, Visitor
+from bot.shares import LinkInfo
 from content.importer import import_library
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,6 +319,38 @@ async def test_forward_chain_and_attribution(beacon: Any, lib: Path, browsers: A
     async with beacon.rt.sessions() as session:
         chain = await referral_chain(session, child_b)
     assert [link["contact_id"] for link in chain] == [champion.id, champion.id, bob_contact.id]
+
+
+async def test_a_token_resolves_to_its_share_item_and_parent(beacon: Any, lib: Path, browsers: Any) -> None:
+    """What the link path knows about a token (bot.shares.LINK_BY_TOKEN, read from columns on a cache
+    miss) is what the share, its item, the item's current version and the parent share say."""
+    gated = await share(beacon, "manufacturing-digital-whitepaper", contact="wmChampion")  # gated, with a PDF
+    s = await share(beacon, "case-electronics-smt-yield", contact="wmChampion")
+    _, html, _ = await browsers().get(f"/l/{s['token']}")
+    child = browsers().page_data(html)["child"]
+    await browsers().get(f"/l/{child}")  # a forward: the child share is written with the open
+    beacon.rt.links.forget()
+    async with beacon.rt.sessions() as session:
+        for token in (gated["token"], s["token"], child):
+            sh, item, version = (await session.execute(
+                select(Share, ContentItem, ContentVersion).join(ContentItem, ContentItem.id == Share.item_id)
+                .join(ContentVersion, ContentVersion.id == ContentItem.current_version_id).where(Share.token == token)
+            )).one()
+            parent_token = await session.scalar(select(Share.token).where(Share.id == sh.parent_share_id)) if sh.parent_share_id else None
+            link = await beacon.rt.links.resolve(token)
+            assert link == LinkInfo(
+                share_id=sh.id, token=token, item_id=item.id, version_id=sh.version_id,
+                current_version_id=item.current_version_id, rep_userid="rep1", contact_id=sh.contact_id,
+                channel_id=None, parent_share_id=sh.parent_share_id, parent_token=parent_token, slug=item.slug,
+                title=item.title, summary=item.summary, kind=item.kind, gated=item.gated, internal=False, retired=False,
+                attachment_name=version.attachment_name,
+            )
+    assert (await beacon.rt.links.resolve(gated["token"])).attachment_name == "manufacturing-digital-whitepaper.pdf"
+    assert (await beacon.rt.links.resolve(gated["token"])).gated is True
+    assert (await beacon.rt.links.resolve(child)).parent_token == s["token"]
+    assert (await beacon.rt.links.resolve(child)).contact_id is None
+    assert (await beacon.rt.links.resolve(s["token"])).parent_token is None
+    assert await beacon.rt.links.resolve("A" * 24) is None
 
 
 async def test_new_version_forwards_old_links_with_notice(beacon: Any, lib: Path, browsers: Any) -> None:
