@@ -4,7 +4,7 @@ Edge: `InboxStore.put` inserts through the group-commit writer with ON CONFLICT 
 dedupe key, so a redelivery is acknowledged and never stored twice.
 Worker: leases due rows, runs the handler and marks the row done in the same transaction (so the
 handler's effects and "done" commit together), retries failures with backoff, parks after N attempts.
-A claimed batch shares transactions, a savepoint per callback (`InboxWorker.process_batch`).
+A claimed batch shares transactions; a failed handler's transaction is done again without it (`InboxWorker.process_batch`).
 Rows leased by a process that died are picked up again when the lease runs out.
 """
 
@@ -61,18 +61,23 @@ class InboxStore:
         )
 
 
+class HandlerLeftFailedTransaction(Exception):
+    """A handler caught a database error and returned: the shared transaction can only be rolled back."""
+
+
 class OwnTransactionNeeded(Exception):
     """A handler ended the shared transaction itself (see SharedSession)."""
 
 
 class SharedSession(AsyncSession):
-    """The session a batch of callbacks shares, each handler in a savepoint of its own.
+    """The session a batch of callbacks shares (InboxWorker.process_batch).
 
     Some handlers commit part-way, so that no transaction is open while they call WeCom (kf pulls
     messages page by page, a new contact's profile is fetched): they cannot share a transaction with
     other callbacks. While a handler runs (`sharing`), its commit or rollback of the session is refused
     with OwnTransactionNeeded and remembered in `refused` (in case the handler swallowed the exception);
-    the worker then rolls the savepoint back and runs that callback alone, in its own session."""
+    the worker then rolls back the shared transaction, with what the handler did, and runs that callback
+    alone, in its own session."""
 
     sharing = False
     refused = False
@@ -116,19 +121,28 @@ class InboxWorker(PollingWorker):
         return await self.drain_claimed(InboxItem, lease_s=self.cfg.lease_s, limit=limit, handle=self.process_batch)
 
     async def process_batch(self, ids: list[int]) -> int:
-        """Process claimed rows in order, many to a transaction: each callback's handler in a savepoint,
-        the rows it finished marked done with one UPDATE in the same transaction, so a callback's effects
-        and its "done" still commit together. Each transaction runs for about `budget_s` (on SQLite,
-        until another writer of this process waits for the lock); a handler
-        that fails rolls back its savepoint only (its row is retried later, as before); one that needs a
-        transaction of its own (SharedSession) runs alone, after what came before it has committed.
+        """Process claimed rows in order, many to a transaction, the rows finished marked done with one
+        UPDATE in the same transaction, so a callback's effects and its "done" commit together. Each
+        transaction runs for about `budget_s` (on SQLite, until another writer of this process waits
+        for the lock).
+
+        Handlers share the transaction without savepoints: a savepoint per callback made the ORM flush
+        and the driver make two more round trips for every callback, and tripled the worker's time per
+        callback. When a handler fails, the transaction, with what the handler did, is rolled back and
+        done again without that handler: the callbacks before it run again and commit, and its row
+        counts the failure (it is retried later). A handler that needs a transaction of its own
+        (SharedSession) runs alone the same way, after what came before it has committed. So a handler
+        may run twice for one callback, as after any failed commit: its effects are in the session.
         Returns how many rows were handled (fewer when a stop was asked for)."""
         n = 0
         rows: dict[int, Any] | None = None  # read once: the rows are leased to this worker
+        known: dict[int, object] = {}  # outcomes of failed handlers whose transaction was rolled back
         while n < len(ids) and not self.stopping:
+            start = n
             done: list[tuple[int, str]] = []
             failed: list[tuple[int, str, Exception]] = []
             alone: int | None = None
+            redo = False
             async with self.shared_sessions() as session:
                 if rows is None:
                     rows = {row.id: row for row in await session.execute(
@@ -141,7 +155,14 @@ class InboxWorker(PollingWorker):
                     if row is None or row.status != "pending":
                         n += 1
                         continue
-                    outcome = await self._shared(session, item_id, row.kind, row.body)
+                    if n in known:
+                        outcome = known.pop(n)
+                    else:
+                        outcome = await self._shared(session, item_id, row.body)
+                        if outcome is not None:  # its partial work is in the transaction: do it again without
+                            known[n] = outcome
+                            redo = True
+                            break
                     if outcome is OwnTransactionNeeded:
                         alone = item_id
                         break
@@ -152,13 +173,17 @@ class InboxWorker(PollingWorker):
                         done.append((item_id, row.kind))
                     if time.perf_counter() - began > self.budget_s or (self.gate is not None and self.gate.contended):
                         break
+                if redo:
+                    await session.rollback()
+                    n = start
+                    continue
                 try:
                     if done:
                         await session.execute(
                             update(InboxItem).where(InboxItem.id.in_([item_id for item_id, _ in done]))
                             .values(status="done", processed_at=self.rt.clock.now(), locked_until=None, attempts=InboxItem.attempts + 1)
                         )
-                    await session.commit()
+                        await session.commit()
                 except Exception:
                     # The shared transaction is lost: do its callbacks again, each on its own, where a
                     # failure is counted against its row only.
@@ -178,23 +203,23 @@ class InboxWorker(PollingWorker):
                 n += 1
         return n
 
-    async def _shared(self, session: SharedSession, item_id: int, kind: str, body: str) -> object:
-        """One callback in a savepoint of the shared session: None when handled, the exception when it
-        failed, or OwnTransactionNeeded (the class) when it has to run alone. Either way but the first,
-        the savepoint is rolled back and the session is as it was."""
+    async def _shared(self, session: SharedSession, item_id: int, body: str) -> object:
+        """One callback in the shared session: None when handled, the exception when it failed, or
+        OwnTransactionNeeded (the class) when it has to run alone. Either way but the first, what the
+        handler did is still in the session: the caller rolls the transaction back."""
+        session.sharing, session.refused = True, False
         try:
-            async with session.begin_nested():
-                session.sharing, session.refused = True, False
-                try:
-                    await self._dispatch(session, item_id, body)
-                finally:
-                    session.sharing = False
-                if session.refused:
-                    raise OwnTransactionNeeded("the handler ended the transaction")
+            await self._dispatch(session, item_id, body)
+            if session.refused:
+                return OwnTransactionNeeded
+            if not session.is_active:  # a database error the handler caught: the transaction is lost
+                return HandlerLeftFailedTransaction(f"inbox {item_id}: the handler caught a database error")
         except OwnTransactionNeeded:
             return OwnTransactionNeeded
         except Exception as exc:
             return exc
+        finally:
+            session.sharing = False
         return None
 
     async def _dispatch(self, session: AsyncSession, item_id: int, body: str) -> None:

@@ -1,6 +1,6 @@
-"""The inbox worker shares a transaction between the callbacks it claimed, a savepoint each (issue 9):
-fewer commits, while each callback's effects and its "done" still commit together, a failing handler
-loses only its own work, and a handler that commits part-way runs alone, in order."""
+"""The inbox worker shares a transaction between the callbacks it claimed (issue 9): fewer commits, and
+no savepoints until a handler fails, while each callback's effects and its "done" still commit together,
+a failing handler loses only its own work, and a handler that commits part-way runs alone, in order."""
 
 from __future__ import annotations
 
@@ -20,18 +20,25 @@ def poster(beacon: Any) -> Poster:
 
 
 class Commits:
-    """Counts the database transactions committed on the app's engine (savepoint releases are not)."""
+    """Counts the database transactions committed on the app's engine (savepoint releases are not),
+    and the savepoints begun."""
 
     def __init__(self, engine: Any) -> None:
         self.n = 0
+        self.savepoints = 0
         self.engine = engine.sync_engine
         event.listen(self.engine, "commit", self._commit)
+        event.listen(self.engine, "before_cursor_execute", self._savepoint)
 
     def _commit(self, _conn: Any) -> None:
         self.n += 1
 
+    def _savepoint(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.savepoints += statement.startswith("SAVEPOINT")
+
     def close(self) -> None:
         event.remove(self.engine, "commit", self._commit)
+        event.remove(self.engine, "before_cursor_execute", self._savepoint)
 
 
 async def rows(rt: Any) -> tuple[list[InboxItem], list[OutboxItem]]:
@@ -61,6 +68,7 @@ async def test_a_claimed_batch_commits_once(beacon: Any, poster: Poster) -> None
         commits.close()
     # the claim, all six callbacks with their "done" (one transaction each before), the claim that finds none
     assert commits.n == 3
+    assert commits.savepoints == 0  # a savepoint each made the worker three times slower
     inbox, outbox = await rows(beacon.rt)
     assert [(i.status, i.attempts, i.locked_until) for i in inbox] == [("done", 1, None)] * 6
     assert all(i.processed_at is not None for i in inbox)
@@ -86,21 +94,32 @@ async def test_the_time_budget_splits_a_batch_into_transactions(beacon: Any, pos
 async def test_a_failing_handler_loses_only_its_own_work(beacon: Any, poster: Poster) -> None:
     boom = Router("boom")
 
+    calls: list[str] = []
+
     @boom.message(Command("boom"))
     async def explode(msg: Any, ctx: Any) -> None:
-        ctx.send_text("rep1", "half done")  # queued in its savepoint, rolled back with it
+        calls.append(msg.get("MsgId"))
+        ctx.send_text("rep1", "half done")  # queued in the shared transaction, rolled back with it
         raise RuntimeError("handler bug")
 
     beacon.rt.dispatcher.routers.insert(0, boom)
-    for content, msg_id in (("帮助", "6301"), ("boom", "6302"), ("帮助", "6303")):
+    for content, msg_id in (("帮助", "6301"), ("boom", "6302"), ("帮助", "6303"), ("帮助", "6304")):
         await poster.post(text_xml("rep1", content, msg_id))
     beacon.rt.inbox.budget_s = 60.0
-    assert await beacon.rt.inbox.drain() == 3
+    commits = Commits(beacon.rt.engine)
+    try:
+        assert await beacon.rt.inbox.drain() == 4
+    finally:
+        commits.close()
+    # The transaction is rolled back at the failure and done again without the failing handler: the
+    # claim, the shared transaction, the failure's attempt count, the empty claim. No savepoints.
+    assert commits.savepoints == 0 and commits.n == 4
+    assert calls == ["6302"]  # the failing handler ran once
     inbox, outbox = await rows(beacon.rt)
-    assert [(i.status, i.attempts) for i in inbox] == [("done", 1), ("pending", 1), ("done", 1)]
+    assert [(i.status, i.attempts) for i in inbox] == [("done", 1), ("pending", 1), ("done", 1), ("done", 1)]
     assert "handler bug" in inbox[1].last_error and inbox[1].next_attempt_at > beacon.clock.now()
-    assert origins(outbox) == [inbox[0].id, inbox[2].id]
-    assert [text(item) for item in outbox] == [text(outbox[0])] * 2 and "half done" not in text(outbox[0])
+    assert origins(outbox) == [inbox[0].id, inbox[2].id, inbox[3].id]  # one reply each, none twice
+    assert [text(item) for item in outbox] == [text(outbox[0])] * 3 and "half done" not in text(outbox[0])
 
 
 @pytest.mark.parametrize("swallow", [False, True], ids=["commits", "commits-and-swallows-the-refusal"])
@@ -133,8 +152,10 @@ async def test_a_handler_that_commits_part_way_runs_alone_in_order(beacon: Any, 
         await poster.post(text_xml("rep1", content, msg_id))
     beacon.rt.inbox.budget_s = 60.0
     assert await beacon.rt.inbox.drain() == 3
-    # the refused attempt (only a swallowing handler gets past its commit) leaves nothing behind
-    expected = [("note", "6401", False)] + ([("own", "6402", False)] if swallow else []) + [("own", "6402", True), ("note", "6403", False)]
+    # The refused attempt (only a swallowing handler gets past its commit) leaves nothing behind. It was
+    # made without savepoints, so the callback before it, rolled back with it, runs again.
+    refused = [("own", "6402", False)] if swallow else []
+    expected = [("note", "6401", False), *refused, ("note", "6401", False), ("own", "6402", True), ("note", "6403", False)]
     assert calls == expected
     inbox, outbox = await rows(beacon.rt)
     assert [(i.status, i.attempts) for i in inbox] == [("done", 1)] * 3
@@ -187,3 +208,33 @@ async def test_a_shared_transaction_makes_way_for_a_queued_writer(beacon: Any, p
         assert await reader.scalar(select(func.count()).select_from(Event).where(Event.type == "call")) == 1
     inbox, outbox = await rows(beacon.rt)
     assert {i.status for i in inbox} == {"done"} and origins(outbox) == [i.id for i in inbox]
+
+
+async def test_a_handler_that_swallows_a_database_error_fails_alone(beacon: Any, poster: Poster) -> None:
+    """Without savepoints, a database error a handler catches leaves the shared transaction failed: that
+    callback counts as failed, and the others of the batch are done and committed."""
+    from sqlalchemy.exc import IntegrityError
+
+    from bot.models import Contact
+
+    swallow = Router("swallow")
+
+    @swallow.message(Command("dup"))
+    async def duplicate(msg: Any, ctx: Any) -> None:
+        ctx.session.add(Contact(id=1, external_userid="wmDup", created_at=ctx.clock.now(), updated_at=ctx.clock.now()))
+        try:
+            await ctx.session.flush()
+        except IntegrityError:
+            pass  # a handler's own business, but the transaction is gone
+
+    beacon.rt.dispatcher.routers.insert(0, swallow)
+    async with beacon.rt.sessions() as session, session.begin():
+        session.add(Contact(id=1, external_userid="wmFirst", created_at=beacon.clock.now(), updated_at=beacon.clock.now()))
+    for content, msg_id in (("帮助", "6601"), ("dup", "6602"), ("帮助", "6603")):
+        await poster.post(text_xml("rep1", content, msg_id))
+    beacon.rt.inbox.budget_s = 60.0
+    assert await beacon.rt.inbox.drain() == 3
+    inbox, outbox = await rows(beacon.rt)
+    assert [(i.status, i.attempts) for i in inbox] == [("done", 1), ("pending", 1), ("done", 1)]
+    assert "caught a database error" in inbox[1].last_error
+    assert origins(outbox) == [inbox[0].id, inbox[2].id]
