@@ -4,7 +4,8 @@ Edge: `InboxStore.put` inserts through the group-commit writer with ON CONFLICT 
 dedupe key, so a redelivery is acknowledged and never stored twice.
 Worker: leases due rows, runs the handler and marks the row done in the same transaction (so the
 handler's effects and "done" commit together), retries failures with backoff, parks after N attempts.
-A claimed batch shares transactions; a failed handler's transaction is done again without it (`InboxWorker.process_batch`).
+A claimed batch shares transactions; a failed handler's transaction is done again without it
+(`InboxWorker.process_batch`).
 Rows leased by a process that died are picked up again when the lease runs out.
 """
 

@@ -135,8 +135,9 @@ class ShareResolver:
 
 
 def _link_by_token() -> Any:
-    """One row in LinkInfo's field order (`retired` as the item's retired_at) for a token (a share, its item, the item's current version's
-    attachment and the parent share's token), from the columns rather than ORM objects."""
+    """One row in LinkInfo's field order (`retired` as the item's retired_at) for a token: the share,
+    its item, the item's current version's attachment and the parent share's token, read from the
+    columns rather than as ORM objects."""
     share, item, version = Share.__table__, ContentItem.__table__, ContentVersion.__table__
     parent = Share.__table__.alias("parent")
     return (
