@@ -402,9 +402,10 @@ def _background_reader(dbapi_conn: Any, _record: Any) -> None:
         logging.getLogger("beacon.db").warning("could not lower a background reader's CPU priority: it runs at normal priority")
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions for units of work (on SQLite they take the write lock when they begin)."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: AsyncEngine, **classes: Any) -> async_sessionmaker[AsyncSession]:
+    """Sessions for units of work (on SQLite they take the write lock when they begin). `classes`:
+    `class_` / `sync_session_class` for a worker's own session class (the inbox's, the tracker's)."""
+    return async_sessionmaker(engine, expire_on_commit=False, **classes)
 
 
 def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.batch import BatchWriter
 from bot.context import Context
-from bot.db import write_gate
+from bot.db import session_factory, write_gate
 from bot.leases import backoff_s
 from bot.models import InboxItem
 from bot.wecom.inbound import Inbound, parse_inbound
@@ -113,7 +113,7 @@ class InboxWorker(PollingWorker):
         super().__init__(runtime)
         self.cfg = runtime.settings.inbox
         self.poll_s = self.cfg.poll_s
-        self.shared_sessions = async_sessionmaker(runtime.engine, class_=SharedSession, expire_on_commit=False)
+        self.shared_sessions = session_factory(runtime.engine, class_=SharedSession)
         self.budget_s = SHARED_BUDGET_S.get(runtime.engine.dialect.name, 0.02)
         self.gate = write_gate(runtime.engine)
 

@@ -19,7 +19,6 @@ from bot.models import ScoreEntry
 from bot.scoring.engine import Entry, merge_spells
 
 
-
 @functools.cache
 def ledger_insert(dialect_name: str) -> Any:
     """INSERT of ledger rows for the dialect; a decay row whose spell has a row already adds its

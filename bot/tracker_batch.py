@@ -26,12 +26,13 @@ import functools
 from typing import TYPE_CHECKING, Any, Iterable
 
 from sqlalchemy import bindparam, event as sa_event, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.sql import TableClause
 from sqlalchemy.sql.util import find_tables
 
+from bot.db import session_factory
 from bot.inbox import insert_ignore
 from bot.ledger import ledger_insert
 from bot.models import Contact, Event, Share, Visitor, utcnow
@@ -441,8 +442,8 @@ def _transaction_ended(session: Session, transaction: Any) -> None:
 
 
 def batch_sessions(engine: Any) -> Any:
-    """Sessions like bot.db.session_factory's, whose ORM work a TrackerBatch can take over."""
-    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=BatchSession)
+    """bot.db.session_factory sessions whose ORM work a TrackerBatch can take over."""
+    return session_factory(engine, sync_session_class=BatchSession)
 
 
 @functools.lru_cache(maxsize=64)

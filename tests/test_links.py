@@ -326,8 +326,9 @@ async def test_a_token_resolves_to_its_share_item_and_parent(beacon: Any, lib: P
     miss) is what the share, its item, the item's current version and the parent share say."""
     gated = await share(beacon, "manufacturing-digital-whitepaper", contact="wmChampion")  # gated, with a PDF
     s = await share(beacon, "case-electronics-smt-yield", contact="wmChampion")
-    _, html, _ = await browsers().get(f"/l/{s['token']}")
-    child = browsers().page_data(html)["child"]
+    viewer = browsers()
+    _, html, _ = await viewer.get(f"/l/{s['token']}")
+    child = viewer.page_data(html)["child"]
     await browsers().get(f"/l/{child}")  # a forward: the child share is written with the open
     beacon.rt.links.forget()
     async with beacon.rt.sessions() as session:
