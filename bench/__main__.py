@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 
 from bench.store import DEFAULT_PG_URL
 
@@ -63,20 +64,32 @@ def main(argv: list[str]) -> int:
     if argv and not sqlite_only:
         print(f"unknown option {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    worst = 0
-    for name, module in BENCHMARKS.items():
-        print(f"=== {name}", flush=True)
-        worst = max(worst, importlib.import_module(module).main(ON_SQLITE.get(name, [])))
-    if sqlite_only:
-        return worst
-    problem = _postgres_problem()
-    for name in ON_POSTGRESQL:
-        print(f"=== {name} on PostgreSQL", flush=True)
+    runs = [(name, module, ON_SQLITE.get(name, [])) for name, module in BENCHMARKS.items()]
+    if not sqlite_only:
+        problem = _postgres_problem()
         if problem:
-            print(f"  skipped: no PostgreSQL at {DEFAULT_PG_URL} ({problem})")
-            continue
-        worst = max(worst, importlib.import_module(BENCHMARKS[name]).main(["--db", "postgresql", *ON_POSTGRESQL[name]]))
+            print(f"PostgreSQL benchmarks skipped: no PostgreSQL at {DEFAULT_PG_URL} ({problem})")
+        else:
+            runs += [(f"{name} on PostgreSQL", BENCHMARKS[name], ["--db", "postgresql", *args]) for name, args in ON_POSTGRESQL.items()]
+    worst, took, started = 0, [], time.monotonic()
+    for n, (title, module, args) in enumerate(runs, 1):
+        print(f"=== {title}  ({n}/{len(runs)}, {_minutes(time.monotonic() - started)} so far)", flush=True)
+        began = time.monotonic()
+        worst = max(worst, importlib.import_module(module).main(args))
+        took.append((title, time.monotonic() - began))
+    total = time.monotonic() - started
+    print("\n=== time taken")
+    for title, seconds in took:
+        print(f"  {title:<26} {_minutes(seconds):>7}")
+    print(f"  {'all':<26} {_minutes(total):>7}  (budget {_minutes(BUDGET_S)}{'' if total <= BUDGET_S else ': OVER'})")
     return worst
+
+
+BUDGET_S = 600  # issue 9: `make bench` runs every benchmark in under ten minutes
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 def _postgres_problem() -> str | None:
