@@ -9,17 +9,20 @@ that a caller was told is stored can be lost: the caller waits for the commit.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import sqlite3
 import time
 from collections import OrderedDict, defaultdict
 from typing import Any
 
+from sqlalchemy import Date, DateTime
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
 from bot.db import write_gate
+from bot.models import UTCDateTime
 
 log = logging.getLogger("beacon.batch")
 
@@ -157,7 +160,7 @@ class _Prepared:
         self.complete = not [c for c in (*compiled.insert_prefetch, *compiled.update_prefetch) if c.key not in keys]
         names = compiled.positiontup or []
         self.names = [(name, compiled.params.get(name)) for name in names]
-        processors = [compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
+        processors = [_bind_processor(compiled.binds[name].type, dialect) for name in names]
         if repeated:
             processors = [None if process is None else _converted_once(process) for process in processors]
         self.processors = [(i, process) for i, process in enumerate(processors) if process is not None]
@@ -170,6 +173,44 @@ class _Prepared:
             if value is not None:
                 values[i] = process(value)
         return values
+
+
+def _bind_processor(type_: Any, dialect: Any) -> Any:
+    """The column type's bind processor for `dialect`; on SQLite, for timestamps and dates, one call
+    that gives the same text (SQLAlchemy's chain of TypeDecorator and DATETIME processors cost about
+    3 µs a timestamp, a fifth of converting a ledger row). Each shortcut is checked against SQLAlchemy's
+    own processor on sample values when a statement is prepared, and not used if any differs."""
+    slow = type_.dialect_impl(dialect).bind_processor(dialect)
+    make = _SQLITE_SHORTCUTS.get(type(type_)) if dialect.name == "sqlite" and slow is not None else None
+    if make is None:
+        return slow
+    fast, samples = make(slow)
+    try:
+        same = all(fast(value) == slow(value) for value in samples)
+    except (TypeError, ValueError):
+        same = False
+    return fast if same else slow
+
+
+def _utc_shortcut(slow: Any) -> tuple[Any, tuple[Any, ...]]:
+    return UTCDateTime.sqlite_text, (_AT, _AT.replace(microsecond=0), _AT.astimezone(dt.timezone(dt.timedelta(hours=8))),
+                                     dt.datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
+
+
+def _datetime_shortcut(slow: Any) -> tuple[Any, tuple[Any, ...]]:
+    def text(value: Any) -> Any:  # naive datetimes; anything else as SQLAlchemy does it
+        return value.isoformat(" ", "microseconds") if type(value) is dt.datetime and value.tzinfo is None else slow(value)
+    return text, (_AT.replace(tzinfo=None), dt.datetime(2026, 1, 1), dt.datetime(999, 1, 2, 3, 4, 5, 6))
+
+
+def _date_shortcut(slow: Any) -> tuple[Any, tuple[Any, ...]]:
+    def text(value: Any) -> Any:
+        return value.isoformat() if type(value) is dt.date else slow(value)
+    return text, (_AT.date(), dt.date(999, 1, 2))
+
+
+_AT = dt.datetime(2026, 3, 5, 7, 9, 11, 13, tzinfo=dt.timezone.utc)
+_SQLITE_SHORTCUTS = {UTCDateTime: _utc_shortcut, DateTime: _datetime_shortcut, Date: _date_shortcut}
 
 
 def _converted_once(process: Any, size: int = 1024) -> Any:

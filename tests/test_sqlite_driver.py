@@ -11,8 +11,12 @@ import datetime as dt
 import json
 import sqlite3
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -295,3 +299,46 @@ def test_repeated_values_are_converted_once_to_the_same_rows() -> None:
     assert [once.row(r) for r in events] == [plain.row(r) for r in events]
     with pytest.raises(ValueError):
         once.row({**events[0], "received_at": T0.replace(tzinfo=None)})  # a naive time is still refused
+
+
+@examples(max_examples=300, deadline=None)
+@given(
+    at=st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30),
+                    timezones=st.sampled_from([dt.timezone.utc, dt.timezone(dt.timedelta(hours=8)), dt.timezone(dt.timedelta(hours=-5, minutes=-30)),
+                                               ZoneInfo("Asia/Shanghai"), ZoneInfo("UTC")])),
+)
+def test_the_timestamp_shortcuts_give_sqlalchemys_text(at: dt.datetime) -> None:
+    """On SQLite, bound timestamps and dates skip SQLAlchemy's processors (bot.batch._bind_processor):
+    for aware times in any zone (UTCDateTime), naive times (DateTime), dates (Date), the text is the one
+    SQLAlchemy's own processors give, and a naive time for a UTCDateTime column is still refused."""
+    from sqlalchemy import Date, DateTime
+    from sqlalchemy.dialects import sqlite
+
+    import bot.batch as batch
+    from bot.models import UTCDateTime
+
+    dialect = sqlite.dialect()
+    for type_, value in ((UTCDateTime(), at), (DateTime(), at.replace(tzinfo=None)), (Date(), at.date())):
+        fast = batch._bind_processor(type_, dialect)
+        slow = type_.dialect_impl(dialect).bind_processor(dialect)
+        assert fast is not slow  # the shortcut is in use
+        assert fast(value) == slow(value)
+    with pytest.raises(ValueError):
+        batch._bind_processor(UTCDateTime(), dialect)(at.replace(tzinfo=None))
+
+
+def test_a_shortcut_that_disagrees_with_sqlalchemy_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check when a statement is prepared: a shortcut whose text differs from SQLAlchemy's on the
+    sample values (here, one that drops the microseconds) is left out and SQLAlchemy's processor runs."""
+    from sqlalchemy.dialects import sqlite
+
+    import bot.batch as batch
+    from bot.models import UTCDateTime
+
+    dialect = sqlite.dialect()
+    in_use = batch._bind_processor(UTCDateTime(), dialect)
+    wrong = lambda value: in_use(value)[:19]  # noqa: E731
+    monkeypatch.setitem(batch._SQLITE_SHORTCUTS, UTCDateTime, lambda slow: (wrong, batch._utc_shortcut(slow)[1]))
+    chosen = batch._bind_processor(UTCDateTime(), dialect)
+    assert chosen is not wrong
+    assert chosen(T0) == T0.replace(tzinfo=None).isoformat(" ", "microseconds")
