@@ -372,6 +372,33 @@ async def test_rescore_moves_stages_and_touches_only_changed_contacts(beacon: An
     assert (await contact_json(beacon, "wmImported"))["score"] == data["score"]
 
 
+async def test_rescore_reads_events_as_the_orm_does(beacon: Any) -> None:
+    """The rescore reads the event log past SQLAlchemy's result processing (bot.rescore._EVENTS): each
+    event's time and props come out as the ORM gives them, on either database; props read the same
+    from several events are one read-only object (a scorer cannot change another event's props)."""
+    from types import MappingProxyType
+
+    from bot.rescore import _EVENTS, _Props, _scored
+
+    who = await new_contact(beacon, "wmReader")
+    shanghai = dt.timezone(dt.timedelta(hours=8))
+    shapes = [{}, None, {"depth": 75}, {"depth": 75}, {"cta": "demo", "标签": ["白皮书", 2], "n": {"x": 1.5}}, {"seconds": 12}]
+    async with beacon.rt.sessions() as session, session.begin():
+        for n, props in enumerate(shapes):
+            at = (beacon.clock.now() + dt.timedelta(minutes=n, microseconds=n * 7)).astimezone(shanghai if n % 2 else dt.timezone.utc)
+            session.add(Event(type="read", contact_id=who, occurred_at=at, received_at=at, props=props, processed=True))
+    async with beacon.rt.sessions() as session:
+        orm = (await session.scalars(select(Event).where(Event.contact_id == who).order_by(Event.occurred_at, Event.id))).all()
+        rows = (await session.execute(_EVENTS.where(Event.contact_id == who))).all()
+    props = _Props()
+    read = [_scored(row, {}, props) for row in rows]
+    assert [(e.id, e.at, dict(e.props)) for e in read] == [(e.id, e.occurred_at, e.props or {}) for e in orm]
+    assert all(e.at.tzinfo is dt.timezone.utc and isinstance(e.props, MappingProxyType) for e in read)
+    assert read[2].props is read[3].props
+    with pytest.raises(TypeError):
+        read[2].props["depth"] = 100  # type: ignore[index]
+
+
 async def test_decay_chunks_are_sized_for_each_database(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite: chunks sized to the one write lock (CHUNK, then by time). PostgreSQL, which locks rows:
     fewer, larger chunks (PG_CHUNK), each read being a pass over the ledger for its contacts."""
