@@ -25,7 +25,7 @@ from bot.db import create_engine, session_factory
 from bot.lifecycle import recently_reactivated
 from bot.models import Contact, ContentItem, Event, ScoreEntry, StageChange
 from bot.scoring.engine import ScoredEvent
-from bot.ledger import ledger_insert, ledger_rows
+from bot.ledger import insert_merged_rows, ledger_rows
 from bot.scoring.service import PROFILE_FIELDS, ScoringService, profile_of
 from bot.scoring.stages import stage_for_score, temperature
 
@@ -116,7 +116,7 @@ async def _rescore_range(sessions, service: ScoringService, items: dict, props: 
                 report.stage_moves += 1
             if (score, temp, stage) != (contact.score, contact.temperature, contact.stage):
                 updates.append({"b_id": cid, "b_score": score, "b_temperature": temp, "b_stage": stage, "b_now": now})
-        await executemany(conn, ledger_insert(conn.dialect.name), new_rows)
+        await insert_merged_rows(conn, new_rows)
         await executemany(conn, _STAGE_INSERT, moves)
         await executemany(conn, _CONTACT_UPDATE, updates)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from sqlalchemy import event, select
+from sqlalchemy import event, insert, select
 
 from bot.context import Context
 from bot.models import Contact, Event, ScoreEntry, StageChange, Task
@@ -397,6 +397,52 @@ async def test_rescore_reads_events_as_the_orm_does(beacon: Any) -> None:
     assert read[2].props is read[3].props
     with pytest.raises(TypeError):
         read[2].props["depth"] = 100  # type: ignore[index]
+
+
+async def test_a_rescores_ledger_rows_go_in_as_the_row_by_row_insert_puts_them(db_url: str) -> None:
+    """bot.ledger.insert_merged_rows (on PostgreSQL by COPY and one INSERT … SELECT): the stored rows
+    equal those of the statement every other writer uses, ids in the rows' order, a decay row whose
+    spell already has a row adds to it, and twice in one transaction writes each row once."""
+    from bot.db import create_engine
+    from bot.ledger import insert_merged_rows, ledger_insert
+    from tests.conftest import make_settings
+
+    engine = create_engine(make_settings(db_url).database)
+    at = dt.datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=dt.timezone.utc)
+    spell = dt.date(2026, 2, 20)
+
+    def rows(contact: int) -> list[dict[str, Any]]:
+        return [
+            {"contact_id": contact, "model": "default", "rule": "profile_title", "points": 10.0, "event_id": None,
+             "reason": "职位 CEO +10", "at": at.astimezone(dt.timezone(dt.timedelta(hours=8))), "quiet_since": None},
+            {"contact_id": contact, "model": "default", "rule": "decay", "points": -1.25, "event_id": None,
+             "reason": "连续10天无互动", "at": at + dt.timedelta(days=1), "quiet_since": spell},
+            {"contact_id": contact, "model": "east", "rule": "open", "points": 5.5, "event_id": None, "reason": "打开 +5.5",
+             "at": at + dt.timedelta(microseconds=1), "quiet_since": None},
+        ]
+
+    try:
+        async with engine.begin() as conn:
+            ids = [(await conn.execute(insert(Contact).values(external_userid=f"wmL{n}", created_at=at, updated_at=at))).inserted_primary_key[0]
+                   for n in range(4)]
+            spell_row = {**rows(0)[1], "points": -0.5, "reason": "earlier tick", "at": at}
+            await conn.execute(ledger_insert(conn.dialect.name), [{**spell_row, "contact_id": ids[0]}, {**spell_row, "contact_id": ids[2]}])
+            await conn.execute(ledger_insert(conn.dialect.name), rows(ids[0]) + rows(ids[1]))  # one by one
+            await insert_merged_rows(conn, rows(ids[2]) + rows(ids[3]))
+            await insert_merged_rows(conn, [])
+            await insert_merged_rows(conn, [{**rows(ids[3])[0], "rule": "second_call"}])  # the same transaction again
+        async with engine.connect() as conn:
+            stored = (await conn.execute(select(ScoreEntry).order_by(ScoreEntry.id))).all()
+    finally:
+        await engine.dispose()
+    by_contact: dict[int, list[tuple[Any, ...]]] = collections.defaultdict(list)
+    for row in stored:
+        by_contact[row.contact_id].append((row.model, row.rule, row.points, row.event_id, row.reason, row.at, row.quiet_since))
+    assert by_contact[ids[2]] == by_contact[ids[0]]  # the merged spell: -0.5 + -1.25, the later tick's reason and time
+    assert by_contact[ids[3]] == by_contact[ids[1]] + [by_contact[ids[1]][0][:1] + ("second_call",) + by_contact[ids[1]][0][2:]]
+    assert [r[1:3] for r in by_contact[ids[2]]] == [("decay", -1.75), ("profile_title", 10.0), ("open", 5.5)]
+    assert by_contact[ids[2]][0][4:] == ("连续10天无互动", at + dt.timedelta(days=1), spell)
+    assert by_contact[ids[3]][2][5] == at + dt.timedelta(microseconds=1)
 
 
 async def test_decay_chunks_are_sized_for_each_database(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
