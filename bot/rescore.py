@@ -79,7 +79,8 @@ _CONTACT_UPDATE = update(Contact.__table__).where(_CONTACTS.id == bindparam("b_i
 )
 
 
-async def _rescore_range(sessions, service: ScoringService, items: dict, props: "_Props", batch: list[int], now: dt.datetime, report: RescoreReport) -> None:
+async def _rescore_range(sessions, service: ScoringService, items: dict, props: "_Props", batch: list[int], now: dt.datetime,
+                         report: RescoreReport) -> None:
     """One id range in one transaction, in Core statements (no ORM object per contact or row): the
     ledger rows, stage moves and contact updates go in with one executemany each, on SQLite straight
     to the driver (bot/batch.py: the rows converted once, not per execution by SQLAlchemy)."""
@@ -123,8 +124,9 @@ async def _rescore_range(sessions, service: ScoringService, items: dict, props: 
 
 _EV = Event.__table__.c
 # The time as the driver gives it (text on SQLite, a naive datetime on PostgreSQL) and props as JSON
-# text (cast: asyncpg would decode every row's JSON itself), turned into values below: SQLAlchemy's own result processing (a regular expression per
-# timestamp, json.loads per row) was a fifth of a rescore.
+# text (cast: asyncpg would decode every row's JSON itself), turned into values below: SQLAlchemy's
+# own result processing (a regular expression per timestamp, json.loads per row) was a fifth of a
+# rescore.
 _EVENTS = (select(_EV.id, _EV.contact_id, _EV.type, type_coerce(_EV.occurred_at, String), _EV.item_id, cast(_EV.props, Text))
            .where(_EV.processed.is_(True)).order_by(_EV.contact_id, _EV.occurred_at, _EV.id))
 _NO_ITEM = (None, None, (), None)

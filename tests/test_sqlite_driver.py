@@ -304,8 +304,8 @@ def test_repeated_values_are_converted_once_to_the_same_rows() -> None:
 @examples(max_examples=300, deadline=None)
 @given(
     at=st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30),
-                    timezones=st.sampled_from([dt.timezone.utc, dt.timezone(dt.timedelta(hours=8)), dt.timezone(dt.timedelta(hours=-5, minutes=-30)),
-                                               ZoneInfo("Asia/Shanghai"), ZoneInfo("UTC")])),
+                    timezones=st.sampled_from([dt.timezone.utc, dt.timezone(dt.timedelta(hours=8)),
+                                               dt.timezone(dt.timedelta(hours=-5, minutes=-30)), ZoneInfo("Asia/Shanghai"), ZoneInfo("UTC")])),
 )
 def test_the_timestamp_shortcuts_give_sqlalchemys_text(at: dt.datetime) -> None:
     """On SQLite, bound timestamps and dates skip SQLAlchemy's processors (bot.batch._bind_processor):
