@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict, defaultdict
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Date, DateTime
@@ -164,15 +165,30 @@ class _Prepared:
         if repeated:
             processors = [None if process is None else _converted_once(process) for process in processors]
         self.processors = [(i, process) for i, process in enumerate(processors) if process is not None]
+        # The params' values in one C call when every name is a key (the usual case); values the
+        # statement binds itself (ON CONFLICT's round(…, 2)) come after the row's own, appended.
+        given = [name for name, _default in self.names if name in keys]
+        self._tail = [default for name, default in self.names if name not in keys]
+        self._pick = itemgetter(*given) if len(given) > 1 and self.names[:len(given)] == [(n, d) for n, d in self.names if n in keys] else None
 
     def row(self, params: dict[str, Any]) -> list[Any]:
-        get = params.get
-        values = [get(name, default) for name, default in self.names]
+        values: list[Any]
+        if self._pick is not None:
+            try:
+                values = [*self._pick(params), *self._tail]
+            except KeyError:  # a row without one of the keys: its value is the default, as below
+                values = self._values(params)
+        else:
+            values = self._values(params)
         for i, process in self.processors:
             value = values[i]
             if value is not None:
                 values[i] = process(value)
         return values
+
+    def _values(self, params: dict[str, Any]) -> list[Any]:
+        get = params.get
+        return [get(name, default) for name, default in self.names]
 
 
 def _bind_processor(type_: Any, dialect: Any) -> Any:
