@@ -16,9 +16,9 @@ from operator import itemgetter
 from types import MappingProxyType, SimpleNamespace
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import String, Text, bindparam, cast, delete, insert, select, type_coerce, update
+from sqlalchemy import String, Text, cast, delete, insert, select, type_coerce
 
-from bot.batch import executemany
+from bot.batch import BulkUpdate, executemany
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db import create_engine, session_factory
@@ -74,9 +74,7 @@ _CONTACTS = Contact.__table__.c
 _CONTACT_COLUMNS = [_CONTACTS.id, _CONTACTS.score, _CONTACTS.stage, _CONTACTS.temperature, _CONTACTS.created_at, _CONTACTS.profile,
                     *(_CONTACTS[name] for name in PROFILE_FIELDS)]  # region is one of PROFILE_FIELDS
 _STAGE_INSERT = insert(StageChange.__table__)
-_CONTACT_UPDATE = update(Contact.__table__).where(_CONTACTS.id == bindparam("b_id")).values(
-    score=bindparam("b_score"), temperature=bindparam("b_temperature"), stage=bindparam("b_stage"), updated_at=bindparam("b_now"),
-)
+_CONTACT_UPDATE = BulkUpdate(Contact.__table__, "id", ("score", "temperature", "stage"), same=("updated_at",))
 
 
 async def _rescore_range(sessions, service: ScoringService, items: dict, props: "_Props", batch: list[int], now: dt.datetime,
@@ -116,10 +114,10 @@ async def _rescore_range(sessions, service: ScoringService, items: dict, props: 
                 stage = target
                 report.stage_moves += 1
             if (score, temp, stage) != (contact.score, contact.temperature, contact.stage):
-                updates.append({"b_id": cid, "b_score": score, "b_temperature": temp, "b_stage": stage, "b_now": now})
+                updates.append({"b_id": cid, "b_score": score, "b_temperature": temp, "b_stage": stage, "b_updated_at": now})
         await insert_merged_rows(conn, new_rows)
         await executemany(conn, _STAGE_INSERT, moves)
-        await executemany(conn, _CONTACT_UPDATE, updates)
+        await _CONTACT_UPDATE.run(conn, updates)
 
 
 _EV = Event.__table__.c

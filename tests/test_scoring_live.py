@@ -445,6 +445,50 @@ async def test_a_rescores_ledger_rows_go_in_as_the_row_by_row_insert_puts_them(d
     assert by_contact[ids[3]][2][5] == at + dt.timedelta(microseconds=1)
 
 
+async def test_bulk_score_updates_set_each_row_and_only_those(db_url: str) -> None:
+    """bot.batch.BulkUpdate (decay's and rescore's contact updates): each row's values land on its
+    contact and no other; on PostgreSQL in one UPDATE over arrays, elsewhere (and when the rows' shared
+    column differs) one executemany."""
+    from bot.batch import BulkUpdate
+    from bot.db import create_engine
+    from tests.conftest import make_settings
+
+    engine = create_engine(make_settings(db_url).database)
+    at = dt.datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=dt.timezone.utc)
+    later = at + dt.timedelta(hours=1)
+    update = BulkUpdate(Contact.__table__, "id", ("score", "temperature", "stage"), same=("updated_at",))
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        async with engine.begin() as conn:
+            ids = [(await conn.execute(insert(Contact).values(external_userid=f"wmU{n}", created_at=at, updated_at=at, score=1.0))).inserted_primary_key[0]
+                   for n in range(5)]
+            await update.run(conn, [])
+            await update.run(conn, [{"b_id": ids[n], "b_score": 10.5 * n, "b_temperature": "warm", "b_stage": "mql", "b_updated_at": later}
+                                    for n in (3, 0, 2)])
+            one_statement = len(statements)
+            await update.run(conn, [{"b_id": ids[4], "b_score": 7.25, "b_temperature": "hot", "b_stage": "sql", "b_updated_at": later},
+                                    {"b_id": ids[1], "b_score": 3.0, "b_temperature": "cold", "b_stage": "new", "b_updated_at": at + dt.timedelta(days=1)}])
+        async with engine.connect() as conn:
+            rows = {r.id: (r.score, r.temperature, r.stage, r.updated_at) for r in (await conn.execute(select(Contact))).all()}
+    finally:
+        await engine.dispose()
+    assert rows == {
+        ids[0]: (0.0, "warm", "mql", later), ids[1]: (3.0, "cold", "new", at + dt.timedelta(days=1)), ids[2]: (21.0, "warm", "mql", later),
+        ids[3]: (31.5, "warm", "mql", later), ids[4]: (7.25, "hot", "sql", later),
+    }
+    if db_url.startswith("postgresql"):
+        assert one_statement == 1 and "unnest" in statements[0]
+        assert len(statements) == 2 and "unnest" not in statements[1]  # two different times: one executemany
+    else:
+        assert all("unnest" not in sql for sql in statements)
+
+
 async def test_decay_chunks_are_sized_for_each_database(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite: chunks sized to the one write lock (CHUNK, then by time). PostgreSQL, which locks rows:
     fewer, larger chunks (PG_CHUNK), each read being a pass over the ledger for its contacts."""

@@ -214,7 +214,7 @@ async def test_executemany_in_a_transaction_matches_sqlalchemy(sqlite_url: str) 
     from bot.batch import executemany
     from bot.models import Contact, ScoreEntry
     from bot.ledger import ledger_insert
-    from bot.scoring.jobs import _SCORE_UPDATE
+    from bot.scoring.jobs import _SCORES
 
     engine = create_engine(make_settings(sqlite_url).database)
     at = dt.datetime(2026, 5, 6, 7, 8, 9, 101112, tzinfo=dt.timezone.utc)
@@ -232,8 +232,8 @@ async def test_executemany_in_a_transaction_matches_sqlalchemy(sqlite_url: str) 
             a, b = (await conn.scalars(select(Contact.id).order_by(Contact.id))).all()
             await executemany(conn, _LEDGER_INSERT, ledger(a, "x"))
             await conn.execute(_LEDGER_INSERT, ledger(b, "x"))
-            await executemany(conn, _SCORE_UPDATE, [{"b_id": a, "b_score": 12.5, "b_temperature": "warm", "b_now": at}])
-            await conn.execute(_SCORE_UPDATE, [{"b_id": b, "b_score": 12.5, "b_temperature": "warm", "b_now": at}])
+            await executemany(conn, _SCORES.stmt, [{"b_id": a, "b_score": 12.5, "b_temperature": "warm", "b_updated_at": at}])
+            await conn.execute(_SCORES.stmt, [{"b_id": b, "b_score": 12.5, "b_temperature": "warm", "b_updated_at": at}])
         with pytest.raises(IntegrityError):
             async with engine.begin() as conn:
                 await executemany(conn, _LEDGER_INSERT, ledger(a, "rolled back"))

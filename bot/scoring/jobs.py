@@ -37,13 +37,13 @@ from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import String, and_, bindparam, case, func, or_, select, type_coerce, update
+from sqlalchemy import String, and_, bindparam, case, func, or_, select, type_coerce
 
-from bot.batch import executemany, on_driver, prepared_statement, write_in_one_call
+from bot.batch import BulkUpdate, on_driver, prepared_statement, write_in_one_call
 from bot.context import Context
 from bot.db import Chunks, write_gate, yield_to_writer
 from bot.leases import holds_lease
-from bot.ledger import ledger_insert, ledger_rows
+from bot.ledger import insert_merged_rows, ledger_insert, ledger_rows
 from bot.lifecycle import mark_dormant, recently_reactivated
 from bot.models import Contact, Event, ScoreEntry
 from bot.scoring.engine import NOT_ENGAGEMENT, ContactScoreState
@@ -51,9 +51,7 @@ from bot.scoring.rules import DECAY_RULE
 from bot.scoring.stages import temperature
 
 log = logging.getLogger("beacon.scoring.jobs")
-_SCORE_UPDATE = update(Contact.__table__).where(Contact.__table__.c.id == bindparam("b_id")).values(
-    score=bindparam("b_score"), temperature=bindparam("b_temperature"), updated_at=bindparam("b_now"),
-)
+_SCORES = BulkUpdate(Contact.__table__, "id", ("score", "temperature"), same=("updated_at",))
 CHUNK = 500  # contacts in the first chunk: about 10-20 ms of write lock on SQLite, in a database in memory
 # PostgreSQL locks rows, not the database: a chunk's transaction delays only an event of one of its
 # (quiet) contacts. Fewer, larger chunks: each chunk's read costs a pass over the ledger's and the
@@ -184,7 +182,7 @@ class _WriteForm:
     def rows(self, ledger: list[dict[str, Any]], change: dict[str, Any]) -> tuple[list[Any], Any]:
         if self.driver and self.ledger is None:
             self.ledger = prepared_statement(ledger_insert(self.dialect.name), tuple(ledger[0]), self.dialect, repeated=True)
-            self.update = prepared_statement(_SCORE_UPDATE, tuple(change), self.dialect, repeated=True)
+            self.update = prepared_statement(_SCORES.stmt, tuple(change), self.dialect, repeated=True)
             self.driver = self.ledger is not None and self.update is not None
         if not self.driver:
             return ledger, change
@@ -231,7 +229,7 @@ def _temperature(score: float, model: Any, reactivated: str | None, now: dt.date
 
 
 def _update(contact_id: int, score: float, temp: str, now: dt.datetime) -> dict[str, Any]:
-    return {"b_id": contact_id, "b_score": score, "b_temperature": temp, "b_now": now}
+    return {"b_id": contact_id, "b_score": score, "b_temperature": temp, "b_updated_at": now}
 
 
 _CONTACTS = Contact.__table__.name
@@ -292,8 +290,8 @@ async def _write_chunk(rt: Any, service: Any, seen: dict[int, tuple[Any, ...]],
                     if rows:
                         await on_driver(conn, _write_rows_in_thread, form.ledger.sql, rows, form.update.sql, updates, sql=form.update.sql)
                 else:
-                    await executemany(conn, ledger_insert(conn.dialect.name), rows)
-                    await executemany(conn, _SCORE_UPDATE, updates)
+                    await insert_merged_rows(conn, rows)  # a tick per contact and spell: one row each
+                    await _SCORES.run(conn, updates)
             held = time.perf_counter() - began
     except BaseException:
         for contact_id in changed_book:  # the book moved on, the database did not: replay them later
