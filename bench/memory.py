@@ -2,9 +2,9 @@
 
 `python -m bench memory [--sizes 100000,1000000] [--sample 4000] [--strict]`
 
-Each measurement is a fresh subprocess (`python -m bench.memory _measure VARIANT N MODE`, two at a time on two cores) that imports
-what it needs, builds its inputs, collects garbage, then fills one structure with N contacts and
-reports how much it grew:
+Each measurement is a fresh subprocess (`python -m bench.memory _measure VARIANT N MODE`; two run at
+a time on two cores) that imports what it needs, builds its inputs, collects garbage, then fills one
+structure with N contacts and reports how much it grew:
 - dict: `{contact_id: score}` with N distinct float scores: the least a process can keep per contact;
 - book: a ScoringService (bot/scoring/service.py) whose ScoreBook holds N contacts' states, ids 1…N;
 - spread: the same with ids SPREAD apart: the contacts one process scored, spread over a company

@@ -81,7 +81,9 @@ async def _rescore_range(sessions, service: ScoringService, items: dict, props: 
                          report: RescoreReport) -> None:
     """One id range in one transaction, in Core statements (no ORM object per contact or row): the
     ledger rows, stage moves and contact updates go in with one executemany each, on SQLite straight
-    to the driver (bot/batch.py: the rows converted once, not per execution by SQLAlchemy)."""
+    to the driver (bot/batch.py: the rows converted once, not per execution by SQLAlchemy); on
+    PostgreSQL the ledger rows by COPY (`insert_merged_rows`) and the updates as one statement over
+    arrays (`BulkUpdate`)."""
     lo, hi = batch[0], batch[-1]
     async with sessions() as session, session.begin():
         conn = await session.connection()
