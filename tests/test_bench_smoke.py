@@ -176,3 +176,40 @@ def test_memory_bench_runs() -> None:
     assert "spread × dict" in out and "row index (id → row)" in out
     line = next(line for line in out.splitlines() if line.strip().startswith("20,000: book"))
     assert "ids 10 apart" in line and ("PASS" in line or "MISS" in line)
+
+
+def test_make_bench_reports_each_benchmarks_time_against_the_budget(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m bench` with no name runs every benchmark on SQLite, then on PostgreSQL, and ends with
+    each one's time and the total against the ten-minute budget (OVER when past it). Benchmarks that
+    only record their arguments stand in for the real ones here; the real ones run above."""
+    import types
+
+    import bench.__main__ as runner
+
+    calls: list[tuple[str, list[str]]] = []
+    fakes = {}
+    for name in runner.BENCHMARKS:
+        module = types.ModuleType(f"fake_{name}")
+        module.main = lambda argv, name=name: calls.append((name, argv)) or (1 if name == "rescore" else 0)  # type: ignore[attr-defined]
+        module.SUMMARY = name  # type: ignore[attr-defined]
+        fakes[f"fake_{name}"] = module
+    monkeypatch.setattr(runner, "BENCHMARKS", {name: f"fake_{name}" for name in runner.BENCHMARKS})
+    monkeypatch.setattr(runner.importlib, "import_module", lambda module: fakes[module])
+    monkeypatch.setattr(runner, "_postgres_problem", lambda: None)
+
+    assert runner.main([]) == 1  # the worst exit status of the benchmarks
+    out = capsys.readouterr().out
+    assert [name for name, _ in calls] == [*runner.BENCHMARKS, *runner.ON_POSTGRESQL]
+    assert calls[len(runner.BENCHMARKS)][1][:2] == ["--db", "postgresql"]
+    table = out.split("=== time taken")[1]
+    for name in (*runner.BENCHMARKS, *(f"{n} on PostgreSQL" for n in runner.ON_POSTGRESQL)):
+        assert f"  {name} " in table
+    assert "(budget 10:00)" in table and "OVER" not in table
+
+    monkeypatch.setattr(runner, "BUDGET_S", -1)
+    monkeypatch.setattr(runner, "_postgres_problem", lambda: "refused")
+    calls.clear()
+    runner.main([])
+    out = capsys.readouterr().out
+    assert [name for name, _ in calls] == list(runner.BENCHMARKS)  # no PostgreSQL: its rounds skipped, and said so
+    assert "PostgreSQL benchmarks skipped" in out and ": OVER)" in out
