@@ -301,9 +301,12 @@ async def test_rescore_equals_real_time(beacon: Any, seed: int, chunk: int | Non
     aggregates for the others (`cold`: the book forgotten, as in a process that is not the tracker)."""
     import bot.scoring.jobs as jobs
 
-    if chunk is not None:  # the nightly decay's chunks as small as they get: the same ledger
+    if chunk is not None:  # the nightly decay's chunks and the rescore's writes as small as they get: the same ledger
+        import bot.rescore
+
         monkeypatch.setattr(jobs, "CHUNK", chunk)
         monkeypatch.setattr(jobs, "PG_CHUNK", chunk)
+        monkeypatch.setattr(bot.rescore, "WRITE_ROWS", chunk)
     rng = random.Random(seed)
     people = [f"wmR{seed}{i}" for i in range(4)]
     for who in people:
@@ -487,6 +490,54 @@ async def test_bulk_score_updates_set_each_row_and_only_those(db_url: str) -> No
         assert len(statements) == 2 and "unnest" not in statements[1]  # two different times: one executemany
     else:
         assert all("unnest" not in sql for sql in statements)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_rescore_on_sqlite_replays_outside_the_write_lock_and_again_for_contacts_changed_meanwhile(
+    beacon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite has one write lock, which link opens and callbacks wait for: the rescore replays with no
+    transaction open and writes afterwards, checking each contact is as it was read. Here, between
+    the replay and the write, another connection takes the lock at once, and the tracker scores a new
+    event of one contact: that contact is replayed again with its new event, the other is written,
+    nothing twice, and a second rescore changes nothing."""
+    import sqlite3
+
+    import bot.rescore as rescore
+
+    busy = await new_contact(beacon, "wmBusy")
+    await new_contact(beacon, "wmQuiet")
+    for who in ("wmBusy", "wmQuiet"):
+        await post_event(beacon, who, "download", at=beacon.clock.now())
+    await settle(beacon)
+    beacon.clock.advance(hours=2)
+    write = rescore._Run._write_sqlite
+    writes: list[list[int]] = []
+
+    async def others_first(self: Any, outcomes: dict[int, Any]) -> list[int]:
+        if not writes:
+            path = beacon.rt.settings.database.url.split("///", 1)[1]
+            other = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # "database is locked" if the replay held the lock
+            other.execute("COMMIT")
+            other.close()
+            await post_event(beacon, "wmBusy", "cta", at=beacon.clock.now(), cta="demo")
+            await settle(beacon)
+        changed = await write(self, outcomes)
+        writes.append(sorted(outcomes))
+        return changed
+
+    monkeypatch.setattr(rescore._Run, "_write_sqlite", others_first)
+    report = await rescore_all(beacon.rt.settings, clock=beacon.clock)
+
+    assert len(writes) == 2 and writes[1] == [busy]  # the second round: the changed contact alone
+    assert report.contacts == 2
+    data = await contact_json(beacon, "wmBusy")
+    assert any("演示" in e["reason"] or "demo" in e["reason"].lower() for e in data["score_breakdown"]), data["score_breakdown"]
+    assert data["score"] == round(sum(e["points"] for e in data["score_breakdown"]), 2)
+    monkeypatch.setattr(rescore._Run, "_write_sqlite", write)
+    again = await rescore_all(beacon.rt.settings, clock=beacon.clock)
+    assert again.changed == [] and again.contacts == 2
 
 
 async def test_decay_chunks_are_sized_for_each_database(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
