@@ -8,6 +8,10 @@ import datetime as dt
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,6 +30,8 @@ from bot.runtime import Runtime
 from bot.scheduler import catch_up, daily_at, daily_key, default_jobs, run_job
 from tests.conftest import make_settings
 from tests.helpers import run_cli, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SH = ZoneInfo("Asia/Shanghai")
 NY = ZoneInfo("America/New_York")
@@ -461,6 +467,38 @@ def test_charts_are_drawn_at_background_priority() -> None:
     finally:
         pool.shutdown()
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the server itself is untouched
+
+
+def test_the_chart_process_exits_when_the_process_that_started_it_dies(tmp_path: Path) -> None:
+    """A process killed with a chart process running (a `serve` worker killed mid-digest) leaves no
+    orphan behind: the chart process notices its parent is gone and exits."""
+    script = (
+        "import os, sys\n"
+        "from bot.digest import chart\n"
+        "pool = chart.chart_pool()\n"
+        "print(pool.submit(os.getpid).result(timeout=60), flush=True)\n"
+        "os._exit(0)  # no shutdown of the pool: as SIGKILL would leave it\n"
+    )
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:  # a file, not a pipe: an orphan holding the pipe would keep run() waiting
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, timeout=90)
+    assert done.returncode == 0, out.read_text()
+    child = int(out.read_text().split()[-1])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.2)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the chart process outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
 
 
 def test_split_markdown_respects_wecom_limit() -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.context import SpawnContext, SpawnProcess
 from functools import lru_cache
@@ -98,8 +100,22 @@ class _BackgroundContext(SpawnContext):
 
 def chart_pool() -> ProcessPoolExecutor:
     """A pool of one fresh child process ("spawn": nothing of this process's threads or connections is
-    inherited) at background priority."""
-    return ProcessPoolExecutor(max_workers=1, mp_context=_BackgroundContext())
+    inherited) at background priority, which exits if this process dies first."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=_BackgroundContext(), initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """In the chart process: exit once the process that started it is gone (a `serve` worker killed
+    mid-digest, say). Otherwise it waits for work forever: it holds both ends of its own call queue's
+    pipe, so the parent's death closes nothing it reads, and each such orphan kept ~120 MB."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 async def draw_charts(jobs: list[tuple[TeamDigest, str]]) -> list[bytes]:
