@@ -77,7 +77,7 @@ _CONTACT_COLUMNS = [_CONTACTS.id, _CONTACTS.score, _CONTACTS.stage, _CONTACTS.te
 _STAGE_INSERT = insert(StageChange.__table__)
 _CONTACT_UPDATE = BulkUpdate(Contact.__table__, "id", ("score", "temperature", "stage"), same=("updated_at",))
 # SQLite: ledger rows per write transaction (the contacts' old rows deleted, their new ones inserted,
-# their scores updated). Rescoring 100k events (2k contacts), a probe beside it waited at most 58-71 ms
+# their scores updated). Rescoring 100k events (2k contacts), a probe beside it waited at most 62-71 ms
 # for the write lock, against 2.4 s when the range's one transaction held it through the replay.
 WRITE_ROWS = 4000
 ATTEMPTS = 3  # SQLite: replays of contacts another writer changed meanwhile, before taking the lock for them
