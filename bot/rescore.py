@@ -42,10 +42,12 @@ class RescoreReport:
     entries: int = 0
     stage_moves: int = 0
     changed: list[int] = field(default_factory=list)  # contacts whose score changed
+    replayed: int = 0  # SQLite: contacts replayed again because another writer changed them meanwhile
 
     def summary(self) -> str:
+        again = f" ({self.replayed} replayed again: scored meanwhile)" if self.replayed else ""
         return (f"rescored {self.contacts} contacts from {self.events} events: {self.entries} ledger entries, "
-                f"{len(self.changed)} scores changed, {self.stage_moves} stage moves")
+                f"{len(self.changed)} scores changed, {self.stage_moves} stage moves{again}")
 
 
 async def rescore_all(settings: Settings, *, clock: Clock | None = None, chunk: int = 2000,
@@ -126,6 +128,7 @@ class _Run:
             pending = await self._write_sqlite(outcomes)
             if not pending:
                 return
+            self.report.replayed += len(pending)
         await self._locked(pending)
 
     async def _locked(self, batch: list[int]) -> None:

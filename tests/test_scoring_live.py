@@ -531,13 +531,14 @@ async def test_rescore_on_sqlite_replays_outside_the_write_lock_and_again_for_co
     report = await rescore_all(beacon.rt.settings, clock=beacon.clock)
 
     assert len(writes) == 2 and writes[1] == [busy]  # the second round: the changed contact alone
-    assert report.contacts == 2
+    assert report.contacts == 2 and report.replayed == 1
+    assert report.summary().endswith("(1 replayed again: scored meanwhile)")
     data = await contact_json(beacon, "wmBusy")
     assert any("演示" in e["reason"] or "demo" in e["reason"].lower() for e in data["score_breakdown"]), data["score_breakdown"]
     assert data["score"] == round(sum(e["points"] for e in data["score_breakdown"]), 2)
     monkeypatch.setattr(rescore._Run, "_write_sqlite", write)
     again = await rescore_all(beacon.rt.settings, clock=beacon.clock)
-    assert again.changed == [] and again.contacts == 2
+    assert again.changed == [] and again.contacts == 2 and again.replayed == 0 and "replayed" not in again.summary()
 
 
 async def test_decay_chunks_are_sized_for_each_database(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
