@@ -377,6 +377,15 @@ def _executemany_all(conn: sqlite3.Connection, work: list[tuple[str, list[list[A
         conn.executemany(sql, rows)
 
 
+def still_as_read(conn: sqlite3.Connection, table: str, columns: str, expected: dict[int, tuple[Any, ...]]) -> list[int]:
+    """Inside a write transaction on SQLite's thread: the ids of `expected` whose `columns` (as stored)
+    still hold the values read before it, i.e. that no other writer changed meanwhile (decay and
+    rescore compute outside the write lock, then write only these)."""
+    ids = list(expected)
+    rows = conn.execute(f"SELECT id, {columns} FROM {table} WHERE id IN ({','.join('?' * len(ids))})", ids)
+    return [row[0] for row in rows if expected[row[0]] == tuple(row[1:])]
+
+
 def _fail(batch: list[_Item], exc: BaseException) -> None:
     for _rows, future in batch:
         if not future.done():

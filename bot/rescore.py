@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from sqlalchemy import String, Text, cast, delete, insert, select, type_coerce
 
-from bot.batch import BulkUpdate, executemany, prepared_statement, write_in_one_call
+from bot.batch import BulkUpdate, executemany, prepared_statement, still_as_read, write_in_one_call
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db import create_engine, read_session_factory, session_factory, write_gate
@@ -232,11 +232,9 @@ class _Run:
 def _write_in_thread(conn: sqlite3.Connection, work: list[tuple[Any, ...]], sqls: tuple[str, str, str]) -> list[int]:
     """Inside `write_in_one_call`'s transaction: the contacts that are as they were read get their
     ledger replaced, their stage move and their new score; returns their ids."""
-    ids = [item[0] for item in work]
-    marks = ",".join("?" * len(ids))
-    current = {row[0]: row[1:] for row in conn.execute(
-        f"SELECT id, score, stage, temperature, updated_at FROM {Contact.__tablename__} WHERE id IN ({marks})", ids)}
-    kept = [item for item in work if current.get(item[0]) == item[1]]
+    seen = {item[0]: item[1] for item in work}
+    unchanged = set(still_as_read(conn, Contact.__tablename__, "score, stage, temperature, updated_at", seen))
+    kept = [item for item in work if item[0] in unchanged]
     if not kept:
         return []
     kept_ids = [item[0] for item in kept]

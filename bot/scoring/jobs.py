@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import String, and_, bindparam, case, func, or_, select, type_coerce
 
-from bot.batch import BulkUpdate, on_driver, prepared_statement, write_in_one_call
+from bot.batch import BulkUpdate, on_driver, prepared_statement, still_as_read, write_in_one_call
 from bot.context import Context
 from bot.db import Chunks, write_gate, yield_to_writer
 from bot.leases import holds_lease
@@ -257,9 +257,7 @@ def _decay_in_thread(conn: Any, expected: dict[int, tuple[Any, Any]], prepared: 
                      ledger_sql: str, update_sql: str) -> list[int]:
     """Inside `_write_prepared`'s transaction, on SQLite's thread: the contacts as they were read
     get their rows written; returns their ids."""
-    ids = list(expected)
-    current = conn.execute(f"SELECT id, score, last_activity_at FROM {_CONTACTS} WHERE id IN ({','.join('?' * len(ids))})", ids)
-    written = [cid for cid, score, activity in current if expected[cid] == (score, activity)]
+    written = still_as_read(conn, _CONTACTS, "score, last_activity_at", expected)
     ledger = [row for cid in written for row in prepared[cid][0]]
     if ledger:
         conn.executemany(ledger_sql, ledger)
