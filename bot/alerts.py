@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.alert_delivery import can_update, decide, deliver, is_loud, refresh, suppress, unsent_card
 from bot.lifecycle import raise_alert
 from bot.models import Alert, Contact, Event, Rep, ScoreEntry, StageChange
-from bot.tracker_batch import BATCH_KEY, TrackerBatch
+from bot.tracker_batch import BATCH_KEY, MadeStageChange, TrackerBatch
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -52,7 +52,8 @@ class BatchPreload:
     """What the hook reads for every event, read once per tracker batch for the batch's contacts with
     an owner: their open alerts (newest first, locked as `open_alert` locks them) and their latest
     stage change. Kept current through the batch: alerts raised in it are added, status changes are
-    seen on the objects themselves, and a contact whose stage the batch moves is read again."""
+    seen on the objects themselves, and a stage change the batch makes is the batch's own
+    (`TrackerBatch.stage_changes`), with its id."""
 
     __slots__ = ("open", "latest_stage")
 
@@ -230,10 +231,12 @@ class AlertService:
         into = (alert.detail or {}).get("merged_into")
         return (await session.get(Alert, into) or alert) if into else alert
 
-    async def _stage_change(self, session: AsyncSession, contact: Contact, event: Event) -> StageChange | None:
+    async def _stage_change(self, session: AsyncSession, contact: Contact, event: Event) -> StageChange | MadeStageChange | None:
         """The stage move (by rule) that processing this event caused, if any."""
         batch, preload = self._preload(session)
-        if preload is not None and contact.id in preload.latest_stage and contact.id not in batch.stage_moved:  # type: ignore[union-attr]
+        if batch is not None and contact.id in batch.stage_changes:
+            change = batch.stage_changes[contact.id]  # moved by this batch (so newer than the preload's)
+        elif preload is not None and contact.id in preload.latest_stage:
             change = preload.latest_stage[contact.id]
         else:
             change = await session.scalar(
@@ -262,7 +265,7 @@ class AlertService:
             target.send_after = min(target.send_after, now)
 
     async def _add_event(
-        self, session: AsyncSession, alert: Alert, contact: Contact, event: Event, stage: StageChange | None,
+        self, session: AsyncSession, alert: Alert, contact: Contact, event: Event, stage: StageChange | MadeStageChange | None,
         scored: dict[tuple[int, int], list[Any]] | None = None,
     ) -> None:
         # The event's ledger rows: as the scoring hook just wrote them in this tracker batch, else read.

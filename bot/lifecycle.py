@@ -53,7 +53,7 @@ async def move_stage(rt: "Runtime", session: AsyncSession, contact: Contact, to:
     change = {"contact_id": contact.id, "from_stage": contact.stage, "to_stage": to, "by": by, "reason": reason[:255], "at": now}
     batch = session.info.get(BATCH_KEY)
     if batch is not None:
-        batch.insert(StageChange.__table__, change)  # written with the tracker's batch
+        await batch.record_stage_change(change)  # in the tracker's batch: written past the ORM
     else:
         session.add(StageChange(**change))
     previous, contact.stage = contact.stage, to

@@ -5,15 +5,17 @@ is queued and written together.
 events refer to, which share contacts already have a browser, and whatever the hooks ask for in their
 `prepare` (scoring: the replay data of contacts not yet in the ScoreBook; SOP: running enrollments;
 alerts: the open alerts and latest stage change of contacts with an owner). Attribution then runs in
-memory. Writes (visitor bindings, re-flagged anonymous events, forward events, ledger rows, stage
-history, tag-mirror outbox rows, and at the end each event's `contact_id` / `processed`) go to a
-queue per table, in order, flushed as executemany runs (the tables do not depend on one another:
-rows only refer to rows that existed before the batch):
+memory. Writes (visitor bindings, re-flagged anonymous events, forward events, ledger rows,
+tag-mirror outbox rows, and at the end each event's `contact_id` / `processed`) go to a queue per
+table, in order, flushed as executemany runs (the tables do not depend on one another: rows only
+refer to rows that existed before the batch):
 - at the end of the batch, and before each hook that is not batch-aware (bot/tracker.py);
 - before anything else in the session reads or writes a queued table (a `do_orm_execute` listener),
   so code that queries sees what it saw when every statement was executed at once.
 Contacts stay ORM objects in the session (hooks and lifecycle change them; the unit of work writes
-each changed contact once per batch).
+each changed contact once per batch). A stage change is written at once (`record_stage_change`),
+not queued: the alerts hook reads the change an event caused, with its id, for that event and every
+later one of the contact in the batch; queued, each such read was a flush and a query.
 
 Nothing is cached across batches: shares, visitors and contacts change under merges, erasure and
 `undo_merge`, and a batch of 50 costs one query per table anyway.
@@ -35,7 +37,7 @@ from sqlalchemy.sql.util import find_tables
 from bot.db import session_factory
 from bot.inbox import insert_ignore
 from bot.ledger import ledger_insert
-from bot.models import Contact, Event, Share, Visitor, utcnow
+from bot.models import Contact, Event, Share, StageChange, Visitor, utcnow
 
 if TYPE_CHECKING:
     from bot.tracker import Tracker
@@ -47,7 +49,7 @@ _VISITORS = Visitor.__table__
 _SHARES = Share.__table__
 _CONTACTS = Contact.__table__
 _CONTACT_COLUMNS = frozenset(c.key for c in _CONTACTS.c if not c.primary_key)
-TABLE_ORDER = ("visitors", "events", "score_ledger", "stage_history", "outbox")  # flushed in this order
+TABLE_ORDER = ("visitors", "events", "score_ledger", "outbox")  # flushed in this order
 
 _SHARE_COLUMNS = (
     _SHARES.c.id, _SHARES.c.item_id, _SHARES.c.version_id, _SHARES.c.rep_userid, _SHARES.c.contact_id,
@@ -70,6 +72,19 @@ _SHARES_BY_ID = select(*_SHARE_COLUMNS).where(_SHARES.c.id.in_(bindparam("ids", 
 _VISITORS_BY_ID = select(_VISITORS.c.id, _VISITORS.c.contact_id).where(_VISITORS.c.id.in_(bindparam("ids", expanding=True)))
 _CONTACTS_WITH_BROWSER = select(_VISITORS.c.contact_id).where(_VISITORS.c.contact_id.in_(bindparam("ids", expanding=True))).distinct()
 CONTACTS_BY_ID = select(Contact).where(Contact.id.in_(bindparam("ids", expanding=True)))  # also scoring's warm-up
+_STAGE_CHANGES = StageChange.__table__
+_INSERT_STAGE_CHANGE = _STAGE_CHANGES.insert().returning(_STAGE_CHANGES.c.id)
+
+
+class MadeStageChange:
+    """A stage_history row a batch wrote (`TrackerBatch.record_stage_change`), with the attributes of
+    a StageChange that readers in the batch use (an ORM object cost more to make than the row)."""
+
+    __slots__ = ("id", "contact_id", "from_stage", "to_stage", "by", "reason", "at")
+
+    def __init__(self, id: int, contact_id: int, from_stage: str, to_stage: str, by: str, reason: str, at: dt.datetime) -> None:
+        self.id, self.contact_id, self.from_stage, self.to_stage = id, contact_id, from_stage, to_stage
+        self.by, self.reason, self.at = by, reason, at
 
 
 class BrowserRow:
@@ -98,7 +113,7 @@ class TrackerBatch:
         self.has_browser: set[int] = set()
         self._browser_known: set[int] = set()
         self.prepared: dict[str, Any] = {}  # hooks' own preloads, by hook
-        self.stage_moved: set[int] = set()  # contacts with a stage change queued in this batch
+        self.stage_changes: dict[int, MadeStageChange] = {}  # contact id -> its newest stage change written by this batch
         self.stale = True
         self._forward = insert_ignore(session.bind.dialect.name, _EVENTS, "idempotency_key")
         self._ledger = ledger_insert(session.bind.dialect.name)
@@ -253,10 +268,16 @@ class TrackerBatch:
         self.ops[table].append((stmt, params))
         self._queued += 1
 
+    async def record_stage_change(self, row: dict[str, Any]) -> MadeStageChange:
+        """A stage_history row, written now (in the batch's transaction, past the ORM); the contact's
+        later reads in this batch get it from `stage_changes`."""
+        conn = await self.session.connection()
+        change_id = (await conn.execute(_INSERT_STAGE_CHANGE, row)).scalar_one()
+        change = self.stage_changes[row["contact_id"]] = MadeStageChange(id=change_id, **row)
+        return change
+
     def insert(self, table: Any, row: dict[str, Any]) -> None:
         """A new row for one of the queued tables (same keys for every row of a table, please)."""
-        if table.name == "stage_history":
-            self.stage_moved.add(row["contact_id"])
         stmt = self._inserts.get(table.name)
         if stmt is None:
             stmt = self._inserts[table.name] = table.insert()

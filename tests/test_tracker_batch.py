@@ -324,3 +324,39 @@ async def test_a_batch_takes_over_only_a_batch_session(beacon: Any) -> None:
         batch.uninstall()
         await session.scalars(select(Contact).limit(1))
         assert seen == ["Select"] and BATCH_KEY not in session.info
+
+
+async def test_a_batch_reads_the_stage_changes_it_made_from_itself(tmp_path: Path, sqlite_template: Path) -> None:
+    """An owned contact crosses stages in the middle of a batch and keeps engaging: the alerts hook
+    takes the stage change each event caused from the batch (TrackerBatch.record_stage_change, id
+    and all), with no query per event for the contact's latest stage change (each was also a flush of
+    everything queued). The alert records every move once, as the one-by-one tracker records them."""
+    from sqlalchemy import event as sa_event
+
+    world = await _world(tmp_path / "w.db", sqlite_template, batched=True, batch=50)
+    stage_reads: list[str] = []
+
+    def watch(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        sql = " ".join(statement.split()).lower()
+        if sql.startswith("select") and "from stage_history" in sql and "max(stage_history.id)" not in sql:
+            stage_reads.append(sql)  # anything but the batch preload's one query
+
+    try:
+        contact = world.contacts[0]  # owned by rep1
+        kinds = ["download", "webinar_attended", "demo_request", "webinar_attended", "download", "webinar_attended", "download"]
+        for n, kind in enumerate(kinds):
+            await world.rt.events.contact_event(kind, contact, occurred_at=world.clock.now(), received_at=world.clock.now(),
+                                                key=f"s{n}")
+        sa_event.listen(world.rt.engine.sync_engine, "before_cursor_execute", watch)
+        assert await world.rt.tracker.drain() == len(kinds)
+        sa_event.remove(world.rt.engine.sync_engine, "before_cursor_execute", watch)
+        snap = await world.snapshot()
+    finally:
+        await world.rt.stop()
+    moves = [(r[1], r[2]) for r in snap["stages"] if r[0] == contact and r[3].startswith("rule:")]
+    assert len(moves) >= 2, snap["stages"]  # crossed more than one stage within the batch
+    details = [json.loads(r[6]) if isinstance(r[6], str) else r[6] for r in snap["alerts"] if r[1] == contact]
+    recorded = [(s["from"], s["to"]) for d in details for s in d.get("stages") or []]
+    assert sorted(recorded) == sorted(moves)
+    assert all(isinstance(s["id"], int) for d in details for s in d.get("stages") or [])
+    assert stage_reads == []
