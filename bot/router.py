@@ -8,12 +8,10 @@ free. A filter returns False (no match), True, or a dict of extracted data for t
 from __future__ import annotations
 
 import logging
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
-from bot.wecom.inbound import Inbound
+from bot.wecom.inbound import Inbound, normalize_text
 
 if TYPE_CHECKING:
     from bot.context import Context
@@ -25,26 +23,20 @@ Filter = Callable[[Inbound], FilterResult]
 Handler = Callable[[Inbound, "Context"], Awaitable[None]]
 
 
-def normalize_text(text: str) -> str:
-    """Full-width to half-width (NFKC), collapse spaces, strip: '  找　白皮书 ' -> '找 白皮书'."""
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text or "")).strip()
-
-
 class Command:
     """Matches a text message starting with one of the words; hands over `args` (the rest)."""
 
     def __init__(self, *words: str) -> None:
         self.words = tuple(sorted((normalize_text(w).lower() for w in words), key=len, reverse=True))
+        # (word, what follows it, whether it may run into its arguments): Chinese words need no space
+        self._forms = tuple((word, word + " ", not word.isascii()) for word in self.words)
 
     def __call__(self, msg: Inbound) -> FilterResult:
         if msg.msg_type != "text":
             return False
-        text = normalize_text(msg.text)
-        lowered = text.lower()
-        for word in self.words:
-            if lowered == word or lowered.startswith(word + " ") or (
-                not word.isascii() and lowered.startswith(word)
-            ):
+        text, lowered = msg.command_text
+        for word, spaced, joined in self._forms:
+            if lowered.startswith(word) and (joined or lowered == word or lowered.startswith(spaced)):
                 return {"command": word, "args": text[len(word):].strip()}
         return False
 

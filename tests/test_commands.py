@@ -177,6 +177,37 @@ async def test_unknown_input_always_gets_a_hint(beacon: Any) -> None:
     assert "找 <关键词>" in body(await ask(beacon, "帮助"))
 
 
+async def test_a_message_is_normalized_once_whichever_command_route_takes_it(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command route reads the message's normalized text; it is worked out once per message
+    (`Inbound.command_text`), where each of the eight routes used to normalize it again. Matching is
+    as before: full-width text and spaces, a Chinese command running into its argument, an English one
+    needing a space."""
+    import unicodedata
+    from types import SimpleNamespace
+
+    import bot.wecom.inbound as inbound
+
+    calls: list[str] = []  # what normalize_text normalized (the reply's language detection has its own)
+    counting = SimpleNamespace(normalize=lambda form, text: calls.append(text) or unicodedata.normalize(form, text))
+    monkeypatch.setattr(inbound, "unicodedata", counting)
+    assert "没听懂「今天天气怎么样」" in body(await ask(beacon, "今天天气怎么样"))
+    assert calls.count("今天天气怎么样") == 1
+    calls.clear()
+    assert "find <keyword>" in body(await ask(beacon, "ＨＥＬＰ"))  # full-width: help, answered in English
+    assert calls.count("ＨＥＬＰ") == 1
+    routes = [route for router in beacon.rt.dispatcher.routers for route in router.routes]
+    for text, handler, data in [("找白皮书", "on_find", {"command": "找", "args": "白皮书"}),
+                                ("找　 白皮书 ", "on_find", {"command": "找", "args": "白皮书"}),
+                                ("find oee", "on_find", {"command": "find", "args": "oee"}),
+                                ("findoee", "on_unknown", None), ("help", "on_help", {"command": "help", "args": ""})]:
+        msg = inbound.Inbound(msg_type="text", event="", fields={"Content": text, "FromUserName": "rep1"})
+        found, got = beacon.rt.dispatcher.resolve(msg)
+        assert found.__name__ == handler, text
+        if data is not None:
+            assert {k: got[k] for k in data} == data
+    assert routes
+
+
 async def test_menu_sync_creates_the_menu(beacon: Any, tmp_path: Path) -> None:
     payload = await sync_menu(beacon.rt.settings)
     assert beacon.sim.state.menus[beacon.rt.settings.wecom.agent_id] == payload

@@ -15,8 +15,10 @@ import re
 import secrets
 import struct
 import time
+import unicodedata
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from wechatpy.work.exceptions import InvalidCorpIdException
@@ -117,6 +119,14 @@ class CallbackCrypto:
         }
 
 
+def normalize_text(text: str) -> str:
+    """Full-width to half-width (NFKC), collapse spaces, strip: '  找　白皮书 ' -> '找 白皮书'."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text or "")).strip()
+
+
+_SPACES = re.compile(r"\s+")
+
+
 @dataclass(frozen=True)
 class Inbound:
     """A parsed callback. `fields` holds every top-level element as text (WeCom's names)."""
@@ -145,6 +155,13 @@ class Inbound:
     @property
     def text(self) -> str:
         return self.get("Content")
+
+    @cached_property
+    def command_text(self) -> tuple[str, str]:
+        """`text` as commands read it (`normalize_text`), and that lower-cased: worked out once, where
+        every command route of the dispatcher used to normalize it again."""
+        text = normalize_text(self.text)
+        return text, text.lower()
 
     @property
     def is_unknown(self) -> bool:
