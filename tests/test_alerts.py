@@ -328,3 +328,38 @@ async def test_cards_in_english(beacon: Any, alert_config: dict[str, Any]) -> No
     assert card["main_title"]["title"] == "Alice: booked a demo"
     assert [b["text"] for b in card["button_list"]] == ["Done", "In 1 hour", "Tomorrow", "Not relevant"]
     assert field(card, "Score").endswith("hot") or "pts" in field(card, "Score")
+
+
+async def test_a_contacts_many_old_cards_are_not_read_for_each_event(beacon: Any) -> None:
+    """A sent card stays open (sent, never clicked): after a year of bursts a contact has hundreds,
+    each with its activity in `detail`. Only the newest can take new activity, so the tracker reads
+    the newest few (`NEWEST_OPEN`) and the outcome is as before: the newest card is past the merge
+    window, so the download opens a new alert."""
+    from sqlalchemy import event as sa_event
+
+    from bot.alerts import NEWEST_OPEN
+
+    contact = await owned(beacon, "wmYear", name="赵总")
+    now = beacon.clock.now()
+    activity = [{"event": n, "type": "open", "item": 1, "title": "旧资料", "at": now.isoformat()} for n in range(30)]
+    async with beacon.rt.sessions() as session, session.begin():
+        for n in range(40):
+            at = now - dt.timedelta(days=40 - n)
+            session.add(Alert(rep_userid="rep1", contact_id=contact, kind="engagement", status="sent",
+                              detail={"events": list(range(200)), "activities": activity}, card_task_id=f"old-card-{n}",
+                              first_event_at=at, send_after=at, sent_at=at))
+    loaded: list[int] = []
+    listener = lambda target, _context: loaded.append(target.id)  # noqa: E731
+    sa_event.listen(Alert, "load", listener)
+    try:
+        await post_event(beacon, "wmYear", "download", file="报告.pdf")
+        await settle(beacon)
+    finally:
+        sa_event.remove(Alert, "load", listener)
+    rows = await alerts(beacon)
+    old = [a for a in rows if (a.card_task_id or "").startswith("old-card-")]
+    assert len(old) == 40 and all(a.status == "sent" and len(a.detail["events"]) == 200 for a in old)
+    (new,) = [a for a in rows if a not in old]
+    assert (new.contact_id, new.status) == (contact, "pending") and new.detail["activities"][0]["type"] == "download"
+    assert 0 < len(set(loaded)) <= NEWEST_OPEN  # the newest ones, not all 40
+    assert set(loaded) <= {a.id for a in old[-NEWEST_OPEN:]} | {new.id}

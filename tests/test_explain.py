@@ -212,7 +212,7 @@ def hot_queries(keys: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
                                                           Task.due_at < now + dt.timedelta(days=1)), "tasks",
          "ix_tasks_owner_status_due"),
         # bot/alerts.py AlertService.open_alert (every alerting event)
-        ("open alert of a contact", open_alerts_of(rep, {contact}).limit(5), "alerts", "ix_alerts_rep_contact_status"),
+        ("open alert of a contact", open_alerts_of(rep, {contact}), "alerts", "ix_alerts_rep_contact_status"),
         # the same for a tracker batch's contacts with an owner (AlertService.prepare)
         ("open alerts of a batch's contacts", open_alerts_of(rep, {contact, contact + 5, contact + 10}), "alerts",
          "ix_alerts_rep_contact_status"),
