@@ -130,6 +130,8 @@ class InboxSettings(_Section):
     outbox_lease_s: Annotated[float, Field(gt=0)] = 60.0
     poll_s: Annotated[float, Field(gt=0)] = 1.0
     keep_days: Annotated[int, Field(ge=1)] = 14
+    # Sent outbox rows: what still reads them looks back 48 hours at most (bot/outbox.py purge_finished).
+    outbox_keep_days: Annotated[int, Field(ge=3)] = 30
 
 
 class SecuritySettings(_Section):

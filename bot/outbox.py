@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.db import Chunks
 from bot.leases import backoff_s
 from bot.models import OutboxItem
 from bot.worker import PollingWorker
@@ -32,6 +34,9 @@ RETRY_BACKOFF_CAP_S = 900.0
 # (logged, counted in /healthz and /metrics) for an operator to look at.
 RETRY_FOR = dt.timedelta(seconds=DUPLICATE_CHECK_S - 2 * RETRY_BACKOFF_CAP_S)
 TRANSIENT_ERRCODES = (-1, 45009, 45033, 42001, 40014)
+# purge_finished: rows per delete transaction, the first and at most (sized by bot.db.Chunks between).
+PURGE_FIRST, PURGE_MOST = 2_000, 20_000
+_OUTBOX = OutboxItem.__table__
 
 
 def _with_dedupe(path: str, payload: dict[str, Any], key: str, agent_id: int) -> dict[str, Any]:
@@ -172,3 +177,27 @@ class OutboxWorker(PollingWorker):
                 select(OutboxItem.status, func.count()).where(OutboxItem.status.in_(["pending", "failed"])).group_by(OutboxItem.status)
             )
             return {status: count for status, count in rows.all()}
+
+
+async def purge_finished(rt: "Runtime", older_than: dt.datetime) -> int:
+    """Housekeeping: rows sent (or skipped) whose last attempt was before `older_than` go; pending and
+    failed rows stay. Without it the outbox keeps every reply, card, tag change and webhook Beacon ever
+    sent, with what the cards said about contacts since erased, and its key index grows with them.
+    What still reads sent rows looks back hours (a card's one update, the 48-hour budget of a Customer
+    Service chat), not days. In chunks, each a short transaction of its own (on SQLite the write lock,
+    sized by bot.db.Chunks), found by the (status, next_attempt_at) index without a sort; a run
+    stopped half-way leaves the rest for the next. Returns how many rows were removed."""
+    finished = (_OUTBOX.c.status.in_(("sent", "skipped")), _OUTBOX.c.next_attempt_at < older_than)
+    size = Chunks(PURGE_FIRST, least=100, most=PURGE_MOST)
+    removed = 0
+    while True:
+        wanted = size.size
+        async with rt.sessions() as session, session.begin():
+            began = time.perf_counter()
+            some = select(_OUTBOX.c.id).where(*finished).limit(wanted)  # by the index, no sort
+            result = await session.execute(delete(_OUTBOX).where(_OUTBOX.c.id.in_(some.scalar_subquery())))
+            gone = result.rowcount or 0
+        size.took(time.perf_counter() - began, gone)
+        removed += gone
+        if gone < wanted:
+            return removed

@@ -139,6 +139,15 @@ async def purge_inbox(ctx: Context) -> None:
     log.info("purged %d processed inbox rows", removed)
 
 
+async def purge_outbox(ctx: Context) -> None:
+    """Housekeeping: drop outbox rows sent more than [inbox].outbox_keep_days ago."""
+    from bot.outbox import purge_finished
+
+    cutoff = ctx.clock.now() - dt.timedelta(days=ctx.settings.inbox.outbox_keep_days)
+    removed = await purge_finished(ctx.runtime, cutoff)
+    log.info("purged %d sent outbox rows", removed)
+
+
 async def purge_job_runs(ctx: Context) -> None:
     """Housekeeping: drop run claims older than a week (sop-tick alone claims 1,440 a day)."""
     from sqlalchemy import delete
@@ -172,6 +181,7 @@ def default_jobs(tz: str, settings: "Settings | None" = None) -> list:
         ("decay-scores", decay_scores, CronTrigger(hour=2, minute=0, timezone=tz), daily_key),
         ("mark-dormant", mark_dormant_customers, CronTrigger(hour=2, minute=30, timezone=tz), daily_key),
         ("purge-inbox", purge_inbox, CronTrigger(hour=3, minute=30, timezone=tz), daily_key),
+        ("purge-outbox", purge_outbox, CronTrigger(hour=3, minute=40, timezone=tz), daily_key),
         ("purge-job-runs", purge_job_runs, CronTrigger(hour=3, minute=45, timezone=tz), daily_key),
         ("sop-tick", sop_tick, CronTrigger(minute="*", timezone=tz), minute_key),
         ("sop-quiet-check", sop_quiet_check, daily_at(s.sop.quiet_check_at, tz), daily_key),

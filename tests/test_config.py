@@ -43,6 +43,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         ("", {"BEACON_SERVER_PROT": "1"}, "BEACON_SERVER_PROT: unknown setting"),
         ('[scheduler]\ntimezone = "Mars/Base"\n', {}, "scheduler.timezone"),
         ('[database]\nurl = "mysql://x"\n', {}, "database.url"),
+        ("[inbox]\noutbox_keep_days = 1\n", {}, "inbox.outbox_keep_days"),
         ('[[team.members]]\nuserid = "a"\nrole = "boss"\n', {}, "team.members.0.role"),
         ("[server\n", {}, "not valid TOML"),
     ],

@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from bot.clock import FrozenClock
 from bot.context import Context
-from bot.models import InboxItem, JobRun
+from bot.models import InboxItem, JobRun, OutboxItem
 from bot.runtime import Runtime
-from bot.scheduler import daily_key, purge_inbox, run_job
+from bot.scheduler import daily_key, purge_inbox, purge_outbox, run_job
 from tests.conftest import T0, make_settings
 
 
@@ -80,3 +80,43 @@ async def test_purge_inbox_keeps_recent_and_unprocessed(db_url: str) -> None:
         assert keys == ["b", "c"]
     finally:
         await rt.engine.dispose()
+
+
+async def test_purge_outbox_drops_old_finished_rows_in_chunks(db_url: str, monkeypatch: Any) -> None:
+    """Sent and skipped rows last attempted more than [inbox].outbox_keep_days ago go, a few per
+    transaction; pending, failed and recent rows stay (what reads sent rows looks back hours)."""
+    import datetime as dt
+
+    import bot.outbox
+
+    monkeypatch.setattr(bot.outbox, "PURGE_FIRST", 3)  # 11 old rows: several chunks
+    monkeypatch.setattr(bot.outbox, "PURGE_MOST", 3)
+    clock = FrozenClock(T0)
+    rt = Runtime.build(make_settings(db_url, inbox={"outbox_keep_days": 30}), routers=[], clock=clock)
+    old, recent = T0 - dt.timedelta(days=31), T0 - dt.timedelta(days=29)
+    rows = [("old-sent-%d" % n, "sent", old) for n in range(10)] + [
+        ("old-skipped", "skipped", old), ("old-failed", "failed", old), ("old-pending", "pending", old),
+        ("recent-sent", "sent", recent), ("new-sent", "sent", T0),
+    ]
+    statements: list[str] = []
+    try:
+        async with rt.sessions() as session, session.begin():
+            session.add_all([OutboxItem(idempotency_key=key, path="/cgi-bin/message/send", payload={"text": "张总 13800000000"},
+                                        status=status, attempts=1, next_attempt_at=at, created_at=at) for key, status, at in rows])
+        from sqlalchemy import event
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            if statement.lstrip().upper().startswith("DELETE FROM OUTBOX"):
+                statements.append(statement)
+
+        event.listen(rt.engine.sync_engine, "before_cursor_execute", count)
+        assert await run_job(rt, "purge-outbox", purge_outbox, "purge-outbox:1")
+        event.remove(rt.engine.sync_engine, "before_cursor_execute", count)
+        async with rt.sessions() as session:
+            keys = (await session.scalars(select(OutboxItem.idempotency_key).order_by(OutboxItem.idempotency_key))).all()
+            run = await session.get(JobRun, "purge-outbox:1")
+    finally:
+        await rt.engine.dispose()
+    assert keys == ["new-sent", "old-failed", "old-pending", "recent-sent"]
+    assert run.error is None
+    assert len(statements) == 4  # 11 rows, 3 at a time: each chunk its own statement (and transaction)
