@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 
-from sqlalchemy import and_, distinct, func, select
+from sqlalchemy import and_, distinct, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.models import Event, Rep, Share, StageChange, Task
@@ -42,10 +42,13 @@ async def content_leaderboard(session: AsyncSession, rng: DateRange, scope: Scop
             .group_by(Event.item_id)
         )
     }  # fmt: skip
+    # Driven by the range's stage moves (by their time index), each contact's reads before its move by
+    # the (contact, time) index. `type || ''` keeps SQLite from driving it by the (type, time) index
+    # instead, through every read ever logged: 19.5 s against 2.8 s at a million contacts.
     advances = dict((await session.execute(
         select(Event.item_id, func.count(distinct(StageChange.id)))
         .select_from(StageChange)
-        .join(Event, and_(Event.contact_id == StageChange.contact_id, Event.type == "read",
+        .join(Event, and_(Event.contact_id == StageChange.contact_id, Event.type.concat(literal_column("''")) == "read",
                           Event.item_id.is_not(None), Event.occurred_at <= StageChange.at))
         .where(*within(StageChange.at, rng), journey_rank(StageChange.to_stage) > journey_rank(StageChange.from_stage),
                journey_rank(StageChange.to_stage) >= 1, *scope.on(Event.rep_userid))

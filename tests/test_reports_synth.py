@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 
 from bot.config import load_settings
+from bot.leaderboards import content_leaderboard
 from bot.reports import JOURNEY, Scope, channel_funnel, content_funnel, parse_range, stage_funnel
 from bot.runtime import Runtime
 from tests.helpers import free_port, run_cli, write_config
@@ -77,10 +78,14 @@ def test_funnels_on_a_synthetic_company_equal_counts_by_hand(db_url: str, tmp_pa
                              "AND contact_id IS NOT NULL",
                     "reps": "SELECT owner_userid, COUNT(*) FROM contacts WHERE owner_userid IS NOT NULL GROUP BY owner_userid "
                             "ORDER BY COUNT(*) DESC, owner_userid",
+                    "moves": "SELECT id, contact_id, from_stage, to_stage, at FROM stage_history",
+                    "reads": "SELECT item_id, contact_id, occurred_at, rep_userid FROM events WHERE type = 'read' AND item_id IS NOT NULL",
                 }.items():
                     rows[name] = [tuple(r) for r in (await session.execute(text(sql))).all()]
             rows["contacts"] = [(c[0], c[1], c[2], c[3], _naive(c[4]), c[5], c[6]) for c in rows["contacts"]]
             rows["opens"] = [(i, c, _naive(at)) for i, c, at in rows["opens"]]
+            rows["moves"] = [(m[0], m[1], m[2], m[3], _naive(m[4])) for m in rows["moves"]]
+            rows["reads"] = [(i, c, _naive(at), rep) for i, c, at, rep in rows["reads"]]
             today = rt.clock.now().astimezone(TZ).date()
             rng = parse_range(None, None, today=today, tz=TZ, default_days=30)
             start, end = rng.start.replace(tzinfo=None), rng.end.replace(tzinfo=None)
@@ -94,10 +99,22 @@ def test_funnels_on_a_synthetic_company_equal_counts_by_hand(db_url: str, tmp_pa
                     content = await content_funnel(session, rng, Scope(team))
                     stages = await stage_funnel(session, rng, Scope(team))
                     channels = await channel_funnel(session, rng, Scope(team))
+                    leaders = await content_leaderboard(session, rng, Scope(team))
                 got = {r["slug"]: [r["contacts"], r["nurturing"], r["mql"], r["sql"], r["customer"]] for r in content.rows}
                 assert got == {slug: _reached(c) for slug, c in per_item.items()}, team
                 assert [r["reached"] for r in stages.rows] == _reached(cohort)
                 assert sorted(r["contacts"] for r in channels.rows) == sorted(sum(c.values()) for c in per_channel.values())
+                # Stage advances after reading: forward moves in the range by contacts who had read the item before.
+                rank = {stage: i for i, stage in enumerate(JOURNEY)}
+                slugs = dict(rows["items"])
+                advanced: dict[str, set[int]] = defaultdict(set)
+                for move_id, cid, before, after, at in rows["moves"]:
+                    if start <= at < end and rank.get(after, -1) > rank.get(before, -1) and rank.get(after, -1) >= 1:
+                        for item, reader, read_at, rep in rows["reads"]:
+                            if reader == cid and read_at <= at and (team is None or rep in team):
+                                advanced[slugs[item]].add(move_id)
+                assert sum(len(v) for v in advanced.values()) > 20
+                assert {r["slug"]: r["advances"] for r in leaders.rows if r["advances"]} == {k: len(v) for k, v in advanced.items()}
         finally:
             await rt.dispose_engines()
 
