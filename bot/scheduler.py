@@ -140,7 +140,7 @@ async def purge_inbox(ctx: Context) -> None:
 
 
 async def purge_outbox(ctx: Context) -> None:
-    """Housekeeping: drop outbox rows sent more than [inbox].outbox_keep_days ago."""
+    """Housekeeping: drop outbox rows sent (or skipped) and last attempted more than [inbox].outbox_keep_days ago."""
     from bot.outbox import purge_finished
 
     cutoff = ctx.clock.now() - dt.timedelta(days=ctx.settings.inbox.outbox_keep_days)
