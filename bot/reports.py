@@ -197,7 +197,8 @@ async def content_funnel(session: AsyncSession, rng: DateRange, scope: Scope) ->
         .subquery()
     )
     reach = _reach(scope.on(Contact.owner_userid), per=openers)
-    rows = (await session.execute(select(reach.c.item_id, reach.c.reach, func.count()).group_by(reach.c.item_id, reach.c.reach))).all()
+    by_item = select(reach.c.item_id, reach.c.reach, func.count()).group_by(reach.c.item_id, reach.c.reach)
+    rows = (await session.execute(by_item)).all()
     items = await item_names(session)
     pivot: dict[int, dict[int, int]] = {}
     for item_id, rank, n in rows:
