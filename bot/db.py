@@ -219,6 +219,32 @@ class Chunks:
         self.size = max(self.least, min(self.most, round((self.size + wanted) / 2)))
 
 
+# delete_in_chunks: rows per delete transaction, the first and at most (sized by Chunks between).
+DELETE_FIRST, DELETE_MOST = 2_000, 20_000
+
+
+async def delete_in_chunks(sessions: async_sessionmaker[AsyncSession], table: Any, *where: Any) -> int:
+    """Housekeeping: DELETE the rows of `table` matching `where`, a chunk per transaction of its own (on
+    SQLite each holds the write lock briefly, sized by `Chunks`; a single DELETE of a backlog of
+    millions held it for seconds). Each chunk's rows are found by the table's indexes, unsorted; a run
+    stopped half-way leaves the rest for the next. Returns how many rows were deleted."""
+    from sqlalchemy import delete, select
+
+    size = Chunks(DELETE_FIRST, least=100, most=DELETE_MOST)
+    removed = 0
+    while True:
+        wanted = size.size
+        async with sessions() as session, session.begin():
+            began = time.perf_counter()
+            some = select(table.c.id).where(*where).limit(wanted)
+            result = await session.execute(delete(table).where(table.c.id.in_(some.scalar_subquery())))
+            gone = result.rowcount or 0
+        size.took(time.perf_counter() - began, gone)
+        removed += gone
+        if gone < wanted:
+            return removed
+
+
 def write_gate(engine: AsyncEngine) -> WriteGate | None:
     """The engine's write gate (SQLite engines made by `create_engine`), else None."""
     return getattr(engine.sync_engine.dialect, "beacon_write_gate", None)

@@ -16,13 +16,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.batch import BatchWriter
 from bot.context import Context
-from bot.db import session_factory, write_gate
+from bot.db import delete_in_chunks, session_factory, write_gate
 from bot.leases import backoff_s
 from bot.models import InboxItem
 from bot.wecom.inbound import Inbound, parse_inbound
@@ -291,9 +291,8 @@ async def requeue(session: AsyncSession, item_id: int | None, now: dt.datetime) 
     return result.rowcount or 0
 
 
-async def purge_done(session: AsyncSession, older_than: dt.datetime) -> int:
-    """Housekeeping: processed rows older than WeCom's redelivery horizon are no longer needed for dedupe."""
-    result = await session.execute(
-        delete(InboxItem).where(InboxItem.status == "done", InboxItem.received_at < older_than)
-    )
-    return result.rowcount or 0
+async def purge_done(rt: "Runtime", older_than: dt.datetime) -> int:
+    """Housekeeping: processed rows older than WeCom's redelivery horizon are no longer needed for
+    dedupe. In short transactions (`delete_in_chunks`)."""
+    inbox = InboxItem.__table__
+    return await delete_in_chunks(rt.sessions, inbox, inbox.c.status == "done", inbox.c.received_at < older_than)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db import Chunks
+from bot.db import delete_in_chunks
 from bot.leases import backoff_s
 from bot.models import OutboxItem
 from bot.worker import PollingWorker
@@ -34,8 +33,6 @@ RETRY_BACKOFF_CAP_S = 900.0
 # (logged, counted in /healthz and /metrics) for an operator to look at.
 RETRY_FOR = dt.timedelta(seconds=DUPLICATE_CHECK_S - 2 * RETRY_BACKOFF_CAP_S)
 TRANSIENT_ERRCODES = (-1, 45009, 45033, 42001, 40014)
-# purge_finished: rows per delete transaction, the first and at most (sized by bot.db.Chunks between).
-PURGE_FIRST, PURGE_MOST = 2_000, 20_000
 _OUTBOX = OutboxItem.__table__
 
 
@@ -184,20 +181,7 @@ async def purge_finished(rt: "Runtime", older_than: dt.datetime) -> int:
     failed rows stay. Without it the outbox keeps every reply, card, tag change and webhook Beacon ever
     sent, with what the cards said about contacts since erased, and its key index grows with them.
     What still reads sent rows looks back hours (a card's one update, the 48-hour budget of a Customer
-    Service chat), not days. In chunks, each a short transaction of its own (on SQLite the write lock,
-    sized by bot.db.Chunks), found by the (status, next_attempt_at) index without a sort; a run
-    stopped half-way leaves the rest for the next. Returns how many rows were removed."""
+    Service chat), not days. In short transactions (`delete_in_chunks`), found by the (status,
+    next_attempt_at) index. Returns how many rows were removed."""
     finished = (_OUTBOX.c.status.in_(("sent", "skipped")), _OUTBOX.c.next_attempt_at < older_than)
-    size = Chunks(PURGE_FIRST, least=100, most=PURGE_MOST)
-    removed = 0
-    while True:
-        wanted = size.size
-        async with rt.sessions() as session, session.begin():
-            began = time.perf_counter()
-            some = select(_OUTBOX.c.id).where(*finished).limit(wanted)  # by the index, no sort
-            result = await session.execute(delete(_OUTBOX).where(_OUTBOX.c.id.in_(some.scalar_subquery())))
-            gone = result.rowcount or 0
-        size.took(time.perf_counter() - began, gone)
-        removed += gone
-        if gone < wanted:
-            return removed
+    return await delete_in_chunks(rt.sessions, _OUTBOX, *finished)

@@ -125,8 +125,7 @@ def _reach(where: list[ColumnElement[bool]], *, per: Any = None) -> Any:
         .subquery()
     )
     reach = case((func.coalesce(inner.c.hist, inline_int(-1)) > inner.c.cur, inner.c.hist), else_=inner.c.cur)
-    carried = [inner.c.item_id] if per is not None else []
-    return select(*carried, inner.c.contact_id, inner.c.channel_id, reach.label("reach")).subquery()
+    return select(*(inner.c[key.key] for key in keys), inner.c.contact_id, inner.c.channel_id, reach.label("reach")).subquery()
 
 
 async def stage_funnel(session: AsyncSession, rng: DateRange, scope: Scope) -> Table:

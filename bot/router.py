@@ -27,9 +27,9 @@ class Command:
     """Matches a text message starting with one of the words; hands over `args` (the rest)."""
 
     def __init__(self, *words: str) -> None:
-        self.words = tuple(sorted((normalize_text(w).lower() for w in words), key=len, reverse=True))
+        longest_first = sorted((normalize_text(w).lower() for w in words), key=len, reverse=True)
         # (word, what follows it, whether it may run into its arguments): Chinese words need no space
-        self._forms = tuple((word, word + " ", not word.isascii()) for word in self.words)
+        self._forms = tuple((word, word + " ", not word.isascii()) for word in longest_first)
 
     def __call__(self, msg: Inbound) -> FilterResult:
         if msg.msg_type != "text":

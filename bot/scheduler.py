@@ -135,7 +135,7 @@ async def purge_inbox(ctx: Context) -> None:
     from bot.inbox import purge_done
 
     cutoff = ctx.clock.now() - dt.timedelta(days=ctx.settings.inbox.keep_days)
-    removed = await purge_done(ctx.session, cutoff)
+    removed = await purge_done(ctx.runtime, cutoff)
     log.info("purged %d processed inbox rows", removed)
 
 

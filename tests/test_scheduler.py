@@ -87,10 +87,10 @@ async def test_purge_outbox_drops_old_finished_rows_in_chunks(db_url: str, monke
     transaction; pending, failed and recent rows stay (what reads sent rows looks back hours)."""
     import datetime as dt
 
-    import bot.outbox
+    import bot.db
 
-    monkeypatch.setattr(bot.outbox, "PURGE_FIRST", 3)  # 11 old rows: several chunks
-    monkeypatch.setattr(bot.outbox, "PURGE_MOST", 3)
+    monkeypatch.setattr(bot.db, "DELETE_FIRST", 3)  # 11 old rows: several chunks
+    monkeypatch.setattr(bot.db, "DELETE_MOST", 3)
     clock = FrozenClock(T0)
     rt = Runtime.build(make_settings(db_url, inbox={"outbox_keep_days": 30}), routers=[], clock=clock)
     old, recent = T0 - dt.timedelta(days=31), T0 - dt.timedelta(days=29)
