@@ -164,7 +164,7 @@ class _Prepared:
         self.names = [(name, compiled.params.get(name)) for name in names]
         processors = [_bind_processor(compiled.binds[name].type, dialect) for name in names]
         if repeated:
-            processors = [None if process is None else _converted_once(process) for process in processors]
+            processors = [None if process is None else converted_once(process) for process in processors]
         self.processors = [(i, process) for i, process in enumerate(processors) if process is not None]
         # The params' values in one C call when every name is a key (the usual case); values the
         # statement binds itself (ON CONFLICT's round(…, 2)) come after the row's own, appended.
@@ -230,7 +230,7 @@ _AT = dt.datetime(2026, 3, 5, 7, 9, 11, 13, tzinfo=dt.timezone.utc)
 _SQLITE_SHORTCUTS = {UTCDateTime: _utc_shortcut, DateTime: _datetime_shortcut, Date: _date_shortcut}
 
 
-def _converted_once(process: Any, size: int = 1024) -> Any:
+def converted_once(process: Any, size: int = 1024) -> Any:
     """`process` remembering its last `size` distinct values' results (bind processors are pure)."""
     done: dict[Any, Any] = {}
 

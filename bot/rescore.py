@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from sqlalchemy import String, Text, cast, delete, insert, select, type_coerce
 
-from bot.batch import BulkUpdate, executemany, prepared_statement, still_as_read, write_in_one_call
+from bot.batch import BulkUpdate, converted_once, executemany, prepared_statement, still_as_read, write_in_one_call
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db import create_engine, read_session_factory, session_factory, write_gate
@@ -106,7 +106,7 @@ class _Run:
         self.service = service
         self.now = now
         self.items: dict[int, tuple[Any, ...]] = {}
-        self.props = _Props()
+        self.props = _props_reader()
         self.report = RescoreReport()
         self.sqlite = write_gate(engine) is not None
 
@@ -263,27 +263,19 @@ _NO_ITEM = (None, None, (), None)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-class _Props:
+def _props_reader(size: int = 4096) -> Callable[[Any], Mapping[str, Any]]:
     """Event props from their JSON text, each distinct text parsed once (events repeat a handful of
     shapes: a read depth, a CTA name), shared read-only between the events that have it."""
+    parse = converted_once(lambda raw: MappingProxyType(json.loads(raw) or {}), size)
 
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self.seen: dict[str, Mapping[str, Any]] = {}
-
-    def __call__(self, raw: Any) -> Mapping[str, Any]:
+    def read(raw: Any) -> Mapping[str, Any]:
         if raw is None:
             return _EMPTY
         if not isinstance(raw, str):  # a driver that decodes JSON itself
             return MappingProxyType(dict(raw))
-        try:
-            return self.seen[raw]
-        except KeyError:
-            pass
-        if len(self.seen) >= self.size:
-            self.seen.clear()
-        value = self.seen[raw] = MappingProxyType(json.loads(raw) or {})
-        return value
+        return parse(raw)  # type: ignore[no-any-return]
+
+    return read
 
 
 def _utc(raw: Any) -> dt.datetime:
@@ -292,7 +284,7 @@ def _utc(raw: Any) -> dt.datetime:
     return value.replace(tzinfo=dt.timezone.utc)
 
 
-def _scored(row: tuple, items: dict, props: _Props) -> ScoredEvent:
+def _scored(row: tuple, items: dict, props: Callable[[Any], Mapping[str, Any]]) -> ScoredEvent:
     """(id, contact_id, type, occurred_at, item_id, props) -> ScoredEvent (positional: the hot loop)."""
     event_id, contact_id, kind_, at, item_id, raw = row
     kind, stage, tags, title = items.get(item_id, _NO_ITEM)

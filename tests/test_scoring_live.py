@@ -381,7 +381,7 @@ async def test_rescore_reads_events_as_the_orm_does(beacon: Any) -> None:
     from several events are one read-only object (a scorer cannot change another event's props)."""
     from types import MappingProxyType
 
-    from bot.rescore import _EVENTS, _Props, _scored
+    from bot.rescore import _EVENTS, _props_reader, _scored
 
     who = await new_contact(beacon, "wmReader")
     shanghai = dt.timezone(dt.timedelta(hours=8))
@@ -393,7 +393,7 @@ async def test_rescore_reads_events_as_the_orm_does(beacon: Any) -> None:
     async with beacon.rt.sessions() as session:
         orm = (await session.scalars(select(Event).where(Event.contact_id == who).order_by(Event.occurred_at, Event.id))).all()
         rows = (await session.execute(_EVENTS.where(Event.contact_id == who))).all()
-    props = _Props()
+    props = _props_reader()
     read = [_scored(row, {}, props) for row in rows]
     assert [(e.id, e.at, dict(e.props)) for e in read] == [(e.id, e.occurred_at, e.props or {}) for e in orm]
     assert all(e.at.tzinfo is dt.timezone.utc and isinstance(e.props, MappingProxyType) for e in read)
