@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.channels import ChannelExists, ChannelRequest, ChannelView, create_channel, list_channels
 from bot.clock import SystemClock
 from bot.config import Settings
-from bot.db import create_engine, session_factory
+from bot.db import create_engine, read_session_factory, session_factory
 from bot.errors import InvalidInput, NotFound, NotShareable
 from bot.team import upsert_members
 from bot.wecom.client import WeComClient, WeComError
@@ -70,7 +70,7 @@ def run_list(settings: Settings, as_json: bool) -> int:
     async def work() -> list[ChannelView]:
         engine = create_engine(settings.database)
         try:
-            async with session_factory(engine)() as session:
+            async with read_session_factory(engine)() as session:
                 return await list_channels(session)
         finally:
             await engine.dispose()

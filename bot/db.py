@@ -434,9 +434,16 @@ def session_factory(engine: AsyncEngine, **classes: Any) -> async_sessionmaker[A
     return async_sessionmaker(engine, expire_on_commit=False, **classes)
 
 
+def read_only(engine: AsyncEngine) -> AsyncEngine:
+    """The engine for work that only reads: on SQLite its transactions are plain (deferred) BEGINs that
+    neither take the write lock nor wait for it (WriteGate), so a listing, a count or a health check
+    runs beside a long write of this or another process."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that only read (hot paths, pages): never wait for the writer on SQLite."""
-    return async_sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+    """Sessions that only read (hot paths, pages, listings): never wait for the writer on SQLite."""
+    return async_sessionmaker(read_only(engine), expire_on_commit=False)
 
 
 def _alembic_config(url: str) -> Any:

@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from bot.clock import SystemClock
 from bot.config import Settings
-from bot.db import create_engine, session_factory
+from bot.db import create_engine, read_session_factory, session_factory
 from bot.inbox import requeue
 from bot.models import InboxItem
 
@@ -14,7 +14,7 @@ from bot.models import InboxItem
 async def list_inbox(settings: Settings, status: str, limit: int) -> list[str]:
     engine = create_engine(settings.database)
     try:
-        async with session_factory(engine)() as session:
+        async with read_session_factory(engine)() as session:
             rows = await session.scalars(
                 select(InboxItem).where(InboxItem.status == status).order_by(InboxItem.id.desc()).limit(limit)
             )

@@ -169,7 +169,7 @@ class OutboxWorker(PollingWorker):
             raise WeComUnavailable(f"webhook unreachable: {type(exc).__name__}", url) from None
 
     async def depth(self) -> dict[str, int]:
-        async with self.rt.sessions() as session:
+        async with self.rt.read_sessions() as session:
             rows = await session.execute(
                 select(OutboxItem.status, func.count()).where(OutboxItem.status.in_(["pending", "failed"])).group_by(OutboxItem.status)
             )

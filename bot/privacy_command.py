@@ -10,7 +10,7 @@ import click
 
 from bot.clock import SystemClock
 from bot.config import Settings
-from bot.db import create_engine, session_factory
+from bot.db import create_engine, read_session_factory, session_factory
 
 
 async def _with_contact(settings: Settings, key: str, erase: bool) -> dict:
@@ -19,7 +19,9 @@ async def _with_contact(settings: Settings, key: str, erase: bool) -> dict:
 
     engine = create_engine(settings.database)
     try:
-        async with session_factory(engine)() as session, session.begin():
+        # An export only reads: on SQLite it neither takes the write lock nor waits for a serving process's writers.
+        sessions = session_factory(engine) if erase else read_session_factory(engine)
+        async with sessions() as session, session.begin():
             contact = await find_contact(session, key)
             if contact is None:
                 raise click.ClickException(f"unknown contact: {key} (an external_userid, or id:<number>)")

@@ -56,6 +56,6 @@ async def handle_create_channel(request: web.Request) -> web.Response:
 async def handle_list_channels(request: web.Request) -> web.Response:
     """Every channel with its counts: contacts (first touch), adds (contact_added events), opens of its shares."""
     rt = request.app[RUNTIME]
-    async with rt.sessions() as session:
+    async with rt.read_sessions() as session:
         views = await list_channels(session)
     return web.json_response([v.as_json() for v in views])

@@ -43,7 +43,7 @@ async def handle_list_content(request: web.Request) -> web.Response:
     except _BadParam as exc:
         return api_error(400, exc.message)
     rt = request.app[RUNTIME]
-    async with rt.sessions() as session:
+    async with rt.read_sessions() as session:
         try:
             items = await search_items(
                 session,

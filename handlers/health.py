@@ -49,8 +49,9 @@ async def handle_metrics(request: web.Request) -> web.Response:
             tracker = await backlog(session, rt.clock.now())
             rt.metrics.tracker_backlog.set(tracker["unprocessed"])
             rt.metrics.tracker_lag.set(tracker["lag_s"])
+        outbox = await rt.outbox.depth()
         for status in ("pending", "failed"):
-            rt.metrics.outbox_depth.labels(status=status).set((await rt.outbox.depth()).get(status, 0))
+            rt.metrics.outbox_depth.labels(status=status).set(outbox.get(status, 0))
     if rt.checkpointer is not None:
         rt.metrics.wal_frames.set(rt.checkpointer.wal_frames)
         rt.metrics.wal_checkpoint_longest.set(rt.checkpointer.longest_s)

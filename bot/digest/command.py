@@ -70,7 +70,7 @@ async def _send(settings: Settings, kind: str, day: dt.date) -> int:
             sent, skipped = await send_digests(ctx, kind, day)
             await session.commit()
         await rt.outbox.drain()
-        async with rt.sessions() as session:
+        async with rt.read_sessions() as session:
             failed = await session.scalar(select(func.count()).where(
                 OutboxItem.idempotency_key.like(f"digest:{kind}:{day.isoformat()}:%"), OutboxItem.status == "failed"))
     finally:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bot.clock import SystemClock
 from bot.config import Settings
-from bot.db import create_engine, session_factory
+from bot.db import create_engine, read_session_factory, session_factory
 from bot.models import Enrollment, Playbook
 from bot.sop.definition import playbook_files
 from bot.sop.store import ImportReport, import_playbooks
@@ -67,7 +67,7 @@ def run_list(settings: Settings) -> int:
 async def _list(settings: Settings) -> list[str]:
     engine = create_engine(settings.database)
     try:
-        async with session_factory(engine)() as session:
+        async with read_session_factory(engine)() as session:
             counts = dict((await session.execute(
                 select(Enrollment.playbook_id, func.count()).where(Enrollment.status == "active").group_by(Enrollment.playbook_id)
             )).all())
