@@ -105,6 +105,10 @@ class Contact(Base):
     """An external contact (customer). Identities (external_userid, unionid, phone, visitor) merge here."""
 
     __tablename__ = "contacts"
+    __table_args__ = (
+        # A channel's contacts counted from the index alone (bot/channels.py CONTACTS_BY_CHANNEL).
+        Index("ix_contacts_channel_merged", "channel_id", "merged_into_id"),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     external_userid: Mapped[str | None] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(128), default="")
@@ -118,7 +122,7 @@ class Contact(Base):
     persona: Mapped[str] = mapped_column(String(32), default="")
     profile: Mapped[dict[str, Any]] = mapped_column(default=dict)
     owner_userid: Mapped[str | None] = mapped_column(ForeignKey("reps.userid"), index=True)
-    channel_id: Mapped[int | None] = mapped_column(ForeignKey("channels.id"), index=True)
+    channel_id: Mapped[int | None] = mapped_column(ForeignKey("channels.id"))
     referrer_contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"))
     stage: Mapped[str] = mapped_column(String(16), default="new", index=True)
     temperature: Mapped[str] = mapped_column(String(8), default="cold")
@@ -267,6 +271,15 @@ class Event(Base):
         Index("ix_events_contact_occurred", "contact_id", "occurred_at"),
         Index("ix_events_type_occurred", "type", "occurred_at"),
         Index("ix_events_visitor", "visitor_id"),
+        # The few events a channel brought (adds, opens of its welcome links), counted per channel from
+        # the index alone (bot/channels.py ACTIVITY_BY_CHANNEL); most events have no channel.
+        Index(
+            "ix_events_type_channel",
+            "type",
+            "channel_id",
+            sqlite_where=text("channel_id IS NOT NULL"),
+            postgresql_where=text("channel_id IS NOT NULL"),
+        ),
         Index(
             "ix_events_unprocessed",
             "id",

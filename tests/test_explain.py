@@ -23,9 +23,10 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from bot.alerts import latest_stage_changes_of, open_alerts_of
+from bot.channels import ACTIVITY_BY_CHANNEL, CONTACTS_BY_CHANNEL
 from bot.leases import due_rows
 from bot.models import (
-    Alert, Contact, ContentItem, ContentVersion, Enrollment, Event, InboxItem, OutboxItem, Playbook, Rep, ScoreEntry, Share,
+    Alert, Channel, Contact, ContentItem, ContentVersion, Enrollment, Event, InboxItem, OutboxItem, Playbook, Rep, ScoreEntry, Share,
     StageChange, Task,
 )
 from bot.shares import LINK_BY_TOKEN
@@ -101,8 +102,10 @@ async def _fill(conn: AsyncConnection) -> dict[str, Any]:
     await conn.execute(insert(Rep), [{"userid": r, "name": r} for r in REPS])
     await conn.execute(insert(ContentItem), [{"id": 1, "slug": "item", "title": "Item", "kind": "solution", "stage": "decision"}])
     await conn.execute(insert(ContentVersion), [{"id": 1, "item_id": 1, "version": 1, "title": "Item", "body_md": "x", "body_hash": "h"}])
+    await conn.execute(insert(Channel), [{"id": n, "name": f"channel {n}", "state": f"ch{n}", "created_at": now} for n in range(1, 6)])
     await conn.execute(insert(Contact), [
-        {"id": n, "external_userid": f"wm{n:06d}", "owner_userid": REPS[n % len(REPS)], "created_at": now, "updated_at": now}
+        {"id": n, "external_userid": f"wm{n:06d}", "owner_userid": REPS[n % len(REPS)], "created_at": now, "updated_at": now,
+         "channel_id": n % 5 + 1 if n % 4 == 0 else None}
         for n in range(1, N_CONTACTS + 1)
     ])
     await conn.execute(insert(Share), [
@@ -115,6 +118,11 @@ async def _fill(conn: AsyncConnection) -> dict[str, Any]:
          "item_id": 1, "props": {}, "occurred_at": now - dt.timedelta(minutes=N_EVENTS - n), "received_at": now,
          "processed": n <= N_EVENTS - 50}
         for n in range(1, N_EVENTS + 1)
+    ])
+    await conn.execute(insert(Event), [  # contacts a channel brought: few of all events carry a channel
+        {"id": N_EVENTS + n, "type": "contact_added", "contact_id": 4 * n, "channel_id": n % 5 + 1, "props": {},
+         "occurred_at": now - dt.timedelta(days=30), "received_at": now, "processed": True}
+        for n in range(1, N_CONTACTS // 4 + 1)
     ])
     await conn.execute(insert(ScoreEntry), [
         {"contact_id": rng.randint(1, N_CONTACTS), "model": "default", "rule": "open", "points": 3.0, "event_id": None,
@@ -233,6 +241,9 @@ def hot_queries(keys: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
         # bot/sop/triggers.py: the SOP hook's running enrollments of a tracker batch's contacts
         ("enrollments of a batch's contacts", enrollments_of([contact, contact + 1, contact + 2]), "sop_enrollments",
          "ix_sop_enrollments_contact_id"),
+        # bot/channels.py list_channels (/admin/channels, GET /api/channels): counted from the indexes alone
+        ("contacts per channel", CONTACTS_BY_CHANNEL, "contacts", "ix_contacts_channel_merged"),
+        ("adds and opens per channel", ACTIVITY_BY_CHANNEL, "events", "ix_events_type_channel"),
         ("snoozes that ran out", select(Task).where(Task.status == "open", Task.snoozed_until.is_not(None),
                                                     Task.snoozed_until <= now)
          .order_by(Task.snoozed_until, Task.id).limit(100), "tasks", "ix_tasks_status_snoozed"),
