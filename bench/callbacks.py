@@ -19,7 +19,9 @@ Each round runs both variants, pinned to one core with the load generator on the
   CallbackCrypto (wechatpy underneath), then the app's answer (200, empty body); nothing else;
 - beacon: `python -m bot serve` on a fresh copy of the migrated database: the same checks, then parse,
   store in the inbox through the group-commit writer (a redelivery is a no-op), answer; the inbox worker
-  processes the rows behind the answer (each text gets its reply queued in the outbox) on the same core.
+  processes the rows behind the answer (each text gets its reply queued in the outbox) on the same core,
+  giving way to the edge while callbacks arrive faster than bot.inbox.GIVE_WAY_RATE: the rows still
+  pending at SIGTERM (the table's `pending`) are processed at the next start.
 wrk runs bench/callbacks.lua: 32 keep-alive connections taking the lines strictly in file order
 (without wrk: bench/postgen.py, numbers not comparable); the app's runs end with 3 quiet seconds, not
 1, for its slowest answers to come back. After SIGTERM the inbox must hold exactly one row per distinct

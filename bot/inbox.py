@@ -104,6 +104,15 @@ class SharedSession(AsyncSession):
 # handler at most, not for the budget.
 SHARED_BUDGET_S = {"sqlite": 0.02, "postgresql": 0.2}
 
+# Acknowledging comes first. While callbacks arrive faster than GIVE_WAY_RATE a second, the worker
+# waits GIVE_WAY_FACTOR times as long as each of its transactions took before the next, so the edge
+# (signature, decryption, the inbox's group commit, the answer) keeps most of the core: WeCom waits at
+# most 5 s for an answer and then delivers again. A stored callback is safe; its reply goes out as the
+# burst eases. Below the rate the worker never waits, and at it the worker still has a fifth of the
+# core, several hundred callbacks a second.
+GIVE_WAY_RATE = 200.0
+GIVE_WAY_FACTOR = 4.0
+
 
 class InboxWorker(PollingWorker):
     name = "inbox"
@@ -116,6 +125,21 @@ class InboxWorker(PollingWorker):
         self.shared_sessions = session_factory(runtime.engine, class_=SharedSession)
         self.budget_s = SHARED_BUDGET_S.get(runtime.engine.dialect.name, 0.02)
         self.gate = write_gate(runtime.engine)
+        self.arrivals = 0  # callbacks stored by the edge (this process), for _give_way
+
+    def arrived(self) -> None:
+        """The edge stored a callback: wake the worker, and count it (`_give_way`)."""
+        self.arrivals += 1
+        self.wake()
+
+    async def _give_way(self, began: float, arrivals_before: int) -> None:
+        """After a transaction that ran since `began`, wait while callbacks keep arriving fast (see
+        GIVE_WAY_RATE)."""
+        worked = time.perf_counter() - began
+        arrived = self.arrivals - arrivals_before
+        if arrived >= 2 and arrived >= GIVE_WAY_RATE * worked:
+            self.rt.metrics.inbox_gave_way.inc(worked * GIVE_WAY_FACTOR)
+            await self.rest(worked * GIVE_WAY_FACTOR)
 
     async def drain(self, limit: int = 50) -> int:
         """Process everything due now; returns how many rows were handled (stopping: see drain_claimed)."""
@@ -139,7 +163,7 @@ class InboxWorker(PollingWorker):
         rows: dict[int, Any] | None = None  # read once: the rows are leased to this worker
         known: dict[int, object] = {}  # outcomes of failed handlers whose transaction was rolled back
         while n < len(ids) and not self.stopping:
-            start = n
+            start, began, arrivals = n, time.perf_counter(), self.arrivals
             done: list[tuple[int, str]] = []
             failed: list[tuple[int, str, Exception]] = []
             alone: int | None = None
@@ -202,6 +226,7 @@ class InboxWorker(PollingWorker):
             if alone is not None and not self.stopping:
                 await self.process(alone)
                 n += 1
+            await self._give_way(began, arrivals)
         return n
 
     async def _shared(self, session: SharedSession, item_id: int, body: str) -> object:

@@ -22,6 +22,9 @@ class Metrics:
             "beacon_callbacks_failed", "Inbox handler failures (each attempt)", ["kind"], registry=r
         )
         self.callbacks_parked = Counter("beacon_callbacks_parked", "Inbox items parked", registry=r)
+        self.inbox_gave_way = Counter(
+            "beacon_inbox_gave_way_seconds", "Time the inbox worker left the core to the edge while callbacks arrived fast", registry=r
+        )
         self.inbox_depth = Gauge("beacon_inbox_depth", "Inbox items waiting", ["status"], registry=r)
         self.outbox_depth = Gauge("beacon_outbox_depth", "Outbox items waiting", ["status"], registry=r)
         self.tracker_backlog = Gauge("beacon_tracker_backlog", "Events not yet attributed and scored", registry=r)

@@ -46,6 +46,12 @@ class PollingWorker(ABC):
     def stopping(self) -> bool:
         return self._stopping
 
+    async def rest(self, seconds: float) -> None:
+        """Wait `seconds`, or less when a stop is requested meanwhile."""
+        if seconds > 0 and not self._stopping:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), seconds)
+
     async def unless_stopping(self, work: Awaitable[Any]) -> tuple[bool, Any]:
         """Run `work`, but give it up when a stop is requested: (True, its result) or (False, None).
         Its exception, if it fails, is raised here. Only for work that holds no database transaction
@@ -126,7 +132,4 @@ class PollingWorker(ABC):
             # The rest of the settling time after the last pass that found work (or failed): all of it
             # right after such a pass, none once the worker has had nothing to do for that long (the
             # first unit after a quiet spell is handled at once). Passes that found nothing do not count.
-            rest = busy_until + self.settle_s - loop.time()
-            if rest > 0 and not self._stopping:
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), rest)
+            await self.rest(busy_until + self.settle_s - loop.time())

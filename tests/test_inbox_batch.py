@@ -238,3 +238,72 @@ async def test_a_handler_that_swallows_a_database_error_fails_alone(beacon: Any,
     assert [(i.status, i.attempts) for i in inbox] == [("done", 1), ("pending", 1), ("done", 1)]
     assert "caught a database error" in inbox[1].last_error
     assert origins(outbox) == [inbox[0].id, inbox[2].id]
+
+
+
+async def gave_way_s(beacon: Any) -> float:
+    """How long the inbox worker has left the core to the edge, from /metrics."""
+    metrics = await (await beacon.client.get("/metrics")).text()
+    return float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("beacon_inbox_gave_way_seconds_total")))
+
+
+async def test_the_worker_gives_way_while_callbacks_stream_in(beacon: Any, poster: Poster) -> None:
+    """Acknowledging comes first: while callbacks arrive faster than GIVE_WAY_RATE, the worker waits
+    after each transaction (GIVE_WAY_FACTOR times its length) and the edge keeps answering; once they
+    stop, it catches up with all of them."""
+    import asyncio
+
+    rt = beacon.rt
+    rt.inbox.budget_s = 0.005  # short transactions: many chances to give way
+    for n in range(30):
+        assert (await poster.post(text_xml("rep1", "帮助", f"71{n:03d}"))).status == 200
+    streaming = True
+    sent = 30
+
+    async def edge() -> None:
+        nonlocal sent
+        while streaming:
+            sent += 1
+            assert (await poster.post(text_xml("rep1", "帮助", f"72{sent:05d}"))).status == 200
+
+    worker = asyncio.create_task(rt.inbox.run())
+    posters = [asyncio.create_task(edge()) for _ in range(8)]
+    await asyncio.sleep(1.0)
+    streaming = False
+    await asyncio.gather(*posters)
+    during = await gave_way_s(beacon)
+    try:
+        for _ in range(200):
+            inbox, _ = await rows(rt)
+            if all(i.status == "done" for i in inbox):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        rt.inbox.request_stop()
+        await worker
+    inbox, outbox = await rows(rt)
+    assert len(inbox) == sent and all(i.status == "done" for i in inbox)  # none lost, all processed after the burst
+    assert origins(outbox) == [i.id for i in inbox]
+    assert during > 0, "the worker never gave way while callbacks streamed in"
+    assert await gave_way_s(beacon) == during  # with nothing arriving, it caught up without waiting
+
+
+async def test_a_trickle_of_callbacks_never_makes_the_worker_wait(beacon: Any, poster: Poster) -> None:
+    import asyncio
+
+    rt = beacon.rt
+    worker = asyncio.create_task(rt.inbox.run())
+    try:
+        for n in range(15):
+            assert (await poster.post(text_xml("rep1", "帮助", f"73{n:03d}"))).status == 200
+            await asyncio.sleep(0.03)  # about 30 a second
+        for _ in range(100):
+            inbox, _ = await rows(rt)
+            if len(inbox) == 15 and all(i.status == "done" for i in inbox):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        rt.inbox.request_stop()
+        await worker
+    assert [i.status for i in (await rows(rt))[0]] == ["done"] * 15
+    assert await gave_way_s(beacon) == 0
