@@ -102,9 +102,18 @@ def human_duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} 天"
 
 
-def bar_chart(labels: list[str], series: dict[str, list[Any]], *, horizontal: bool = False) -> dict[str, Any]:
-    """A bar chart's data for dash.js (which draws it with Chart.js): labels and named series."""
-    return {"type": "bar", "labels": labels, "horizontal": horizontal, "series": [{"label": k, "data": v} for k, v in series.items()]}
+CHART_BARS = 20  # a bar chart shows the first this many bars; the table under it holds every row
+
+
+def bar_chart(labels: list[str], series: dict[str, list[Any]], *, horizontal: bool = False, limit: int = CHART_BARS) -> dict[str, Any]:
+    """A bar chart's data for dash.js (which draws it with Chart.js): labels and named series, the
+    first `limit` of them (callers order them best first). A company's 2,000 reps or 100 channels in
+    one chart are unreadable bars; past the limit a caption says how many the chart leaves out."""
+    chart = {"type": "bar", "labels": labels[:limit], "horizontal": horizontal,
+             "series": [{"label": k, "data": v[:limit]} for k, v in series.items()]}  # fmt: skip
+    if len(labels) > limit:
+        chart["caption"] = f"图表显示前 {limit} 项（共 {len(labels):,} 项），全部见下表"
+    return chart
 
 
 def ratio(part: float, whole: float) -> float | None:

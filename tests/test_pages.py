@@ -181,6 +181,39 @@ async def test_funnel_by_channel_and_content(beacon: Any, users: Any, seeded: di
     assert html.count("data-chart=") == 2 and "/static/vendor/chart.umd.js" in html
 
 
+async def test_a_chart_shows_the_top_bars_and_says_how_many_it_leaves_out(beacon: Any, users: Any, seeded: dict[str, int]) -> None:
+    """A company's many channels (or reps) in one chart are unreadable: the chart shows the first
+    CHART_BARS in the table's order and says how many there are; the table keeps every row."""
+    import datetime as dt
+    import html as html_lib
+    import json
+    import re
+
+    from bot.models import Channel, Contact
+    from bot.tables import CHART_BARS
+
+    now = beacon.clock.now() - dt.timedelta(hours=1)
+    async with beacon.rt.sessions() as session, session.begin():
+        for n in range(CHART_BARS + 5):
+            channel = Channel(name=f"地推{n:02d}", state=f"ch_street{n:02d}")
+            session.add(channel)
+            await session.flush()
+            session.add_all([Contact(external_userid=f"wmS{n:02d}x{k}", channel_id=channel.id, created_at=now, updated_at=now)
+                             for k in range(n + 1)])  # fmt: skip
+    admin = await as_admin(users)
+    channels = await admin.csv("/dashboard?format=csv&table=channels")
+    assert len(channels) == CHART_BARS + 5 + 3  # and the seeded 2026工博会, 官网, （无渠道）
+    _, page, _ = await admin.get("/dashboard")
+    charts = [json.loads(html_lib.unescape(raw)) for raw in re.findall(r'data-chart="([^"]*)"', page)]
+    by_channel = next(c for c in charts if c["series"][0]["label"] == "客户数")
+    assert by_channel["labels"] == [r["channel"] for r in channels[:CHART_BARS]]
+    assert by_channel["labels"][0] == f"地推{CHART_BARS + 4:02d}"  # the channel with most contacts first
+    assert [len(s["data"]) for s in by_channel["series"]] == [CHART_BARS, CHART_BARS]
+    assert f"图表显示前 {CHART_BARS} 项（共 {CHART_BARS + 8} 项），全部见下表" in page
+    stages = next(c for c in charts if c["series"][0]["label"] == "到达人数")
+    assert "caption" not in stages and "图表显示前" not in page.split("阶段漏斗")[1].split("渠道漏斗")[0]
+
+
 async def test_content_leaderboard(beacon: Any, users: Any, seeded: dict[str, int]) -> None:
     admin = await as_admin(users)
     rows = await admin.csv("/dashboard/content?format=csv")
