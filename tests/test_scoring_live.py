@@ -87,6 +87,45 @@ async def test_mql_without_sharer_goes_to_least_loaded_rep(beacon: Any) -> None:
     assert data["owner"] == "rep2"  # rep1 already owns a contact
 
 
+async def test_hand_offs_count_the_owners_once_and_go_round(beacon: Any) -> None:
+    """Counting every contact's owner ran in the tracker's write transaction at each hand-off (60–100
+    ms at a million contacts): now the counts are taken once per recount window on a read session and
+    kept by this process's own hand-offs, so unowned leads still go round the team."""
+    counts: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "GROUP BY contacts.owner_userid" in statement:
+            counts.append(statement)
+
+    await new_contact(beacon, "wmBusy", owner_userid="rep1")
+    event.listen(beacon.rt.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        owners = []
+        for n in range(4):
+            await new_contact(beacon, f"wmLead{n}")
+            await post_event(beacon, f"wmLead{n}", "demo_request")
+            await post_event(beacon, f"wmLead{n}", "webinar_attended")
+            await settle(beacon)
+            owners.append((await contact_json(beacon, f"wmLead{n}"))["owner"])
+        assert len(counts) == 1
+        assert owners == ["rep2", "rep1", "rep2", "rep1"]  # rep1 owned one already; then turn about
+        async with beacon.rt.sessions() as session, session.begin():  # another process's hand-offs, say
+            for n in range(3):
+                session.add(Contact(external_userid=f"wmElse{n}", owner_userid="rep1", created_at=beacon.clock.now(),
+                                    updated_at=beacon.clock.now()))  # fmt: skip
+        beacon.clock.advance(seconds=beacon.rt.services["owner_loads"].recount_s)
+        for n in (4, 5):
+            await new_contact(beacon, f"wmLead{n}")
+            await post_event(beacon, f"wmLead{n}", "demo_request")
+            await post_event(beacon, f"wmLead{n}", "webinar_attended")
+            await settle(beacon)
+            owners.append((await contact_json(beacon, f"wmLead{n}"))["owner"])
+        assert len(counts) == 2  # counted again once the window passed: rep1 owns 3 + 3, rep2 owns 2
+        assert owners[4:] == ["rep2", "rep2"]
+    finally:
+        event.remove(beacon.rt.engine.sync_engine, "before_cursor_execute", count)
+
+
 async def test_dormancy_moves_customers_in_chunks_of_their_own(beacon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The nightly dormancy job looks for candidates without the write lock, then moves them a chunk
     per transaction, with one history row per contact moved; a customer who paid in time stays."""
