@@ -61,6 +61,8 @@ class DatabaseSettings(_Section):
     # SQLite: how often a serving process checkpoints the WAL in the background (bot/db.py
     # WalCheckpointer); 0 leaves it to SQLite, inside whichever writer's COMMIT crosses 1,000 pages.
     checkpoint_interval_s: Annotated[float, Field(ge=0, le=3600)] = 0.25
+    # Log each statement that took longer (a warning on beacon.db.slow, its SQL without the values); 0 = off.
+    slow_statement_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 1000
 
     @field_validator("url")
     @classmethod

@@ -366,8 +366,42 @@ def _sqlite_pragmas(busy_timeout_ms: int, backstop: Backstop) -> Any:
     return apply
 
 
+class SlowStatements:
+    """Logs each statement that took `threshold_ms` or longer, as a warning on `beacon.db.slow`: the time,
+    the SQL with its placeholders (never the values, which may be personal data) and, for an
+    executemany, how many rows. The time is the caller's wait: on SQLite a BEGIN IMMEDIATE that waited
+    for another process's write lock shows here too. The group commits' and the nightly writes' calls
+    straight to SQLite's thread (bot/batch.py) pass SQLAlchemy by and are not timed."""
+
+    log = logging.getLogger("beacon.db.slow")
+
+    def __init__(self, threshold_ms: int) -> None:
+        self.threshold_s = threshold_ms / 1000
+
+    def install(self, engine: AsyncEngine) -> None:
+        event.listen(engine.sync_engine, "before_cursor_execute", self._before)
+        event.listen(engine.sync_engine, "after_cursor_execute", self._after)
+
+    def _before(self, conn: Any, _cursor: Any, _statement: str, _params: Any, _context: Any, _many: bool) -> None:
+        conn.info["beacon_began"] = time.perf_counter()
+
+    def _after(self, conn: Any, _cursor: Any, statement: str, params: Any, _context: Any, many: bool) -> None:
+        took = time.perf_counter() - conn.info.pop("beacon_began", time.perf_counter())
+        if took >= self.threshold_s:
+            rows = f" ({len(params)} rows)" if many and isinstance(params, (list, tuple)) else ""
+            self.log.warning("slow statement, %.0f ms%s: %s", took * 1000, rows, " ".join(statement.split())[:2000])
+
+
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
-    """An AsyncEngine for the configured URL, with SQLite pragmas applied on every connection."""
+    """An AsyncEngine for the configured URL, with SQLite pragmas applied on every connection (and slow
+    statements logged: `slow_statement_ms`)."""
+    engine = _create_engine(settings)
+    if settings.slow_statement_ms:
+        SlowStatements(settings.slow_statement_ms).install(engine)
+    return engine
+
+
+def _create_engine(settings: DatabaseSettings) -> AsyncEngine:
     url = make_url(settings.url)
     if url.get_backend_name() == "sqlite":
         pool: dict[str, Any] = {}
@@ -415,6 +449,8 @@ def create_background_engine(engine: AsyncEngine, settings: DatabaseSettings) ->
         return None
     background = _sqlite_engine(url, settings, Backstop(), pool_size=BACKGROUND_POOL, max_overflow=BACKGROUND_POOL,
                                 pool_timeout=settings.pool_timeout)
+    if settings.slow_statement_ms:
+        SlowStatements(settings.slow_statement_ms).install(background)
     event.listen(background.sync_engine, "connect", _background_reader)
     event.listen(background.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))  # deferred: a reader's snapshot
     return background

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Any
 
 from bot.logs import JsonFormatter, MaskingFilter, mask_phone
 
@@ -31,3 +32,32 @@ def test_filter_masks_secrets_tokens_and_phones() -> None:
     assert "abc123" not in line["msg"] and "super-secret-value" not in line["msg"]
     assert "139****1111" in line["msg"]
     assert line["level"] == "WARNING"
+
+
+async def test_slow_statements_are_logged_without_their_values(db_url: str, caplog: Any) -> None:
+    """`[database] slow_statement_ms`: a statement that took longer is logged with its time and SQL,
+    never its values (they may be a phone number); a quicker one, or any with the setting 0, is not."""
+    from sqlalchemy import text
+
+    from bot.db import create_engine
+    from tests.conftest import make_settings
+
+    slow = (
+        "SELECT pg_sleep(0.05), :phone AS phone" if db_url.startswith("postgresql")
+        else "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400000) SELECT count(*), :phone FROM n"
+    )
+    for threshold, expected in ((20, 1), (60_000, 0), (0, 0)):
+        engine = create_engine(make_settings(db_url, database={"url": db_url, "slow_statement_ms": threshold}).database)
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="beacon.db.slow"):
+                async with engine.connect() as conn:
+                    await conn.execute(text(slow), {"phone": "13812345678"})
+                    await conn.execute(text("SELECT 1"))
+        finally:
+            await engine.dispose()
+        records = [r.getMessage() for r in caplog.records if r.name == "beacon.db.slow"]
+        assert len(records) == expected, (threshold, records)
+        if expected:
+            assert records[0].startswith("slow statement, ") and " ms: " in records[0]
+            assert ("pg_sleep" in records[0] or "WITH RECURSIVE" in records[0]) and "13812345678" not in records[0]
