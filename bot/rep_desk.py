@@ -69,9 +69,16 @@ def contact_key(contact: Contact) -> str:
 
 
 def _visible(rep: Rep) -> ColumnElement[bool]:
-    if rep.role in ("manager", "admin"):
+    """Whose contacts a member finds in chat, as on the pages (bot/auth.py): a rep their own, a manager
+    also their reports', an admin everyone's; and anyone those they shared with. Found through the
+    owner and share indexes: a manager's search used to read every contact (seconds at a million,
+    inside the inbox worker's write transaction)."""
+    if rep.role == "admin":
         return true()
     shared = select(Share.contact_id).where(Share.rep_userid == rep.userid, Share.contact_id.is_not(None))
+    if rep.role == "manager":
+        team = select(Rep.userid).where(or_(Rep.userid == rep.userid, Rep.manager_userid == rep.userid))
+        return or_(Contact.owner_userid.in_(team), Contact.id.in_(shared))
     return or_(Contact.owner_userid == rep.userid, Contact.id.in_(shared))
 
 

@@ -158,7 +158,9 @@ async def test_contact_card_and_hot_leads(beacon: Any, lib: Any) -> None:  # noq
     assert body(await ask(beacon, "客户 王五")) == "你的客户里没有找到「王五」。可以用客户姓名或 ID（external_userid）。"
     assert body(await ask(beacon, "客户 刘总", user="rep2")).startswith("你的客户里没有找到「刘总」")  # not rep2's contact
     assert body(await ask(beacon, "客户")) == "用法：客户 <姓名或ID>，例如「客户 张总」。"
-    assert body(await ask(beacon, "客户 刘总", user="mgr1")).splitlines()[0].startswith("刘总")  # managers see all
+    assert body(await ask(beacon, "客户 刘总", user="mgr1")).splitlines()[0].startswith("刘总")  # rep1 reports to mgr1
+    await new_contact(beacon, "wmStray", name="赵总")  # nobody's: not in mgr1's team
+    assert body(await ask(beacon, "客户 赵总", user="mgr1")).startswith("你的客户里没有找到「赵总」")
 
     async with beacon.rt.sessions() as session, session.begin():
         await session.execute(update(Contact).where(Contact.external_userid == "wmChen").values(temperature="hot", score=80.0))
