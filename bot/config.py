@@ -357,6 +357,8 @@ class PagesSettings(_Section):
     jssdk_url: str = "https://res.wx.qq.com/open/js/jweixin-1.2.0.js"
     session_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 12.0
     default_days: Annotated[int, Field(ge=1, le=731)] = 30
+    # Dashboard reports are counted once per this many seconds per page, scope and date range (bot/report_cache.py); 0 = every request.
+    report_cache_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
     upload_max_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
     login_attempts_per_minute: Annotated[int, Field(ge=1)] = 10
 

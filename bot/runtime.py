@@ -27,6 +27,7 @@ from bot.inbox import InboxStore, InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
 from bot.pages import Pages, RenderedVersions
+from bot.report_cache import ReportCache
 from bot.shares import ShareResolver
 from bot.signing import Signer
 from bot.scoring.hook import scoring_hook
@@ -68,6 +69,7 @@ class Runtime:
     pages: Pages = None  # type: ignore[assignment]
     rendered: RenderedVersions = None  # type: ignore[assignment]
     recent_opens: RecentOpens = None  # type: ignore[assignment]
+    reports: ReportCache = None  # type: ignore[assignment]
     beacon_limiter: Any = None
     checkpointer: WalCheckpointer | None = None
     background_engine: AsyncEngine | None = None  # background_reads' own (SQLite files only)
@@ -120,6 +122,7 @@ class Runtime:
         rt.pages = Pages()
         rt.rendered = RenderedVersions(rt.read_sessions)
         rt.recent_opens = RecentOpens(settings.links.reload_window_s)
+        rt.reports = ReportCache(settings.pages.report_cache_s)
         from handlers.links import BeaconLimiter
 
         rt.beacon_limiter = BeaconLimiter(settings.links.beacons_per_minute)

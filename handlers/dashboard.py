@@ -67,12 +67,18 @@ async def _report_page(request: web.Request, nav: str, title: str, build: Any) -
     except InvalidInput as exc:
         return error_page(request, 400, f"{exc.field}：{exc.message}", viewer=viewer)
     assert rng is not None
-    async with request.app[RUNTIME].read_sessions() as session:
-        tables = await build(session, rng, viewer)
+    rt = request.app[RUNTIME]
+
+    async def count() -> list[Table]:
+        async with rt.read_sessions() as session:
+            return await build(session, rng, viewer)
+
+    scope = None if viewer.team is None else tuple(sorted(viewer.team))
+    report = await rt.reports.get((nav, scope, rng.start, rng.end), rt.clock.now(), count)
     if wants_csv(request):
-        return csv_response(request, tables, nav)
-    return render(request, "dash_report.html", viewer=viewer, nav=nav, title=title, rng=rng, tables=tables,
-                  csv=csv_links(request, tables))  # fmt: skip
+        return csv_response(request, report.tables, nav)
+    return render(request, "dash_report.html", viewer=viewer, nav=nav, title=title, rng=rng, tables=report.tables,
+                  csv=csv_links(request, report.tables), counted_at=report.at, cache_s=rt.reports.ttl_s)  # fmt: skip
 
 
 @routes.get("/dashboard")

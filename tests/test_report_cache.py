@@ -1,0 +1,128 @@
+"""Dashboard reports counted once per `[pages] report_cache_s` per page, scope and date range
+(bot/report_cache.py): through HTTP, and the cache's own rules (one computation for concurrent
+requests, a request that gives up does not cancel it, a failure is not kept)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from bot.models import Channel, Contact
+from bot.report_cache import ReportCache
+from tests.pages_seed import page_settings
+from tests.test_pages import as_admin, as_member, seeded, users  # noqa: F401  (fixtures)
+from tests.test_links import lib  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def settings(db_url: str, sim: Any) -> Any:
+    return page_settings(db_url, sim.url)
+
+
+async def _add_expo_contact(beacon: Any, external: str) -> None:
+    from sqlalchemy import select
+
+    now = beacon.clock.now() - dt.timedelta(minutes=5)
+    async with beacon.rt.sessions() as session, session.begin():
+        expo = await session.scalar(select(Channel.id).where(Channel.state == "ch_expo"))
+        session.add(Contact(external_userid=external, channel_id=expo, owner_userid="rep1", created_at=now, updated_at=now))
+
+
+async def _expo_contacts(user: Any) -> str:
+    rows = await user.csv("/dashboard?format=csv&table=channels")
+    return next(r["contacts"] for r in rows if r["channel"] == "2026工博会")
+
+
+async def test_a_report_is_counted_once_per_window(beacon: Any, users: Any, seeded: dict[str, int]) -> None:  # noqa: F811
+    admin = await as_admin(users)
+    assert await _expo_contacts(admin) == "2"
+    await _add_expo_contact(beacon, "wmLate1")
+    assert await _expo_contacts(admin) == "2"  # the same window: the numbers counted before
+    _, page, _ = await admin.get("/dashboard")
+    counted = (beacon.clock.now()).astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%H:%M")
+    assert f"数据统计于 {counted}，5 分钟内再次打开沿用这次的统计" in page
+    mgr = await as_member(beacon, users, "mgr1")  # another scope: counted for it, now
+    assert await _expo_contacts(mgr) == "3"
+    assert (await admin.csv("/dashboard?format=csv&table=channels&from=2026-11-01&to=2026-11-23")) != []  # another range
+    beacon.clock.advance(seconds=beacon.rt.settings.pages.report_cache_s)
+    assert await _expo_contacts(admin) == "3"  # the window passed: counted again
+
+
+async def test_concurrent_requests_share_one_count(beacon: Any, users: Any, seeded: dict[str, int]) -> None:  # noqa: F811
+    admin = await as_admin(users)
+    counts: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "stage_history" in statement:
+            counts.append(statement)
+
+    event.listen(beacon.rt.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        pages = await asyncio.gather(*(admin.get("/dashboard") for _ in range(4)))
+    finally:
+        event.remove(beacon.rt.engine.sync_engine, "before_cursor_execute", count)
+    assert [status for status, _, _ in pages] == [200] * 4
+    assert len(counts) == 3  # the stage, channel and content funnels, once
+
+
+async def test_with_the_cache_off_every_request_counts(beacon: Any, users: Any, seeded: dict[str, int]) -> None:  # noqa: F811
+    beacon.rt.reports.ttl_s = 0
+    admin = await as_admin(users)
+    assert await _expo_contacts(admin) == "2"
+    await _add_expo_contact(beacon, "wmLate2")
+    assert await _expo_contacts(admin) == "3"
+    _, page, _ = await admin.get("/dashboard")
+    assert "数据统计于" not in page
+
+
+async def test_a_request_that_gives_up_does_not_cancel_the_count_for_others() -> None:
+    cache = ReportCache(60)
+    now = dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc)
+    started, release, runs = asyncio.Event(), asyncio.Event(), []
+
+    async def compute() -> str:
+        runs.append(1)
+        started.set()
+        await release.wait()
+        return "tables"
+
+    first = asyncio.ensure_future(cache.get("k", now, compute))
+    await started.wait()
+    second = asyncio.ensure_future(cache.get("k", now, compute))
+    await asyncio.sleep(0)
+    first.cancel()
+    release.set()
+    assert (await second).tables == "tables"
+    assert first.cancelled() and runs == [1]
+    assert (await cache.get("k", now + dt.timedelta(seconds=59), compute)).at == now and runs == [1]
+    assert (await cache.get("k", now + dt.timedelta(seconds=60), compute)).at == now + dt.timedelta(seconds=60)
+    assert runs == [1, 1]
+
+
+async def test_a_failed_count_is_not_kept() -> None:
+    cache = ReportCache(60)
+    now = dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc)
+    calls = []
+
+    async def failing() -> str:
+        calls.append(1)
+        raise RuntimeError("database went away")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            await cache.get("k", now, failing)
+    assert calls == [1, 1]
+
+
+async def test_the_cache_keeps_at_most_its_size() -> None:
+    cache = ReportCache(60, size=3)
+    now = dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc)
+    for key in "abcd":
+        await cache.get(key, now, lambda key=key: asyncio.sleep(0, key))
+    await cache.get("b", now, lambda: asyncio.sleep(0, "again"))  # kept; now the most recently used
+    await cache.get("e", now, lambda: asyncio.sleep(0, "e"))
+    assert list(cache._done) == ["d", "b", "e"]  # least recently used first: a and c went
