@@ -114,25 +114,24 @@ async def test_reading_routes_answer_while_another_connection_holds_the_write_lo
         await member.login_member(beacon, "rep1")
         await member.get("/sidebar/jsconfig?url=" + base + "/sidebar")  # the jsapi ticket, fetched before the lock
         api = {"Authorization": "Bearer test-admin-token"}
-        answers: dict[str, tuple[int, float]] = {}
+        answers: dict[str, int] = {}
         bodies: dict[str, str] = {}
         with write_lock_held(sqlite_url):
             for template, (path, who, _) in READS.items():
                 url = path.format(task=task, internal=internal, base=base)
-                began = time.perf_counter()
                 if who == "api":
                     status, body, _ = await anyone.get(url, headers=api)
                 else:
                     status, body, _ = await {"anyone": anyone, "admin": admin, "member": member}[who].get(url)
-                answers[template] = (status, time.perf_counter() - began)
+                answers[template] = status
                 bodies[template] = body
     finally:
         for user in (anyone, admin, member):
             await user.close()
-    wrong = {t: answers[t][0] for t, (_, _, expected) in READS.items() if answers[t][0] != expected}
+    wrong = {t: answers[t] for t, (_, _, expected) in READS.items() if answers[t] != expected}
     assert not wrong, f"answered otherwise while the write lock was held: {wrong}"
-    slow = {t: round(s, 3) for t, (_, s) in answers.items() if s > BUSY_MS / 1000}
-    assert not slow, f"waited for the write lock: {slow}"
+    # No time limit: a route that began a write would have failed with "database is locked" after the
+    # busy timeout (a 5xx above), and a busy test machine makes a page slow without any lock.
     # /metrics answers 200 whatever happens; its queue depths are there only when it could read them.
     assert 'beacon_outbox_depth{status="pending"} 0.0' in bodies["/metrics"]
     assert json.loads(bodies["/healthz"])["outbox"] == {"pending": 0, "failed": 0}
