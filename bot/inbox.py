@@ -112,6 +112,7 @@ SHARED_BUDGET_S = {"sqlite": 0.02, "postgresql": 0.2}
 # core, several hundred callbacks a second.
 GIVE_WAY_RATE = 200.0
 GIVE_WAY_FACTOR = 4.0
+GIVE_WAY_MAX_S = 1.0  # at most this per wait, however long the transaction took: the claimed rows' lease runs meanwhile
 
 
 class InboxWorker(PollingWorker):
@@ -138,8 +139,9 @@ class InboxWorker(PollingWorker):
         worked = time.perf_counter() - began
         arrived = self.arrivals - arrivals_before
         if arrived >= 2 and arrived >= GIVE_WAY_RATE * worked:
-            self.rt.metrics.inbox_gave_way.inc(worked * GIVE_WAY_FACTOR)
-            await self.rest(worked * GIVE_WAY_FACTOR)
+            wait = min(worked * GIVE_WAY_FACTOR, GIVE_WAY_MAX_S)
+            self.rt.metrics.inbox_gave_way.inc(wait)
+            await self.rest(wait)
 
     async def drain(self, limit: int = 50) -> int:
         """Process everything due now; returns how many rows were handled (stopping: see drain_claimed)."""
