@@ -118,7 +118,7 @@ async def pick_owner(rt: "Runtime", session: AsyncSession, contact: Contact) -> 
     )
     if shared_by and await session.get(Rep, shared_by) is not None:
         return shared_by
-    loads: OwnerLoads = rt.services.setdefault("owner_loads", OwnerLoads())
+    loads: OwnerLoads = rt.services["owner_loads"]
     return await loads.pick(rt, session)
 
 

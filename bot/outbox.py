@@ -168,12 +168,14 @@ class OutboxWorker(PollingWorker):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise WeComUnavailable(f"webhook unreachable: {type(exc).__name__}", url) from None
 
-    async def depth(self) -> dict[str, int]:
-        async with self.rt.read_sessions() as session:
-            rows = await session.execute(
-                select(OutboxItem.status, func.count()).where(OutboxItem.status.in_(["pending", "failed"])).group_by(OutboxItem.status)
-            )
-            return {status: count for status, count in rows.all()}
+
+
+async def outbox_counts(session: AsyncSession) -> dict[str, int]:
+    """Outbox rows waiting to be sent and failed for good (/healthz, /metrics)."""
+    rows = await session.execute(
+        select(OutboxItem.status, func.count()).where(OutboxItem.status.in_(["pending", "failed"])).group_by(OutboxItem.status)
+    )
+    return {"pending": 0, "failed": 0} | {status: count for status, count in rows.all()}
 
 
 async def purge_finished(rt: "Runtime", older_than: dt.datetime) -> int:

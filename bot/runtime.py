@@ -112,6 +112,9 @@ class Runtime:
         from bot.alerts import AlertService
 
         rt.services["alerts"] = AlertService(rt)
+        from bot.lifecycle import OwnerLoads
+
+        rt.services["owner_loads"] = OwnerLoads()  # hand-offs' least loaded rep (bot.lifecycle.pick_owner)
         rt.tracker.hooks.append(rt.services["alerts"].tracker_hook())  # after scoring: alerts read the new ledger rows
         from bot.sop.triggers import sop_hook, sop_service
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from bot import __version__
 from bot.app import RUNTIME
 from bot.inbox import inbox_counts
+from bot.outbox import outbox_counts
 from bot.tracker import backlog
 
 routes = web.RouteTableDef()
@@ -23,14 +24,14 @@ async def handle_healthz(request: web.Request) -> web.Response:
     async with rt.read_sessions() as session:
         counts = await inbox_counts(session)
         tracker = await backlog(session, rt.clock.now())
-    outbox = await rt.outbox.depth()
+        outbox = await outbox_counts(session)
     return web.json_response(
         {
             "status": "ok",
             "database": rt.engine.dialect.name,
             "version": __version__,
             "inbox": counts,
-            "outbox": {"pending": outbox.get("pending", 0), "failed": outbox.get("failed", 0)},
+            "outbox": outbox,
             "tracker": tracker,
             "wecom_configured": rt.settings.wecom.configured,
             "pid": os.getpid(),  # which process answered (`serve --workers N` runs several on one port)
@@ -49,9 +50,8 @@ async def handle_metrics(request: web.Request) -> web.Response:
             tracker = await backlog(session, rt.clock.now())
             rt.metrics.tracker_backlog.set(tracker["unprocessed"])
             rt.metrics.tracker_lag.set(tracker["lag_s"])
-        outbox = await rt.outbox.depth()
-        for status in ("pending", "failed"):
-            rt.metrics.outbox_depth.labels(status=status).set(outbox.get(status, 0))
+            for status, count in (await outbox_counts(session)).items():
+                rt.metrics.outbox_depth.labels(status=status).set(count)
     if rt.checkpointer is not None:
         rt.metrics.wal_frames.set(rt.checkpointer.wal_frames)
         rt.metrics.wal_checkpoint_longest.set(rt.checkpointer.longest_s)

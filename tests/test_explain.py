@@ -197,7 +197,7 @@ def hot_queries(keys: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
         # bot/leases.py claim(): the inbox and outbox workers' due rows
         ("inbox due", due_rows(InboxItem, now=now, limit=20).with_for_update(skip_locked=True), "inbox", "ix_inbox_status_next"),
         ("outbox due", due_rows(OutboxItem, now=now, limit=20).with_for_update(skip_locked=True), "outbox", "ix_outbox_status_next"),
-        # bot/inbox.py inbox_counts (/healthz, /metrics) and OutboxWorker.depth
+        # bot/inbox.py inbox_counts and bot/outbox.py outbox_counts (/healthz, /metrics)
         ("inbox backlog", select(InboxItem.status, func.count()).where(InboxItem.status.in_(["pending", "parked"]))
          .group_by(InboxItem.status), "inbox", "ix_inbox_status_next"),
         ("outbox backlog", select(OutboxItem.status, func.count()).where(OutboxItem.status.in_(["pending", "failed"]))
