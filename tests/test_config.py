@@ -44,6 +44,8 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         ('[scheduler]\ntimezone = "Mars/Base"\n', {}, "scheduler.timezone"),
         ('[database]\nurl = "mysql://x"\n', {}, "database.url"),
         ("[inbox]\noutbox_keep_days = 1\n", {}, "inbox.outbox_keep_days"),
+        ("[database]\nslow_statement_ms = -5\n", {}, "database.slow_statement_ms"),
+        ("", {"BEACON_PAGES_REPORT_CACHE_S": "soon"}, "pages.report_cache_s"),
         ('[[team.members]]\nuserid = "a"\nrole = "boss"\n', {}, "team.members.0.role"),
         ("[server\n", {}, "not valid TOML"),
     ],
