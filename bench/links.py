@@ -19,6 +19,8 @@ connections, Zipf-popular tokens, a phone user agent, a new visitor cookie and a
 (X-Forwarded-For; loopback is a trusted proxy) per request, so every answered request is a first open
 that must be stored and no per-address limit sees one client. After SIGTERM the beacon's events table must
 hold exactly one `open` per 2xx answered, and nothing may be answered non-2xx (warm-up included).
+The app's tracker runs on the same core; while the opens outpace it, it gives way to them (bot/edge.py),
+and the events it had not reached at SIGTERM are the table's `unprocessed` (processed at the next start).
 
 Targets (PERFORMANCE.md): throughput >= 0.8x bare, p99 <= 2.5x bare, on the medians of the rounds.
 Exit status: 0 when it ran and no answered open was lost (targets may MISS: the table says so; with

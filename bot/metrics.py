@@ -29,6 +29,9 @@ class Metrics:
         self.outbox_depth = Gauge("beacon_outbox_depth", "Outbox items waiting", ["status"], registry=r)
         self.tracker_backlog = Gauge("beacon_tracker_backlog", "Events not yet attributed and scored", registry=r)
         self.tracker_lag = Gauge("beacon_tracker_lag_seconds", "How long the oldest unprocessed event has waited", registry=r)
+        self.tracker_gave_way = Counter(
+            "beacon_tracker_gave_way_seconds", "Time the tracker left the core to edge requests in progress (bot.edge)", registry=r
+        )
         self.tracker_batches = Counter(
             "beacon_tracker_batches", "Tracker passes committed (events per pass = events / batches)", registry=r
         )

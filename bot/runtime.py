@@ -23,6 +23,7 @@ from bot.batch import BatchWriter
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db import WalCheckpointer, create_background_engine, create_engine, read_only, read_session_factory, session_factory
+from bot.edge import EdgeLoad
 from bot.inbox import InboxStore, InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
@@ -74,6 +75,7 @@ class Runtime:
     checkpointer: WalCheckpointer | None = None
     background_engine: AsyncEngine | None = None  # background_reads' own (SQLite files only)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
+    edge: EdgeLoad = field(default_factory=EdgeLoad)  # edge requests in progress (bot.edge)
     services: dict[str, Any] = field(default_factory=dict)
     held_leases: dict[str, Any] = field(default_factory=dict)
     lease_retry_at: dict[str, Any] = field(default_factory=dict)  # leases another process holds

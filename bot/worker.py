@@ -52,6 +52,11 @@ class PollingWorker(ABC):
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), seconds)
 
+    async def give_way(self, worked: float) -> float:
+        """After work that took `worked` seconds, leave the core to the edge requests in progress
+        (bot.edge.EdgeLoad.give_way), but not past a stop request. Returns how long it waited."""
+        return await self.rt.edge.give_way(worked, stop=self._stop_requested)
+
     async def unless_stopping(self, work: Awaitable[Any]) -> tuple[bool, Any]:
         """Run `work`, but give it up when a stop is requested: (True, its result) or (False, None).
         Its exception, if it fails, is raised here. Only for work that holds no database transaction

@@ -10,6 +10,7 @@ import logging
 from aiohttp import web
 
 from bot.app import RUNTIME
+from bot.edge import edge
 from bot.wecom.inbound import CallbackForbidden, CallbackMalformed, parse_inbound
 
 log = logging.getLogger("beacon.callback")
@@ -50,6 +51,7 @@ async def handle_verify_url(request: web.Request) -> web.Response:
 
 
 @routes.post("/wecom/callback")
+@edge
 async def handle_callback(request: web.Request) -> web.Response:
     """A message or event: 200 with an empty body once stored (or already stored); 403/400 if refused;
     503 if the database cannot take it, so that WeCom retries instead of the callback being lost."""

@@ -18,6 +18,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from bot.app import RUNTIME
+from bot.edge import edge
 from bot.identity import normalize_phone
 from bot.pages import PAGE_TEXT, page_lang
 from bot.previews import is_preview_fetch
@@ -86,6 +87,7 @@ async def _body_html(request: web.Request, version_id: int) -> tuple[str, str | 
 
 
 @routes.get("/l/{token}")
+@edge
 async def handle_landing(request: web.Request) -> web.StreamResponse:
     """The landing page of one share (or the gate form for gated items). Records an `open` unless
     the request is a preview fetcher or a reload within the window."""
@@ -126,7 +128,7 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
             except Exception:
                 log.exception("could not record open for share %s", link.share_id)
                 return rt.pages.error(503, lang)
-            rt.tracker.wake()
+            rt.tracker.arrived()
     about = {"title": link.title, "summary": link.summary, "kind_label": KIND_LABELS.get(link.kind, "")}
     if link.gated and not unlocked:
         response = rt.pages.response(
@@ -178,6 +180,7 @@ def _validate_gate(form: dict[str, str], lang: str) -> dict[str, str]:
 
 
 @routes.post("/l/{token}/gate")
+@edge
 async def handle_gate(request: web.Request) -> web.StreamResponse:
     """The lead-capture form of a gated item. Invalid fields: the form again (400) with a message
     beside each field and the values kept. Valid: a `form_submit` event, the item unlocked for this
@@ -208,7 +211,7 @@ async def handle_gate(request: web.Request) -> web.StreamResponse:
     await rt.events.link_event(
         "form_submit", link, cookie, now=rt.clock.now(), props=props, user_agent=request.headers.get("User-Agent", "")
     )
-    rt.tracker.wake()
+    rt.tracker.arrived()
     response = web.Response(status=303, headers={"Location": f"/l/{link.token}"})
     response.set_cookie(
         _unlock_cookie(link.item_id),
@@ -262,6 +265,7 @@ def _beacon_event(data: dict[str, Any], link: LinkInfo, cookie: str, now: dt.dat
 
 
 @routes.post("/l/{token}/b")
+@edge
 async def handle_beacon(request: web.Request) -> web.Response:
     """A tracking beacon from the landing page: read depth, visible time or a CTA click.
     204 when recorded (or a harmless repeat); 400 malformed; 403 key not valid for this browser
@@ -292,11 +296,12 @@ async def handle_beacon(request: web.Request) -> web.Response:
         return web.Response(status=400, text="unknown or invalid beacon")
     type_, props, key = parsed
     await rt.events.link_event(type_, link, cookie, now=now, props=props, key=key)
-    rt.tracker.wake()
+    rt.tracker.arrived()
     return web.Response(status=204)
 
 
 @routes.get("/l/{token}/file")
+@edge
 async def handle_download(request: web.Request) -> web.StreamResponse:
     """The item's attachment, through the tracked link (gated items need the form first)."""
     rt = request.app[RUNTIME]
@@ -318,7 +323,7 @@ async def handle_download(request: web.Request) -> web.StreamResponse:
             key=f"download:{link.share_id}:{cookie}:{int(now.timestamp() // max(rt.settings.links.reload_window_s, 1))}",
             user_agent=request.headers.get("User-Agent", ""),
         )
-        rt.tracker.wake()
+        rt.tracker.arrived()
     response = web.Response(body=data, content_type=_content_type(name))
     response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name)}"
     response.headers["Cache-Control"] = "private, no-store"

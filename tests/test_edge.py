@@ -1,0 +1,211 @@
+"""The edge comes first (bot/edge.py): requests people and WeCom wait on are counted while in progress,
+and the tracker gives way to them while it falls behind, catching up once they ease."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+
+from bot.edge import GIVE_WAY_FACTOR, EdgeLoad
+from bot.models import Event
+from tests.test_callback import Poster, text_xml
+from tests.test_links import PHONE_UA, lib, share  # noqa: F401  (lib: fixture)
+
+
+async def test_an_idle_edge_costs_no_wait() -> None:
+    assert await EdgeLoad().give_way(0.5) == 0.0
+
+
+async def test_the_wait_ends_when_the_last_edge_request_leaves() -> None:
+    edge = EdgeLoad()
+    edge.entered()
+    edge.entered()
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.02, edge.left)
+    loop.call_later(0.05, edge.left)
+    waited = await edge.give_way(1.0)  # up to 4 s allowed
+    assert 0.04 <= waited < 0.5
+    assert edge.busy == 0
+
+
+async def test_the_wait_is_capped_by_the_work_before_it_and_by_the_cap() -> None:
+    edge = EdgeLoad()
+    edge.entered()  # never leaves
+    assert 0.9 * 0.02 * GIVE_WAY_FACTOR <= await edge.give_way(0.02) < 0.3
+    assert 0.05 <= await edge.give_way(10.0, cap=0.05) < 0.3
+
+
+async def test_a_stop_ends_the_wait() -> None:
+    edge = EdgeLoad()
+    edge.entered()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.03, stop.set)
+    assert await edge.give_way(10.0, cap=5.0, stop=stop) < 0.5
+    assert await edge.give_way(10.0, cap=5.0, stop=stop) == 0.0  # already stopping: no wait at all
+
+
+class Recording(EdgeLoad):
+    """The runtime's edge, noting each request that entered it and the count it left behind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries = 0
+
+    def entered(self) -> None:
+        self.entries += 1
+        super().entered()
+
+
+async def test_edge_routes_are_counted_while_in_progress_and_others_are_not(beacon: Any, lib: Path) -> None:  # noqa: F811
+    beacon.rt.edge = edge = Recording()
+    s = await share(beacon, "case-auto-parts-oee")
+    async with aiohttp.ClientSession(headers={"User-Agent": PHONE_UA}) as http:
+        url = str(beacon.client.make_url(f"/l/{s['token']}"))
+        async with http.get(url) as resp:
+            assert resp.status == 200
+        assert (edge.entries, edge.busy) == (1, 0)
+        async with http.get(url + "/file", allow_redirects=False) as resp:
+            assert resp.status in (200, 404)  # an attachment or none; counted either way
+        async with http.post(url + "/b", json={"k": "forged"}) as resp:
+            assert resp.status == 403
+        async with http.get(str(beacon.client.make_url("/l/NoSuchToken000000000000"))) as resp:
+            assert resp.status == 404
+    assert (edge.entries, edge.busy) == (4, 0)
+    poster = Poster(beacon.client, beacon.clock.now().timestamp())
+    assert (await poster.post(text_xml("rep1", "帮助", "81001"))).status == 200
+    assert (edge.entries, edge.busy) == (5, 0)
+    for path in ("/healthz", "/metrics", "/login"):
+        await beacon.client.get(path)
+    assert (edge.entries, edge.busy) == (5, 0)  # pages and probes are not the edge
+
+
+async def test_a_request_is_counted_until_it_is_answered(beacon: Any, lib: Path) -> None:  # noqa: F811
+    """While an open waits for its event's commit, the edge counts it."""
+    s = await share(beacon, "case-auto-parts-oee")
+    rt = beacon.rt
+    seen: list[int] = []
+    original = rt.events.link_event
+
+    async def watched(*args: Any, **kw: Any) -> None:
+        seen.append(rt.edge.busy)
+        await original(*args, **kw)
+
+    rt.events.link_event = watched  # type: ignore[method-assign]
+    try:
+        async with aiohttp.ClientSession(headers={"User-Agent": PHONE_UA}) as http:
+            async with http.get(str(beacon.client.make_url(f"/l/{s['token']}"))) as resp:
+                assert resp.status == 200
+    finally:
+        rt.events.link_event = original  # type: ignore[method-assign]
+    assert seen == [1] and rt.edge.busy == 0
+
+
+def gave_way(beacon: Any) -> float:
+    return float(beacon.rt.metrics.tracker_gave_way._value.get())
+
+
+async def unprocessed(beacon: Any) -> int:
+    async with beacon.rt.read_sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(Event).where(Event.processed.is_(False))) or 0)
+
+
+async def opens(beacon: Any) -> int:
+    async with beacon.rt.read_sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(Event).where(Event.type == "open")) or 0)
+
+
+async def test_the_tracker_gives_way_while_opens_stream_in_and_catches_up_after(beacon: Any, lib: Path) -> None:  # noqa: F811
+    """Eight readers opening links as fast as they are answered, each open a new visitor (so a forward
+    too): the tracker falls behind, gives way, and once they stop processes every event."""
+    rt = beacon.rt
+    rt.tracker.batch = 4  # short passes: many chances to give way (the test's readers share its core)
+    s = await share(beacon, "case-auto-parts-oee")
+    url = str(beacon.client.make_url(f"/l/{s['token']}"))
+    streaming, answered = True, 0
+
+    async def reader(http: aiohttp.ClientSession) -> None:
+        nonlocal answered
+        while streaming:  # each from an address of its own (loopback is a trusted proxy): no per-address limit
+            async with http.get(url, headers={"X-Forwarded-For": f"10.8.{answered // 250}.{answered % 250}"}) as resp:
+                assert resp.status == 200
+                answered += 1
+
+    tracker = asyncio.create_task(rt.tracker.run())
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), headers={"User-Agent": PHONE_UA}) as http:
+            readers = [asyncio.create_task(reader(http)) for _ in range(8)]
+            await asyncio.sleep(1.0)
+            streaming = False
+            await asyncio.gather(*readers)
+        during = gave_way(beacon)
+        deadline = time.monotonic() + 60
+        while await unprocessed(beacon) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        rt.tracker.request_stop()
+        await tracker
+    assert await opens(beacon) == answered > 50  # every answered open stored
+    assert await unprocessed(beacon) == 0  # and processed after the stream
+    assert during > 0, "the tracker never gave way while opens streamed in"
+    assert gave_way(beacon) == during  # with nothing arriving, it caught up without waiting
+
+
+async def test_opens_the_tracker_keeps_up_with_never_make_it_wait(beacon: Any, lib: Path) -> None:  # noqa: F811
+    """Four readers opening links about 40 times a second in all, the tracker taking two events a pass:
+    the edge is often busy when a pass ends, but the tracker keeps up, so it never waits."""
+    rt = beacon.rt
+    rt.tracker.batch = 2  # most passes end with "more may be waiting": the rule is asked each time
+    s = await share(beacon, "case-auto-parts-oee")
+    url = str(beacon.client.make_url(f"/l/{s['token']}"))
+    answered = 0
+
+    async def reader(http: aiohttp.ClientSession, n: int) -> None:
+        nonlocal answered
+        for k in range(20):
+            async with http.get(url, headers={"X-Forwarded-For": f"10.9.{n}.{k}"}) as resp:
+                assert resp.status == 200
+                answered += 1
+            await asyncio.sleep(0.1)
+
+    tracker = asyncio.create_task(rt.tracker.run())
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), headers={"User-Agent": PHONE_UA}) as http:
+            await asyncio.gather(*(reader(http, n) for n in range(4)))
+        deadline = time.monotonic() + 30
+        while await unprocessed(beacon) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        rt.tracker.request_stop()
+        await tracker
+    assert await opens(beacon) == answered == 80 and await unprocessed(beacon) == 0
+    assert gave_way(beacon) == 0
+
+
+@pytest.fixture
+def poster(beacon: Any) -> Poster:
+    return Poster(beacon.client, beacon.clock.now().timestamp())
+
+
+async def test_the_inbox_workers_wait_is_capped_whatever_its_transaction_took(beacon: Any) -> None:
+    """A transaction of two seconds (a lock wait, say) while callbacks arrived at 500 a second and the
+    edge stays busy: the worker waits GIVE_WAY_MAX_S, not eight seconds (its claimed rows' lease runs)."""
+    from bot.edge import GIVE_WAY_MAX_S
+
+    worker = beacon.rt.inbox
+    beacon.rt.edge.entered()
+    began = time.perf_counter() - 2.0
+    before = worker.arrivals
+    for _ in range(1000):
+        worker.arrived()
+    try:
+        await worker._give_way(began, before)
+    finally:
+        beacon.rt.edge.left()
+    waited = float(beacon.rt.metrics.inbox_gave_way._value.get())
+    assert GIVE_WAY_MAX_S <= waited < GIVE_WAY_MAX_S + 0.5
