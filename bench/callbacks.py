@@ -20,7 +20,7 @@ Each round runs both variants, pinned to one core with the load generator on the
 - beacon: `python -m bot serve` on a fresh copy of the migrated database: the same checks, then parse,
   store in the inbox through the group-commit writer (a redelivery is a no-op), answer; the inbox worker
   processes the rows behind the answer (each text gets its reply queued in the outbox) on the same core,
-  giving way to the edge while callbacks arrive faster than bot.inbox.GIVE_WAY_RATE: the rows still
+  giving way to the edge requests in progress (bot/edge.py): the rows still
   pending at SIGTERM (the table's `pending`) are processed at the next start.
 wrk runs bench/callbacks.lua: 32 keep-alive connections taking the lines strictly in file order
 (without wrk: bench/postgen.py, numbers not comparable); the app's runs end with 3 quiet seconds, not

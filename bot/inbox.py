@@ -104,18 +104,6 @@ class SharedSession(AsyncSession):
 # handler at most, not for the budget.
 SHARED_BUDGET_S = {"sqlite": 0.02, "postgresql": 0.2}
 
-# Acknowledging comes first. While callbacks arrive faster than GIVE_WAY_RATE a second, the worker
-# gives way to the edge after each of its transactions (bot.edge: until no edge request is in
-# progress, at most four times as long as the transaction took), so the edge (signature, decryption,
-# the inbox's group commit, the answer) keeps most of the core: WeCom waits at most 5 s for an answer
-# and then delivers again. A stored callback is safe; its reply goes out as the burst eases. Below the
-# rate the worker never waits, and at it the worker still has a fifth of the core, several hundred
-# callbacks a second. A fixed rate, not the tracker's rule (bot.tracker: give way while falling
-# behind): a callback's handling is cheap enough that the worker keeps pace with the edge by taking
-# its core, and the edge then answers only as fast as the worker handles.
-GIVE_WAY_RATE = 200.0
-
-
 class InboxWorker(PollingWorker):
     name = "inbox"
     settle_s = 0.02  # PollingWorker: a burst of callbacks is claimed together, not one by one
@@ -127,20 +115,6 @@ class InboxWorker(PollingWorker):
         self.shared_sessions = session_factory(runtime.engine, class_=SharedSession)
         self.budget_s = SHARED_BUDGET_S.get(runtime.engine.dialect.name, 0.02)
         self.gate = write_gate(runtime.engine)
-        self.arrivals = 0  # callbacks stored by the edge (this process), for _give_way
-
-    def arrived(self) -> None:
-        """The edge stored a callback: wake the worker, and count it (`_give_way`)."""
-        self.arrivals += 1
-        self.wake()
-
-    async def _give_way(self, began: float, arrivals_before: int) -> None:
-        """After a transaction that ran since `began`: while callbacks arrive faster than GIVE_WAY_RATE
-        a second, acknowledging them comes first (bot.edge)."""
-        worked = time.perf_counter() - began
-        arrived = self.arrivals - arrivals_before
-        if arrived >= 2 and arrived >= GIVE_WAY_RATE * worked:
-            self.rt.metrics.inbox_gave_way.inc(await self.give_way(worked))
 
     async def drain(self, limit: int = 50) -> int:
         """Process everything due now; returns how many rows were handled (stopping: see drain_claimed)."""
@@ -164,7 +138,7 @@ class InboxWorker(PollingWorker):
         rows: dict[int, Any] | None = None  # read once: the rows are leased to this worker
         known: dict[int, object] = {}  # outcomes of failed handlers whose transaction was rolled back
         while n < len(ids) and not self.stopping:
-            start, began, arrivals = n, time.perf_counter(), self.arrivals
+            start, began = n, time.perf_counter()
             done: list[tuple[int, str]] = []
             failed: list[tuple[int, str, Exception]] = []
             alone: int | None = None
@@ -227,7 +201,9 @@ class InboxWorker(PollingWorker):
             if alone is not None and not self.stopping:
                 await self.process(alone)
                 n += 1
-            await self._give_way(began, arrivals)
+            # Acknowledging comes first (bot.edge): WeCom waits at most 5 s for an answer, then delivers
+            # again. A stored callback is safe; its reply goes out as a burst eases.
+            self.rt.metrics.inbox_gave_way.inc(await self.give_way(time.perf_counter() - began))
         return n
 
     async def _shared(self, session: SharedSession, item_id: int, body: str) -> object:

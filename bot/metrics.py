@@ -23,7 +23,7 @@ class Metrics:
         )
         self.callbacks_parked = Counter("beacon_callbacks_parked", "Inbox items parked", registry=r)
         self.inbox_gave_way = Counter(
-            "beacon_inbox_gave_way_seconds", "Time the inbox worker left the core to the edge while callbacks arrived fast", registry=r
+            "beacon_inbox_gave_way_seconds", "Time the inbox worker left the core to edge requests in progress (bot.edge)", registry=r
         )
         self.inbox_depth = Gauge("beacon_inbox_depth", "Inbox items waiting", ["status"], registry=r)
         self.outbox_depth = Gauge("beacon_outbox_depth", "Outbox items waiting", ["status"], registry=r)

@@ -74,14 +74,13 @@ class Tracker(PollingWorker):
         self._limit = batch  # events per batched transaction, adapted to max_batch_s
         self.fallbacks = 0  # batches that failed and were done again one event at a time
         self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
-        self.arrivals = 0  # events stored by the edge (this process), for _give_way
         self._batch_sessions = batch_sessions(runtime.engine)  # batched passes: bot.tracker_batch.BatchSession
 
     async def drain(self) -> int:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""
         handled = 0
         while not self.stopping and await hold_lease(self.rt, "tracker", self.lease_s, on_acquire=self._lease_taken):
-            began, arrivals = time.perf_counter(), self.arrivals
+            began = time.perf_counter()
             done, more = await (self._pass_batched() if self.batched else self._pass_one_by_one())
             handled += done
             if done:
@@ -89,23 +88,11 @@ class Tracker(PollingWorker):
                 self.rt.metrics.tracker_events.inc(done)
             if not more:
                 break  # the backlog is done: what comes next within `settle_s` joins the next batch
-            await self._give_way(began, arrivals, done)
+            # The edge comes first (bot.edge): people waiting for a page, WeCom for an answer.
+            self.rt.metrics.tracker_gave_way.inc(await self.give_way(time.perf_counter() - began))
         if handled:
             self.rt.outbox.wake()
         return handled
-
-    def arrived(self) -> None:
-        """The edge stored an event (a link open, a beacon): wake the worker, and count it (`_give_way`)."""
-        self.arrivals += 1
-        self.wake()
-
-    async def _give_way(self, began: float, arrivals_before: int, done: int) -> None:
-        """After a pass that ran since `began` and processed `done` events: while the edge stores
-        events faster than the tracker processes them, the backlog grows whatever the tracker does, and
-        answering the people waiting comes first (bot.edge). Each open was stored before its answer;
-        what the tracker has not reached waits in the events table. Below that rate it never waits."""
-        if self.arrivals - arrivals_before > done:
-            self.rt.metrics.tracker_gave_way.inc(await self.give_way(time.perf_counter() - began))
 
     def _lease_taken(self) -> None:
         """This process just became the tracker (at start, or taking over from another process): what

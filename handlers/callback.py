@@ -73,5 +73,5 @@ async def handle_callback(request: web.Request) -> web.Response:
         log.exception("could not store callback %s; answering 503 so WeCom retries", msg.kind)
         return web.Response(status=503, text="temporarily unavailable")
     rt.metrics.callbacks_received.labels(source=msg.source).inc()
-    rt.inbox.arrived()
+    rt.inbox.wake()
     return web.Response(text="")

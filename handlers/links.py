@@ -128,7 +128,7 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
             except Exception:
                 log.exception("could not record open for share %s", link.share_id)
                 return rt.pages.error(503, lang)
-            rt.tracker.arrived()
+            rt.tracker.wake()
     about = {"title": link.title, "summary": link.summary, "kind_label": KIND_LABELS.get(link.kind, "")}
     if link.gated and not unlocked:
         response = rt.pages.response(
@@ -211,7 +211,7 @@ async def handle_gate(request: web.Request) -> web.StreamResponse:
     await rt.events.link_event(
         "form_submit", link, cookie, now=rt.clock.now(), props=props, user_agent=request.headers.get("User-Agent", "")
     )
-    rt.tracker.arrived()
+    rt.tracker.wake()
     response = web.Response(status=303, headers={"Location": f"/l/{link.token}"})
     response.set_cookie(
         _unlock_cookie(link.item_id),
@@ -296,7 +296,7 @@ async def handle_beacon(request: web.Request) -> web.Response:
         return web.Response(status=400, text="unknown or invalid beacon")
     type_, props, key = parsed
     await rt.events.link_event(type_, link, cookie, now=now, props=props, key=key)
-    rt.tracker.arrived()
+    rt.tracker.wake()
     return web.Response(status=204)
 
 
@@ -323,7 +323,7 @@ async def handle_download(request: web.Request) -> web.StreamResponse:
             key=f"download:{link.share_id}:{cookie}:{int(now.timestamp() // max(rt.settings.links.reload_window_s, 1))}",
             user_agent=request.headers.get("User-Agent", ""),
         )
-        rt.tracker.arrived()
+        rt.tracker.wake()
     response = web.Response(body=data, content_type=_content_type(name))
     response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(name)}"
     response.headers["Cache-Control"] = "private, no-store"

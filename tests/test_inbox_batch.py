@@ -248,8 +248,8 @@ async def gave_way_s(beacon: Any) -> float:
 
 
 async def test_the_worker_gives_way_while_callbacks_stream_in(beacon: Any, poster: Poster) -> None:
-    """Acknowledging comes first: while callbacks arrive faster than GIVE_WAY_RATE, the worker gives way
-    after each transaction (bot.edge) and the edge keeps answering; once they
+    """Acknowledging comes first: while callbacks stream in, the worker gives way after each transaction
+    (bot.edge) and the edge keeps answering; once they
     stop, it catches up with all of them."""
     import asyncio
 
