@@ -66,3 +66,14 @@ async def _settle(http: aiohttp.ClientSession, url: str) -> None:
             return (await resp.json())["inbox"]["pending"] == 0
 
     await wait_for(idle)
+
+
+def test_startup_configures_the_mappers_before_freezing() -> None:
+    """`serve` configures the ORM's mappers at startup, not in its first request or job."""
+    import subprocess
+    import sys
+
+    code = ("from sqlalchemy import inspect; from bot.models import JobRun; from bot.serve import freeze_startup_heap; "
+            "before = inspect(JobRun).configured; freeze_startup_heap(); print(before, inspect(JobRun).configured)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "True"]
