@@ -70,3 +70,96 @@ def test_upgrade_keeps_daily_decay_rows_and_the_next_tick_opens_a_spell(tmp_path
             con.execute(spell)  # one row per spell
     finally:
         con.close()
+
+
+def _round_trip(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every migration done one at a time from an empty database up to the head, then undone one at a
+    time down to base, then all done again. Returns the schema after each step up and after each step
+    down, by revision; base must leave no table of ours behind."""
+    import asyncio
+
+    from alembic import command
+
+    config = _alembic_config(url)
+    revisions = [rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()][::-1]  # base first
+    up: dict[str, Any] = {}
+    down: dict[str, Any] = {}
+    for revision in revisions:
+        command.upgrade(config, revision)
+        up[revision] = asyncio.run(_shape(url))
+    for revision in revisions[-2::-1]:
+        command.downgrade(config, revision)
+        down[revision] = asyncio.run(_shape(url))
+    command.downgrade(config, "base")
+    assert set(asyncio.run(_shape(url))) <= {"alembic_version"}
+    command.upgrade(config, "head")
+    return up, down
+
+
+async def _shape(url: str) -> dict[str, Any]:
+    """Each table's columns, primary key, indexes, unique constraints and foreign keys, as the database
+    reports them."""
+    from sqlalchemy import inspect
+
+    def shape(conn: Any) -> dict[str, Any]:
+        db = inspect(conn)
+        return {
+            table: {
+                "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in db.get_columns(table)),
+                "pk": db.get_pk_constraint(table)["constrained_columns"],
+                "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in db.get_indexes(table)),
+                "unique": sorted(tuple(u["column_names"]) for u in db.get_unique_constraints(table)),
+                "fks": sorted((tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                              for f in db.get_foreign_keys(table)),
+            }
+            for table in db.get_table_names()
+        }
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(shape)
+    finally:
+        await engine.dispose()
+
+
+def _check_round_trip(up: dict[str, Any], down: dict[str, Any]) -> None:
+    assert len(up) == len(down) + 1 >= 7
+    for revision, shape in down.items():
+        assert shape == up[revision], f"downgrading to {revision} does not give back its schema"
+
+
+async def test_every_migration_downgrades_and_upgrades_again_on_sqlite(tmp_path: Path) -> None:
+    import asyncio
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'round.db'}"
+    _check_round_trip(*await asyncio.to_thread(_round_trip, url))
+    assert await _drift(url) == []
+
+
+@pytest.mark.postgres
+def test_every_migration_downgrades_and_upgrades_again_on_postgres() -> None:
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    from tests.conftest import PG_ADMIN_DSN, require_postgres
+
+    require_postgres()
+    name = f"beacon_round_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        _check_round_trip(*_round_trip(url))
+        assert asyncio.run(_drift(url)) == []
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
