@@ -67,7 +67,7 @@ DROP_HEADERS = {"date", "server", "content-length", "set-cookie", "transfer-enco
 # Where a py-spy profile of the subject is broken down (substrings of frame names).
 PROFILE_MARKS = [
     "handle_landing", "is_preview_fetch", "ShareResolver._load", "Pages.render", "Signer.sign", "EventLog.link_event",
-    "IpLimiter.allow", "web_protocol", "BatchWriter", "Connection._execute", "_write_to_self", "_connection_worker_thread",
+    "TokenBuckets.allow", "web_protocol", "BatchWriter", "Connection._execute", "_write_to_self", "_connection_worker_thread",
     "Tracker._process", "hold_lease", "InboxWorker", "OutboxWorker", "EpollSelector.select",
 ]  # fmt: skip
 

@@ -13,10 +13,11 @@ import datetime as dt
 import logging
 import sqlite3
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from operator import itemgetter
 from typing import Any
 
+from cachetools import LRUCache
 from sqlalchemy import Date, DateTime, bindparam, func, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
@@ -249,8 +250,8 @@ def converted_once(process: Any, size: int = 1024) -> Any:
     return convert
 
 
-_PREPARED: OrderedDict[tuple[Executable, tuple[str, ...], str, bool], _Prepared] = OrderedDict()
-_PREPARED_SIZE = 256  # statements are module constants in practice; a bound all the same
+# Statements are module constants in practice; a bound all the same.
+_PREPARED: LRUCache[tuple[Executable, tuple[str, ...], str, bool], _Prepared] = LRUCache(256)
 
 
 def prepared_statement(stmt: Executable, keys: tuple[str, ...], dialect: Any, *, repeated: bool = False) -> _Prepared | None:
@@ -263,8 +264,6 @@ def prepared_statement(stmt: Executable, keys: tuple[str, ...], dialect: Any, *,
     prepared = _PREPARED.get(key)
     if prepared is None:
         prepared = _PREPARED[key] = _Prepared(stmt, keys, dialect, repeated)
-        if len(_PREPARED) > _PREPARED_SIZE:
-            _PREPARED.popitem(last=False)
     return prepared if prepared.complete else None
 
 

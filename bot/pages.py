@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
+from cachetools import LRUCache
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 PAGE_TEXT: dict[str, dict[str, str]] = {
@@ -86,7 +86,7 @@ class Pages:
             auto_reload=False,
         )
         self.slotted_size = slotted_size
-        self._slotted: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
+        self._slotted: LRUCache[tuple[Any, ...], list[Any]] = LRUCache(slotted_size)
         self._mark = f"\x1a{secrets.token_hex(8)}\x1a"  # cannot occur in a template or escaped text
 
     def render(self, name: str, lang: str = "zh", **values: Any) -> str:
@@ -110,10 +110,6 @@ class Pages:
             # text, slot name, text, slot name … text; the texts kept encoded (a page is ~10 kB of UTF-8)
             pieces = marked.split(self._mark)
             parts = self._slotted[key] = [p if i % 2 else p.encode() for i, p in enumerate(pieces)]
-            if len(self._slotted) > self.slotted_size:
-                self._slotted.popitem(last=False)
-        else:
-            self._slotted.move_to_end(key)
         filled = parts.copy()
         for i in range(1, len(filled), 2):
             filled[i] = slots[filled[i]].encode()
@@ -136,17 +132,14 @@ class RenderedVersions:
     """Rendered Markdown per content version (versions never change, so the cache never goes stale)."""
 
     def __init__(self, sessions: Any, size: int = 512) -> None:
-        from collections import OrderedDict
-
         self.sessions = sessions
         self.size = size
-        self._html: "OrderedDict[int, tuple[str, str | None]]" = OrderedDict()
+        self._html: LRUCache[int, tuple[str, str | None]] = LRUCache(size)
 
     async def get(self, version_id: int) -> tuple[str, str | None]:
         """(body HTML, attachment file name or None)."""
         hit = self._html.get(version_id)
         if hit is not None:
-            self._html.move_to_end(version_id)
             return hit
         from sqlalchemy import select
 
@@ -161,8 +154,6 @@ class RenderedVersions:
             ).first()
         value = ("", None) if row is None else (render_markdown(_without_title(row[0])), row[1])
         self._html[version_id] = value
-        if len(self._html) > self.size:
-            self._html.popitem(last=False)
         return value
 
     async def attachment(self, version_id: int) -> tuple[str, bytes] | None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
+
+from cachetools import LRUCache
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ReportCache:
     def __init__(self, ttl_s: float, size: int = 256) -> None:
         self.ttl_s = ttl_s
         self.size = size
-        self._done: "OrderedDict[Hashable, Counted]" = OrderedDict()
+        self._done: LRUCache[Hashable, Counted] = LRUCache(size)
         self._running: dict[Hashable, asyncio.Future[Counted]] = {}
 
     async def get(self, key: Hashable, now: dt.datetime, compute: Callable[[], Awaitable[Any]]) -> Counted:
@@ -41,7 +42,6 @@ class ReportCache:
             return Counted(await compute(), now)
         kept = self._done.get(key)
         if kept is not None and (now - kept.at).total_seconds() < self.ttl_s:
-            self._done.move_to_end(key)
             return kept
         running = self._running.get(key)
         if running is None:
@@ -55,7 +55,4 @@ class ReportCache:
         finally:
             del self._running[key]
         self._done[key] = counted
-        self._done.move_to_end(key)
-        while len(self._done) > self.size:
-            self._done.popitem(last=False)
         return counted

@@ -24,6 +24,7 @@ from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db import WalCheckpointer, create_background_engine, create_engine, read_only, read_session_factory, session_factory
 from bot.edge import EdgeLoad
+from bot.limits import TokenBuckets
 from bot.inbox import InboxStore, InboxWorker
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
@@ -71,7 +72,7 @@ class Runtime:
     rendered: RenderedVersions = None  # type: ignore[assignment]
     recent_opens: RecentOpens = None  # type: ignore[assignment]
     reports: ReportCache = None  # type: ignore[assignment]
-    beacon_limiter: Any = None
+    beacon_limiter: TokenBuckets = None  # type: ignore[assignment]
     checkpointer: WalCheckpointer | None = None
     background_engine: AsyncEngine | None = None  # background_reads' own (SQLite files only)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
@@ -128,9 +129,7 @@ class Runtime:
         rt.rendered = RenderedVersions(rt.read_sessions)
         rt.recent_opens = RecentOpens(settings.links.reload_window_s)
         rt.reports = ReportCache(settings.pages.report_cache_s)
-        from handlers.links import BeaconLimiter
-
-        rt.beacon_limiter = BeaconLimiter(settings.links.beacons_per_minute)
+        rt.beacon_limiter = TokenBuckets(settings.links.beacons_per_minute, size=100_000)  # per (link, browser)
         return rt
 
     async def start(self, *, background: bool = True) -> None:

@@ -11,10 +11,10 @@ import datetime as dt
 import re
 import secrets
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -102,7 +102,7 @@ class ShareResolver:
         self.sessions = sessions
         self.ttl_s = ttl_s
         self.size = size
-        self._cache: OrderedDict[str, tuple[float, LinkInfo | None]] = OrderedDict()
+        self._cache: TTLCache[str, LinkInfo] = TTLCache(size, ttl_s, timer=time.monotonic)
 
     def forget(self, token: str | None = None) -> None:
         if token is None:
@@ -113,16 +113,12 @@ class ShareResolver:
     async def resolve(self, token: str) -> LinkInfo | None:
         if not TOKEN_RE.match(token):
             return None
-        now = time.monotonic()
         hit = self._cache.get(token)
-        if hit is not None and now - hit[0] < self.ttl_s and hit[1] is not None:
-            self._cache.move_to_end(token)
-            return hit[1]
+        if hit is not None:
+            return hit
         info = await self._load(token)
         if info is not None:  # misses are not cached: a child token may be written a moment later
-            self._cache[token] = (now, info)
-            if len(self._cache) > self.size:
-                self._cache.popitem(last=False)
+            self._cache[token] = info
         return info
 
     async def _load(self, token: str) -> LinkInfo | None:

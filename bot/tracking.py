@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from collections import OrderedDict
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -166,19 +166,13 @@ class RecentOpens:
 
     def __init__(self, window_s: float, size: int = 100_000) -> None:
         self.window_s = window_s
-        self.size = size
-        self._seen: OrderedDict[tuple[int, str], float] = OrderedDict()
+        self._seen: TTLCache[tuple[int, str], bool] = TTLCache(size, window_s, timer=time.monotonic)
 
-    def is_reload(self, share_id: int, cookie: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
+    def is_reload(self, share_id: int, cookie: str) -> bool:
         key = (share_id, cookie)
-        last = self._seen.get(key)
-        if last is not None and now - last < self.window_s:
+        if key in self._seen:  # opened within the window (a reload does not extend it)
             return True
-        self._seen[key] = now
-        self._seen.move_to_end(key)
-        if len(self._seen) > self.size:
-            self._seen.popitem(last=False)
+        self._seen[key] = True
         return False
 
     def bucket_key(self, share_id: int, cookie: str, at: dt.datetime) -> str:

@@ -25,6 +25,7 @@ from bot.auth import (
     new_nonce,
     safe_next,
 )
+from bot.limits import TokenBuckets
 from bot.models import Rep
 from bot.team import ensure_rep
 from handlers.pagekit import (
@@ -35,7 +36,7 @@ from handlers.pagekit import (
     render,
     viewer_for,
 )
-from handlers.security import IpLimiter, client_ip
+from handlers.security import client_ip
 
 log = logging.getLogger("beacon.pages.auth")
 routes = web.RouteTableDef()
@@ -97,7 +98,7 @@ async def handle_admin_login(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     limiter = rt.services.get("login_limiter")
     if limiter is None:
-        limiter = rt.services["login_limiter"] = IpLimiter(rt.settings.pages.login_attempts_per_minute)
+        limiter = rt.services["login_limiter"] = TokenBuckets(rt.settings.pages.login_attempts_per_minute)
     if not limiter.allow(client_ip(request, rt.settings.security.trusted_proxies), rt.clock.now().timestamp()):
         return error_page(request, 429, "登录尝试过多，请一分钟后再试。")
     form = await _form(request)

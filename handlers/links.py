@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import secrets
-from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote
 
@@ -225,26 +224,6 @@ async def handle_gate(request: web.Request) -> web.StreamResponse:
     return response
 
 
-class BeaconLimiter:
-    """A token bucket per (link, browser): bursts up to N, refilled at N per minute; bounded memory."""
-
-    def __init__(self, per_minute: int, size: int = 100_000) -> None:
-        self.per_minute = per_minute
-        self.size = size
-        self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
-
-    def allow(self, token: str, cookie: str, now: float) -> bool:
-        key = (token, cookie)
-        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60.0)
-        allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-        self._buckets.move_to_end(key)
-        if len(self._buckets) > self.size:
-            self._buckets.popitem(last=False)
-        return allowed
-
-
 def _beacon_event(data: dict[str, Any], link: LinkInfo, cookie: str, now: dt.datetime, window_s: int) -> tuple[str, dict[str, Any], str] | None:
     kind = data.get("t")
     pv = data.get("pv")
@@ -288,7 +267,7 @@ async def handle_beacon(request: web.Request) -> web.Response:
         return web.Response(status=400, text="beacon must be a JSON object")
     if not _COOKIE_RE.match(cookie) or not rt.signer.verify(str(data.get("k", "")), "beacon", link.token, cookie):
         return web.Response(status=403)
-    if not rt.beacon_limiter.allow(link.token, cookie, rt.clock.now().timestamp()):
+    if not rt.beacon_limiter.allow((link.token, cookie), rt.clock.now().timestamp()):
         return web.Response(status=429)
     now = rt.clock.now()
     parsed = _beacon_event(data, link, cookie, now, rt.settings.links.reload_window_s)

@@ -38,27 +38,6 @@ def _apply(response: web.StreamResponse) -> None:
 PUBLIC_PREFIXES = ("/l/", "/sidebar")
 
 
-class IpLimiter:
-    """Token bucket per client IP (bursts up to N, refilled at N per minute), bounded in memory."""
-
-    def __init__(self, per_minute: int, size: int = 200_000) -> None:
-        from collections import OrderedDict
-
-        self.per_minute = per_minute
-        self.size = size
-        self._buckets: "OrderedDict[str, tuple[float, float]]" = OrderedDict()
-
-    def allow(self, ip: str, now: float) -> bool:
-        tokens, last = self._buckets.get(ip, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60.0)
-        allowed = tokens >= 1.0
-        self._buckets[ip] = (tokens - 1.0 if allowed else tokens, now)
-        self._buckets.move_to_end(ip)
-        if len(self._buckets) > self.size:
-            self._buckets.popitem(last=False)
-        return allowed
-
-
 def client_ip(request: web.Request, trusted: list[str]) -> str:
     """The peer address; behind a trusted proxy, the last address it appended to X-Forwarded-For."""
     peer = request.remote or ""

@@ -17,11 +17,11 @@ import logging
 import re
 import secrets
 import time
-from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from cachetools import TTLCache
 
 from bot.app import RUNTIME
 from bot.auth import Viewer
@@ -71,19 +71,14 @@ def _real_mode_csp(jssdk_url: str) -> str:
 class FollowCache:
     """(rep, external_userid) pairs WeCom confirmed, kept FOLLOW_TTL_S; bounded."""
 
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+    def __init__(self, size: int = 10_000, ttl_s: float = FOLLOW_TTL_S) -> None:
+        self._seen: TTLCache[tuple[str, str], bool] = TTLCache(size, ttl_s, timer=time.monotonic)
 
     def get(self, key: tuple[str, str]) -> bool:
-        at = self._seen.get(key)
-        return at is not None and time.monotonic() - at < FOLLOW_TTL_S
+        return key in self._seen
 
     def put(self, key: tuple[str, str]) -> None:
-        self._seen[key] = time.monotonic()
-        self._seen.move_to_end(key)
-        if len(self._seen) > self.size:
-            self._seen.popitem(last=False)
+        self._seen[key] = True
 
 
 async def _follows(request: web.Request, userid: str, external_userid: str) -> bool:

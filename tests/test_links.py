@@ -107,6 +107,22 @@ async def test_share_and_open_records_one_open(beacon: Any, lib: Path, browsers:
     assert opens[0].rep_userid == "rep1"
 
 
+async def test_a_reload_within_the_window_is_not_written_at_all(beacon: Any, lib: Path, browsers: Any) -> None:
+    """The process remembers (share, browser) for `reload_window_s`: a reload costs no write (the event's
+    idempotency key would drop it anyway, after a trip through the group commit)."""
+    s = await share(beacon, "case-auto-parts-oee")
+    b = browsers()
+    writer = beacon.rt.events.writer
+    assert (await b.get(f"/l/{s['token']}"))[0] == 200
+    written = writer.rows
+    assert written >= 1
+    for _ in range(3):
+        assert (await b.get(f"/l/{s['token']}"))[0] == 200
+    assert writer.rows == written
+    assert (await browsers().get(f"/l/{s['token']}"))[0] == 200  # another browser is another open
+    assert writer.rows == written + 1
+
+
 async def test_the_landing_page_is_rendered_once_and_filled_per_request(beacon: Any, lib: Path, browsers: Any) -> None:
     """Two browsers opening the same link get the page rendered once, with their own token, beacon key,
     child link and page view filled in: each body equals a full render with that request's values."""
