@@ -360,3 +360,37 @@ async def test_a_batch_reads_the_stage_changes_it_made_from_itself(tmp_path: Pat
     assert sorted(recorded) == sorted(moves)
     assert all(isinstance(s["id"], int) for d in details for s in d.get("stages") or [])
     assert stage_reads == []
+
+
+async def test_a_batch_of_forwards_inserts_them_and_binds_browsers_in_one_statement_each(beacon: Any, tmp_path: Path) -> None:
+    """Four personal links, each opened first by its contact's browser (bound, its anonymous events
+    re-flagged) and then by someone else's (a forward for the contact): the batch alternates re-flags
+    and forward INSERTs, and writes them with one executemany each, not one per alternation."""
+    from sqlalchemy import event as sa_event
+
+    from tests.test_links import LIBRARY, share
+
+    async with beacon.rt.sessions() as session, session.begin():
+        await import_library(session, LIBRARY, now=beacon.clock.now())
+    links = [await beacon.rt.links.resolve((await share(beacon, SLUGS[0], contact=f"wmFwd{n}"))["token"]) for n in range(4)]
+    for n, link in enumerate(links):
+        for who in ("owner", "friend"):
+            await beacon.rt.events.link_event("open", link, f"{who}-{n}-cookie-xxxxxxxxxxx", now=beacon.clock.now(),
+                                              props={"gated": False, "unlocked": True, "outdated": False})
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    sa_event.listen(beacon.rt.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        assert await beacon.rt.tracker.drain() == 8  # the opens
+    finally:
+        sa_event.remove(beacon.rt.engine.sync_engine, "before_cursor_execute", seen)
+    assert await beacon.rt.tracker.drain() == 4  # the forwards they made
+    assert sum(s.startswith("INSERT INTO events") for s in statements) == 1
+    assert sum(s.startswith("UPDATE events SET contact_id") and "visitor_id" in s for s in statements) == 1
+    async with beacon.rt.sessions() as session:
+        forwards = (await session.execute(text("SELECT contact_id FROM events WHERE type = 'forward' ORDER BY id"))).scalars().all()
+        owners = (await session.execute(text("SELECT id FROM contacts WHERE external_userid LIKE 'wmFwd%' ORDER BY id"))).scalars().all()
+    assert forwards == owners  # each contact credited with the friend its link reached
