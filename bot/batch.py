@@ -17,10 +17,11 @@ from collections import defaultdict
 from operator import itemgetter
 from typing import Any
 
+import asyncpg
 from cachetools import LRUCache
 from sqlalchemy import Date, DateTime, bindparam, func, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
@@ -129,6 +130,8 @@ class BatchWriter:
         groups = [(stmt, params) for (_order, stmt), params in sorted(grouped.items(), key=lambda kv: kv[0][0])]
         if self._gate is not None and await self._write_sqlite(groups):
             return
+        if self.engine.dialect.driver == "asyncpg" and await self._write_asyncpg(groups):
+            return
         async with self.engine.begin() as conn:
             for stmt, params in groups:
                 await conn.execute(stmt, params)
@@ -148,6 +151,29 @@ class BatchWriter:
         if any(w is None for w in work):
             return False
         await write_in_one_call(self.engine, _executemany_all, work, sql=work[0][0] if work else "")  # type: ignore[index]
+        return True
+
+
+    async def _write_asyncpg(self, groups: list[tuple[Executable, list[dict[str, Any]]]]) -> bool:
+        """PostgreSQL: the batch in one transaction on the pooled connection's asyncpg connection, one
+        `executemany` per statement with the rows converted here (`prepared_statement`); False (nothing
+        written) if a statement needs SQLAlchemy's own execution. Through SQLAlchemy each row's
+        parameters went through its execution context on the event loop, a third of a link open's CPU
+        on PostgreSQL. Errors come back as SQLAlchemy's DBAPIError, as they would through it."""
+        work = [_driver_rows(stmt, params, self.engine.dialect) for stmt, params in groups]
+        if any(w is None for w in work):
+            return False
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            sql = ""
+            try:
+                async with driver.transaction():
+                    for sql, rows in work:  # type: ignore[misc]
+                        await driver.executemany(sql, rows)
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise IntegrityError(sql, None, exc) from exc
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise DBAPIError(sql, None, exc) from exc
         return True
 
 
