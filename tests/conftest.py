@@ -7,13 +7,14 @@ copied per test; a private PostgreSQL database truncated per test).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
@@ -64,13 +65,13 @@ def require_postgres() -> None:
         pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({problem})")
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Any:
-    """A private database for this test session, migrated once, dropped at the end."""
+@contextlib.contextmanager
+def empty_pg_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (its SQLAlchemy URL), dropped afterwards. Not from a running loop."""
     require_postgres()
     import asyncpg
 
-    name = f"beacon_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(PG_ADMIN_DSN)
@@ -80,10 +81,18 @@ def pg_database() -> Any:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    migrate_sync(url)
-    yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Any:
+    """A private database for this test session, migrated once, dropped at the end."""
+    with empty_pg_database("beacon_test") as url:
+        migrate_sync(url)
+        yield url
 
 
 def _truncate_pg(url: str) -> None:

@@ -115,6 +115,13 @@ async def unprocessed(beacon: Any) -> int:
         return int(await session.scalar(select(func.count()).select_from(Event).where(Event.processed.is_(False))) or 0)
 
 
+async def caught_up(beacon: Any, timeout_s: float = 60) -> None:
+    """Until the tracker has processed every event (or the time is up: the caller's asserts tell)."""
+    deadline = time.monotonic() + timeout_s
+    while await unprocessed(beacon) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
 async def opens(beacon: Any) -> int:
     async with beacon.rt.read_sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(Event).where(Event.type == "open")) or 0)
@@ -144,9 +151,7 @@ async def test_the_tracker_gives_way_while_opens_stream_in_and_catches_up_after(
             streaming = False
             await asyncio.gather(*readers)
         during = gave_way(beacon)
-        deadline = time.monotonic() + 60
-        while await unprocessed(beacon) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await caught_up(beacon)
     finally:
         rt.tracker.request_stop()
         await tracker
@@ -171,9 +176,7 @@ async def test_opens_one_at_a_time_barely_make_the_tracker_wait(beacon: Any, lib
                 async with http.get(url, headers={"X-Forwarded-For": f"10.9.0.{n}"}) as resp:
                     assert resp.status == 200
                 await asyncio.sleep(0.1)
-        deadline = time.monotonic() + 30
-        while await unprocessed(beacon) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await caught_up(beacon)
     finally:
         rt.tracker.request_stop()
         await tracker

@@ -140,26 +140,9 @@ async def test_every_migration_downgrades_and_upgrades_again_on_sqlite(tmp_path:
 @pytest.mark.postgres
 def test_every_migration_downgrades_and_upgrades_again_on_postgres() -> None:
     import asyncio
-    import uuid
 
-    import asyncpg
+    from tests.conftest import empty_pg_database
 
-    from tests.conftest import PG_ADMIN_DSN, require_postgres
-
-    require_postgres()
-    name = f"beacon_round_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    with empty_pg_database("beacon_round") as url:
         _check_round_trip(*_round_trip(url))
         assert asyncio.run(_drift(url)) == []
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -104,32 +104,48 @@ def _raw_rows(path: str, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
 
+NOW = dt.datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=dt.timezone.utc)
+
+
+def _link_event_params(n: int, via: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A visitor row and its link event, as the link path writes them (`EventLog.link_event`)."""
+    cookie = f"{via}-cookie-{n}"
+    visitor = {"cookie_id": cookie, "user_agent": "Mozilla/5.0 微信", "first_seen_at": NOW, "contact_id": None}
+    ev = {"type": "open", "contact_id": None, "cookie": cookie, "share_id": None, "item_id": None, "version_id": None,
+          "rep_userid": "rep1", "channel_id": None, "props": {"gated": False, "标题": "白皮书", "n": n},
+          "occurred_at": NOW, "received_at": NOW + dt.timedelta(microseconds=n), "idempotency_key": f"{via}:{n}"}
+    return visitor, ev
+
+
+async def _fast_and_orm(engine: Any) -> list[str]:
+    """Five link events (with their visitors) through the group commit, then five through SQLAlchemy;
+    returns the statements SQLAlchemy executed while the group commit wrote."""
+    log = EventLog(engine)
+    through_sqlalchemy: list[str] = []
+    listen = (engine.sync_engine, "before_cursor_execute", lambda _c, _cur, statement, *_a: through_sqlalchemy.append(statement))
+    writer = BatchWriter(engine, name="test")
+    event.listen(*listen)
+    try:
+        await asyncio.gather(*(
+            writer.write_rows([(0, log._visitor, _link_event_params(n, "fast")[0]),
+                               (1, log._event_with_visitor, _link_event_params(n, "fast")[1])])
+            for n in range(5)
+        ))
+        await writer.close()
+    finally:
+        event.remove(*listen)
+    async with engine.begin() as conn:
+        await conn.execute(log._visitor, [_link_event_params(n, "orm")[0] for n in range(5)])
+        await conn.execute(log._event_with_visitor, [_link_event_params(n, "orm")[1] for n in range(5)])
+    return through_sqlalchemy
+
+
 async def test_the_group_commit_stores_what_sqlalchemy_would(sqlite_url: str) -> None:
     """Link events through the one-trip batch and the same statements through SQLAlchemy: the stored
     columns (dates, JSON, defaults, the visitor subquery) must be byte for byte the same."""
     engine = create_engine(make_settings(sqlite_url).database)
-    log = EventLog(engine)
-    now = dt.datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=dt.timezone.utc)
-
-    def params(n: int, via: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        cookie = f"{via}-cookie-{n}"
-        visitor = {"cookie_id": cookie, "user_agent": "Mozilla/5.0 微信", "first_seen_at": now, "contact_id": None}
-        ev = {"type": "open", "contact_id": None, "cookie": cookie, "share_id": None, "item_id": None, "version_id": None,
-              "rep_userid": "rep1", "channel_id": None, "props": {"gated": False, "标题": "白皮书", "n": n},
-              "occurred_at": now, "received_at": now + dt.timedelta(microseconds=n), "idempotency_key": f"{via}:{n}"}
-        return visitor, ev
-
     try:
-        writer = BatchWriter(engine, name="test")
-        assert writer._gate is not None  # the fast path is the one under test
-        await asyncio.gather(*(
-            writer.write_rows([(0, log._visitor, params(n, "fast")[0]), (1, log._event_with_visitor, params(n, "fast")[1])])
-            for n in range(5)
-        ))
-        await writer.close()
-        async with engine.begin() as conn:
-            await conn.execute(log._visitor, [params(n, "orm")[0] for n in range(5)])
-            await conn.execute(log._event_with_visitor, [params(n, "orm")[1] for n in range(5)])
+        assert not [s for s in await _fast_and_orm(engine) if "INSERT" in s]  # the one-trip path wrote them
     finally:
         await engine.dispose()
     path = sqlite_url.split("///", 1)[1]
@@ -149,32 +165,8 @@ async def test_the_group_commit_on_postgres_stores_what_sqlalchemy_would(db_url:
     """PostgreSQL's one-transaction batch (raw asyncpg executemany, rows converted by us) against the
     same statements through SQLAlchemy: every stored column the same."""
     engine = create_engine(make_settings(db_url).database)
-    log = EventLog(engine)
-    now = dt.datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=dt.timezone.utc)
-
-    def params(n: int, via: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        cookie = f"{via}-cookie-{n}"
-        visitor = {"cookie_id": cookie, "user_agent": "Mozilla/5.0 微信", "first_seen_at": now, "contact_id": None}
-        ev = {"type": "open", "contact_id": None, "cookie": cookie, "share_id": None, "item_id": None, "version_id": None,
-              "rep_userid": "rep1", "channel_id": None, "props": {"gated": False, "标题": "白皮书", "n": n},
-              "occurred_at": now, "received_at": now + dt.timedelta(microseconds=n), "idempotency_key": f"{via}:{n}"}
-        return visitor, ev
-
     try:
-        writer = BatchWriter(engine, name="test")
-        through_sqlalchemy: list[str] = []
-        listen = (engine.sync_engine, "before_cursor_execute", lambda _c, _cur, statement, *_a: through_sqlalchemy.append(statement))
-        event.listen(*listen)
-        await asyncio.gather(*(
-            writer.write_rows([(0, log._visitor, params(n, "fast")[0]), (1, log._event_with_visitor, params(n, "fast")[1])])
-            for n in range(5)
-        ))
-        await writer.close()
-        event.remove(*listen)
-        assert not [s for s in through_sqlalchemy if "INSERT" in s]  # the batch went past SQLAlchemy
-        async with engine.begin() as conn:
-            await conn.execute(log._visitor, [params(n, "orm")[0] for n in range(5)])
-            await conn.execute(log._event_with_visitor, [params(n, "orm")[1] for n in range(5)])
+        assert not [s for s in await _fast_and_orm(engine) if "INSERT" in s]  # the batch went past SQLAlchemy
         async with engine.connect() as conn:
             rows = (await conn.execute(
                 select(Event.idempotency_key, Event.type, Event.contact_id, Visitor.user_agent, Visitor.first_seen_at, Event.props,
@@ -187,7 +179,7 @@ async def test_the_group_commit_on_postgres_stores_what_sqlalchemy_would(db_url:
     orm = [tuple(r[1:]) for r in rows if r[0].startswith("orm:")]
     assert len(fast) == len(orm) == 5
     assert fast == orm
-    assert fast[1][5] == now and fast[1][6] == now + dt.timedelta(microseconds=1) and fast[1][7] is False
+    assert fast[1][5] == NOW and fast[1][6] == NOW + dt.timedelta(microseconds=1) and fast[1][7] is False
     assert fast[1][4] == {"gated": False, "标题": "白皮书", "n": 1}
 
 
