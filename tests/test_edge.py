@@ -76,13 +76,15 @@ async def test_edge_routes_are_counted_while_in_progress_and_others_are_not(beac
             assert resp.status == 403
         async with http.get(str(beacon.client.make_url("/l/NoSuchToken000000000000"))) as resp:
             assert resp.status == 404
-    assert (edge.entries, edge.busy) == (4, 0)
+        async with http.post(url + "/gate", data={"name": "张伟"}) as resp:
+            assert resp.status in (403, 404)  # no form token (or no form: the item is not gated); counted either way
+    assert (edge.entries, edge.busy) == (5, 0)
     poster = Poster(beacon.client, beacon.clock.now().timestamp())
     assert (await poster.post(text_xml("rep1", "帮助", "81001"))).status == 200
-    assert (edge.entries, edge.busy) == (5, 0)
+    assert (edge.entries, edge.busy) == (6, 0)
     for path in ("/healthz", "/metrics", "/login"):
         await beacon.client.get(path)
-    assert (edge.entries, edge.busy) == (5, 0)  # pages and probes are not the edge
+    assert (edge.entries, edge.busy) == (6, 0)  # pages and probes are not the edge
 
 
 async def test_a_request_is_counted_until_it_is_answered(beacon: Any, lib: Path) -> None:  # noqa: F811
