@@ -23,7 +23,9 @@ new visitor per request, Zipf-popular tokens), pinned to one core with the load 
 - bare: bench/bare_server.py with the same landing page (the links baseline);
 - beacon: `python -m bot serve` on a fresh copy of the prepared database, warmed up as in links.py,
   measured as above (its runs end with 3 quiet seconds, not 1, for its slowest answers to come back);
-  after the load it gets up to 15 s to finish processing the backlog.
+  after the load it gets up to 15 s to finish processing the backlog. While opens come as fast as it
+  answers, the app's tracker gives way to them (bot/edge.py): most of a saturated run's events are
+  processed after its load, and their latency is that of the backlog's drain.
 Then one paced run of the app (wrk only, bench/latency.lua): opens at a fixed rate (--rate, default
 half the rate the whole pipeline sustained in the saturated runs: the opens stored over the time until
 the tracker had processed them all), the latency of a steady load the tracker can keep up with.
