@@ -27,14 +27,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None, background: bo
     """Build the application. `background=False` leaves the inbox/outbox workers to the caller (tests)."""
     from handlers import callback, contacts_api, content_api, health, link_oauth, links
     from handlers.api import admin_auth
-    from bot.limits import TokenBuckets
     from handlers.security import ip_rate_limit, security_headers
 
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[security_headers, ip_rate_limit, admin_auth])
     runtime = Runtime.build(settings, routers=routers(), clock=clock)
     app[RUNTIME] = runtime
-    if settings.security.public_per_ip_per_minute:
-        runtime.services["ip_limiter"] = TokenBuckets(settings.security.public_per_ip_per_minute)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await runtime.start(background=background)

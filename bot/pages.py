@@ -85,7 +85,6 @@ class Pages:
             enable_async=False,
             auto_reload=False,
         )
-        self.slotted_size = slotted_size
         self._slotted: LRUCache[tuple[Any, ...], list[Any]] = LRUCache(slotted_size)
         self._mark = f"\x1a{secrets.token_hex(8)}\x1a"  # cannot occur in a template or escaped text
 
@@ -133,7 +132,6 @@ class RenderedVersions:
 
     def __init__(self, sessions: Any, size: int = 512) -> None:
         self.sessions = sessions
-        self.size = size
         self._html: LRUCache[int, tuple[str, str | None]] = LRUCache(size)
 
     async def get(self, version_id: int) -> tuple[str, str | None]:

@@ -30,7 +30,6 @@ class Counted:
 class ReportCache:
     def __init__(self, ttl_s: float, size: int = 256) -> None:
         self.ttl_s = ttl_s
-        self.size = size
         self._done: LRUCache[Hashable, Counted] = LRUCache(size)
         self._running: dict[Hashable, asyncio.Future[Counted]] = {}
 

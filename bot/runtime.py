@@ -24,13 +24,14 @@ from bot.clock import Clock, SystemClock
 from bot.config import Settings
 from bot.db import WalCheckpointer, create_background_engine, create_engine, read_only, read_session_factory, session_factory
 from bot.edge import EdgeLoad
-from bot.limits import TokenBuckets
 from bot.inbox import InboxStore, InboxWorker
+from bot.limits import TokenBuckets
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
 from bot.pages import Pages, RenderedVersions
 from bot.report_cache import ReportCache
 from bot.shares import ShareResolver
+from bot.sidebar import FollowCache
 from bot.signing import Signer
 from bot.scoring.hook import scoring_hook
 from bot.scoring.service import ScoringService
@@ -72,7 +73,10 @@ class Runtime:
     rendered: RenderedVersions = None  # type: ignore[assignment]
     recent_opens: RecentOpens = None  # type: ignore[assignment]
     reports: ReportCache = None  # type: ignore[assignment]
-    beacon_limiter: TokenBuckets = None  # type: ignore[assignment]
+    beacon_limiter: TokenBuckets = None  # type: ignore[assignment]  # per (link, browser)
+    ip_limiter: TokenBuckets | None = None  # public pages per client address; None: [security] off
+    login_limiter: TokenBuckets = None  # type: ignore[assignment]  # admin-token logins per address
+    follows: FollowCache = None  # type: ignore[assignment]  # the sidebar's follow checks
     checkpointer: WalCheckpointer | None = None
     background_engine: AsyncEngine | None = None  # background_reads' own (SQLite files only)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
@@ -129,7 +133,11 @@ class Runtime:
         rt.rendered = RenderedVersions(rt.read_sessions)
         rt.recent_opens = RecentOpens(settings.links.reload_window_s)
         rt.reports = ReportCache(settings.pages.report_cache_s)
-        rt.beacon_limiter = TokenBuckets(settings.links.beacons_per_minute, size=100_000)  # per (link, browser)
+        rt.beacon_limiter = TokenBuckets(settings.links.beacons_per_minute, size=100_000)
+        if settings.security.public_per_ip_per_minute:
+            rt.ip_limiter = TokenBuckets(settings.security.public_per_ip_per_minute)
+        rt.login_limiter = TokenBuckets(settings.pages.login_attempts_per_minute)
+        rt.follows = FollowCache()
         return rt
 
     async def start(self, *, background: bool = True) -> None:

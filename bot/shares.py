@@ -100,8 +100,6 @@ class ShareResolver:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, ttl_s: float = 60.0, size: int = 50_000) -> None:
         self.sessions = sessions
-        self.ttl_s = ttl_s
-        self.size = size
         self._cache: TTLCache[str, LinkInfo] = TTLCache(size, ttl_s, timer=time.monotonic)
 
     def forget(self, token: str | None = None) -> None:

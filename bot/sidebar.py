@@ -8,9 +8,11 @@ few shares and events, recommendations come from content.recommend.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,6 +31,21 @@ EVENT_LABELS = {
 CTA_LABELS = {"demo": "预约演示", "contact": "联系销售"}
 SOURCE_LABELS = {"sidebar": "侧边栏", "api": "接口", "bot": "机器人", "sop": "SOP", "kf": "客服", "welcome": "欢迎语", "mass": "群发"}
 
+
+FOLLOW_TTL_S = 300.0
+
+
+class FollowCache:
+    """(rep, external_userid) pairs WeCom confirmed (the sidebar's follow check), kept FOLLOW_TTL_S; bounded."""
+
+    def __init__(self, size: int = 10_000, ttl_s: float = FOLLOW_TTL_S) -> None:
+        self._seen: TTLCache[tuple[str, str], bool] = TTLCache(size, ttl_s, timer=time.monotonic)
+
+    def get(self, key: tuple[str, str]) -> bool:
+        return key in self._seen
+
+    def put(self, key: tuple[str, str]) -> None:
+        self._seen[key] = True
 
 @dataclass(frozen=True)
 class Reason:

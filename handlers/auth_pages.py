@@ -25,7 +25,6 @@ from bot.auth import (
     new_nonce,
     safe_next,
 )
-from bot.limits import TokenBuckets
 from bot.models import Rep
 from bot.team import ensure_rep
 from handlers.pagekit import (
@@ -96,10 +95,7 @@ async def handle_admin_login(request: web.Request) -> web.Response:
     """The admin token → an admin session (303 to `next`). Wrong token 401, stale form 403,
     too many attempts from one address 429."""
     rt = request.app[RUNTIME]
-    limiter = rt.services.get("login_limiter")
-    if limiter is None:
-        limiter = rt.services["login_limiter"] = TokenBuckets(rt.settings.pages.login_attempts_per_minute)
-    if not limiter.allow(client_ip(request, rt.settings.security.trusted_proxies), rt.clock.now().timestamp()):
+    if not rt.login_limiter.allow(client_ip(request, rt.settings.security.trusted_proxies), rt.clock.now().timestamp()):
         return error_page(request, 429, "登录尝试过多，请一分钟后再试。")
     form = await _form(request)
     if not _login_form_ok(request, form):

@@ -57,7 +57,7 @@ async def ip_rate_limit(
     if not request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     rt = request.app[RUNTIME]
-    limiter = rt.services.get("ip_limiter")
+    limiter = rt.ip_limiter
     if limiter is None:
         return await handler(request)
     ip = client_ip(request, rt.settings.security.trusted_proxies)

@@ -16,12 +16,10 @@ import json
 import logging
 import re
 import secrets
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from cachetools import TTLCache
 
 from bot.app import RUNTIME
 from bot.auth import Viewer
@@ -52,7 +50,6 @@ log = logging.getLogger("beacon.sidebar")
 routes = web.RouteTableDef()
 
 EXTERNAL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-FOLLOW_TTL_S = 300.0
 ALL_KIND_LABELS = {**KIND_LABELS, "talk_track": "话术", "competitor_brief": "竞品分析"}
 JOURNEY_LABELS = {"awareness": "认知", "consideration": "考虑", "decision": "决策", "retention": "留存"}
 CARD_IMAGE = "/static/sidebar-card.png"
@@ -68,22 +65,9 @@ def _real_mode_csp(jssdk_url: str) -> str:
     return CSP.replace("script-src 'self'", f"script-src 'self' {parts.scheme}://{parts.netloc}", 1)
 
 
-class FollowCache:
-    """(rep, external_userid) pairs WeCom confirmed, kept FOLLOW_TTL_S; bounded."""
-
-    def __init__(self, size: int = 10_000, ttl_s: float = FOLLOW_TTL_S) -> None:
-        self._seen: TTLCache[tuple[str, str], bool] = TTLCache(size, ttl_s, timer=time.monotonic)
-
-    def get(self, key: tuple[str, str]) -> bool:
-        return key in self._seen
-
-    def put(self, key: tuple[str, str]) -> None:
-        self._seen[key] = True
-
-
 async def _follows(request: web.Request, userid: str, external_userid: str) -> bool:
     rt = request.app[RUNTIME]
-    cache = rt.services.setdefault("sidebar_follows", FollowCache())
+    cache = rt.follows
     key = (userid, external_userid)
     if cache.get(key):
         return True

@@ -14,7 +14,7 @@ from bot.limits import TokenBuckets
 from bot.models import ContentItem
 from bot.pages import Pages
 from bot.shares import ShareResolver
-from handlers.sidebar import FollowCache
+from bot.sidebar import FollowCache
 from tests.test_links import lib, share  # noqa: F401  (lib: fixture)
 
 
