@@ -128,18 +128,18 @@ class BatchWriter:
             for order, stmt, params in rows:
                 grouped[(order, stmt)].append(params)
         groups = [(stmt, params) for (_order, stmt), params in sorted(grouped.items(), key=lambda kv: kv[0][0])]
-        if self._gate is not None and await self._write_sqlite(groups):
-            return
-        if self.engine.dialect.driver == "asyncpg" and await self._write_asyncpg(groups):
-            return
-        async with self.engine.begin() as conn:
-            for stmt, params in groups:
-                await conn.execute(stmt, params)
+        work = _driver_work(groups, self.engine.dialect)
+        if work is not None and self._gate is not None:
+            await self._write_sqlite(work)
+        elif work is not None and self.engine.dialect.driver == "asyncpg":
+            await self._write_asyncpg(work)
+        else:  # a statement needs SQLAlchemy's own execution (Python-side defaults), or another driver
+            async with self.engine.begin() as conn:
+                for stmt, params in groups:
+                    await conn.execute(stmt, params)
 
-
-    async def _write_sqlite(self, groups: list[tuple[Executable, list[dict[str, Any]]]]) -> bool:
-        """SQLite: the whole batch in one trip to the connection's thread; False (nothing written) if
-        a statement needs SQLAlchemy's own execution.
+    async def _write_sqlite(self, work: list[tuple[str, list[list[Any]]]]) -> None:
+        """SQLite: the whole batch in one trip to the connection's thread.
 
         Through SQLAlchemy a batch costs BEGIN, one round trip per statement and COMMIT, each a hop to
         aiosqlite's thread and back plus SQLAlchemy's per-execution work: about 1 ms whatever the
@@ -147,38 +147,35 @@ class BatchWriter:
         compiled once, the rows converted on the loop, and BEGIN IMMEDIATE, one executemany per
         statement and COMMIT run in a single call, holding this process's write gate (bot/db.py
         WriteGate) as any other write transaction does."""
-        work = [_driver_rows(stmt, params, self.engine.dialect) for stmt, params in groups]
-        if any(w is None for w in work):
-            return False
-        await write_in_one_call(self.engine, _executemany_all, work, sql=work[0][0] if work else "")  # type: ignore[index]
-        return True
+        await write_in_one_call(self.engine, _executemany_all, work, sql=work[0][0] if work else "")
 
-
-    async def _write_asyncpg(self, groups: list[tuple[Executable, list[dict[str, Any]]]]) -> bool:
+    async def _write_asyncpg(self, work: list[tuple[str, list[list[Any]]]]) -> None:
         """PostgreSQL: the batch in one transaction on the pooled connection's asyncpg connection, one
-        `executemany` per statement with the rows converted here (`prepared_statement`); False (nothing
-        written) if a statement needs SQLAlchemy's own execution. Through SQLAlchemy each row's
-        parameters went through its execution context on the event loop, a third of a link open's CPU
-        on PostgreSQL. Errors come back as SQLAlchemy's DBAPIError, as they would through it."""
-        work = [_driver_rows(stmt, params, self.engine.dialect) for stmt, params in groups]
-        if any(w is None for w in work):
-            return False
+        `executemany` per statement. Through SQLAlchemy each row's parameters went through its
+        execution context on the event loop, a third of a link open's CPU on PostgreSQL. Errors come
+        back as SQLAlchemy's IntegrityError / DBAPIError, as they would through it."""
         async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
             sql = ""
             try:
                 async with driver.transaction():
-                    for sql, rows in work:  # type: ignore[misc]
+                    for sql, rows in work:
                         await driver.executemany(sql, rows)
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise IntegrityError(sql, None, exc) from exc
             except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 raise DBAPIError(sql, None, exc) from exc
-        return True
+
+
+def _driver_work(groups: list[tuple[Executable, list[dict[str, Any]]]], dialect: Any) -> list[tuple[str, list[list[Any]]]] | None:
+    """A batch's statements as (SQL, the driver's positional rows), compiled once per statement and
+    converted here (`prepared_statement`); None if any needs SQLAlchemy's own execution."""
+    work = [_driver_rows(stmt, params, dialect) for stmt, params in groups]
+    return None if any(w is None for w in work) else work  # type: ignore[return-value]
 
 
 class _Prepared:
-    """One statement compiled for SQLite's driver: its SQL and how a params dict becomes the positional
+    """One statement compiled for the database's driver (sqlite3, asyncpg): its SQL and how a params dict becomes the positional
     row the driver takes (values the statement binds itself filled in, every value through its column
     type's bind processor, exactly as SQLAlchemy would do per execution)."""
 

@@ -378,9 +378,14 @@ class SlowStatements:
     def __init__(self, threshold_ms: int) -> None:
         self.threshold_s = threshold_ms / 1000
 
-    def install(self, engine: AsyncEngine) -> None:
-        event.listen(engine.sync_engine, "before_cursor_execute", self._before)
-        event.listen(engine.sync_engine, "after_cursor_execute", self._after)
+    @classmethod
+    def watch(cls, engine: AsyncEngine, settings: DatabaseSettings) -> AsyncEngine:
+        """`engine`, its statements timed when `[database] slow_statement_ms` is set (0: off)."""
+        if settings.slow_statement_ms:
+            watcher = cls(settings.slow_statement_ms)
+            event.listen(engine.sync_engine, "before_cursor_execute", watcher._before)
+            event.listen(engine.sync_engine, "after_cursor_execute", watcher._after)
+        return engine
 
     def _before(self, conn: Any, _cursor: Any, _statement: str, _params: Any, _context: Any, _many: bool) -> None:
         conn.info["beacon_began"] = time.perf_counter()
@@ -395,10 +400,7 @@ class SlowStatements:
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     """An AsyncEngine for the configured URL, with SQLite pragmas applied on every connection (and slow
     statements logged: `slow_statement_ms`)."""
-    engine = _create_engine(settings)
-    if settings.slow_statement_ms:
-        SlowStatements(settings.slow_statement_ms).install(engine)
-    return engine
+    return SlowStatements.watch(_create_engine(settings), settings)
 
 
 def _create_engine(settings: DatabaseSettings) -> AsyncEngine:
@@ -449,8 +451,7 @@ def create_background_engine(engine: AsyncEngine, settings: DatabaseSettings) ->
         return None
     background = _sqlite_engine(url, settings, Backstop(), pool_size=BACKGROUND_POOL, max_overflow=BACKGROUND_POOL,
                                 pool_timeout=settings.pool_timeout)
-    if settings.slow_statement_ms:
-        SlowStatements(settings.slow_statement_ms).install(background)
+    SlowStatements.watch(background, settings)
     event.listen(background.sync_engine, "connect", _background_reader)
     event.listen(background.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))  # deferred: a reader's snapshot
     return background

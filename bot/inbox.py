@@ -104,6 +104,7 @@ class SharedSession(AsyncSession):
 # handler at most, not for the budget.
 SHARED_BUDGET_S = {"sqlite": 0.02, "postgresql": 0.2}
 
+
 class InboxWorker(PollingWorker):
     name = "inbox"
     settle_s = 0.02  # PollingWorker: a burst of callbacks is claimed together, not one by one

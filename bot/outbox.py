@@ -169,7 +169,6 @@ class OutboxWorker(PollingWorker):
             raise WeComUnavailable(f"webhook unreachable: {type(exc).__name__}", url) from None
 
 
-
 async def outbox_counts(session: AsyncSession) -> dict[str, int]:
     """Outbox rows waiting to be sent and failed for good (/healthz, /metrics)."""
     rows = await session.execute(
