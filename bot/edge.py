@@ -13,9 +13,13 @@ worker has not reached waits in its table, and it catches up as the burst eases.
 Always, not only when a worker falls behind: a worker that keeps pace with the edge by taking its
 core (the inbox worker's callbacks are cheap; the tracker on PostgreSQL, with long batches) makes the
 edge answer only as fast as the worker works. Measured at a moderate load (500 opens a second, half of
-what the pipeline sustains), the events' latency was the same as without giving way. A request
-still reading a slow client's body counts too: the worker then goes at a fifth of its pace meanwhile,
-which at such a load is still more than it needs.
+what the pipeline sustains), the events' latency was the same as without giving way.
+
+A request is counted once its body has arrived (bodies up to BODY_FIRST_MAX bytes of a declared
+length: gate forms, beacons, callbacks): a slow client, or one that never finishes its body, costs
+the core nothing meanwhile and must not slow the workers to a fifth of their pace. Larger or chunked
+bodies are counted from the start (waiting for them would let the connection's flow control stop
+the body midway).
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from aiohttp import web
 # rows' lease runs meanwhile).
 GIVE_WAY_FACTOR = 4.0
 GIVE_WAY_MAX_S = 1.0
+# Bodies of a declared length up to this are waited for before a request counts (below aiohttp's
+# read buffer, 2 × 64 KiB, at which it stops reading from the connection until the handler reads).
+BODY_FIRST_MAX = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,6 +85,9 @@ def edge(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def counted(request: web.Request) -> web.StreamResponse:
         load = request.app[RUNTIME].edge
+        length = request.content_length
+        if length and length <= BODY_FIRST_MAX:
+            await request.content.wait_eof()  # buffered, not read: the handler reads it as before
         load.entered()
         try:
             return await handler(request)

@@ -14,7 +14,9 @@ from sqlalchemy import func, select
 
 from bot.edge import GIVE_WAY_FACTOR, EdgeLoad
 from bot.models import Event
-from tests.test_callback import Poster, text_xml
+from bot.wecom.inbound import CallbackCrypto
+from tests.conftest import CB_AES_KEY, CB_TOKEN, CORP_ID
+from tests.test_callback import Poster, envelope, text_xml
 from tests.test_links import PHONE_UA, lib, share  # noqa: F401  (lib: fixture)
 
 
@@ -106,6 +108,36 @@ async def test_a_request_is_counted_until_it_is_answered(beacon: Any, lib: Path)
     finally:
         rt.events.link_event = original  # type: ignore[method-assign]
     assert seen == [1] and rt.edge.busy == 0
+
+
+async def test_a_request_counts_once_its_body_has_arrived_not_while_a_slow_client_sends_it(beacon: Any) -> None:
+    """A callback whose body trickles in: the edge is idle until its last byte, then counts it while
+    it is handled. A body that never comes never counts."""
+    beacon.rt.edge = edge = Recording()
+    crypto = CallbackCrypto(CB_TOKEN, CB_AES_KEY, CORP_ID)
+    enc = crypto.encrypt(text_xml("rep1", "帮助", "81002"), timestamp=str(int(beacon.clock.now().timestamp())), nonce="n0nce")
+    body = envelope(enc["encrypt"]).encode()
+    head = (f"POST /wecom/callback?msg_signature={enc['msg_signature']}&timestamp={enc['timestamp']}&nonce={enc['nonce']} HTTP/1.1\r\n"
+            f"Host: beacon\r\nContent-Type: text/xml\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    url = beacon.client.make_url("/")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    stalled_reader, stalled = await asyncio.open_connection(url.host, url.port)
+    try:
+        stalled.write(head + body[:10])  # and nothing more, ever
+        writer.write(head + body[: len(body) // 2])
+        await writer.drain()
+        await stalled.drain()
+        await asyncio.sleep(0.3)
+        assert (edge.entries, edge.busy) == (0, 0)
+        writer.write(body[len(body) // 2:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert (edge.entries, edge.busy) == (1, 0)
+    finally:
+        writer.close()
+        stalled.close()
+    assert await beacon.rt.edge.give_way(0.5) == 0.0  # the stalled one is still not counted
 
 
 def gave_way(beacon: Any) -> float:
