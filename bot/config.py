@@ -63,6 +63,9 @@ class DatabaseSettings(_Section):
     checkpoint_interval_s: Annotated[float, Field(ge=0, le=3600)] = 0.25
     # Log each statement that took longer (a warning on beacon.db.slow, its SQL without the values); 0 = off.
     slow_statement_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 1000
+    # PostgreSQL: a process that stores work for a worker running in another process wakes it with
+    # NOTIFY (bot/notify.py); off, that worker finds it at its next poll.
+    notify: bool = True
 
     @field_validator("url")
     @classmethod
@@ -134,6 +137,12 @@ class InboxSettings(_Section):
     keep_days: Annotated[int, Field(ge=1)] = 14
     # Sent outbox rows: what still reads them looks back 48 hours at most (bot/outbox.py purge_finished).
     outbox_keep_days: Annotated[int, Field(ge=3)] = 30
+
+
+class TrackerSettings(_Section):
+    # How often an idle tracker looks for unprocessed events. Events stored by this process wake it at
+    # once, and on PostgreSQL those stored by other processes too ([database] notify).
+    poll_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
 
 
 class SecuritySettings(_Section):
@@ -376,6 +385,7 @@ class Settings(_Section):
     wecom: WeComSettings = WeComSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     inbox: InboxSettings = InboxSettings()
+    tracker: TrackerSettings = TrackerSettings()
     links: LinkSettings = LinkSettings()
     security: SecuritySettings = SecuritySettings()
     kf: KfSettings = KfSettings()

@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import notify
 from bot.batch import BatchWriter
 from bot.context import Context
 from bot.db import delete_in_chunks, session_factory, write_gate
@@ -116,6 +117,13 @@ class InboxWorker(PollingWorker):
         self.shared_sessions = session_factory(runtime.engine, class_=SharedSession)
         self.budget_s = SHARED_BUDGET_S.get(runtime.engine.dialect.name, 0.02)
         self.gate = write_gate(runtime.engine)
+
+    def wake(self) -> None:
+        """A callback was stored: start a pass here, or, in a process that only stores callbacks
+        (`[inbox] workers = 0`), in the processes that process them (on PostgreSQL: bot/notify.py)."""
+        self._wake.set()
+        if self.cfg.workers == 0 and self.rt.cross_wake is not None:
+            self.rt.cross_wake.notify(notify.INBOX)
 
     async def drain(self, limit: int = 50) -> int:
         """Process everything due now; returns how many rows were handled (stopping: see drain_claimed)."""

@@ -32,6 +32,12 @@ class Metrics:
         self.tracker_gave_way = Counter(
             "beacon_tracker_gave_way_seconds", "Time the tracker left the core to edge requests in progress (bot.edge)", registry=r
         )
+        self.wakeups_sent = Counter(
+            "beacon_wakeups_sent", "NOTIFY sent to wake another process's workers (bot/notify.py)", ["channel"], registry=r
+        )
+        self.wakeups_received = Counter(
+            "beacon_wakeups_received", "Another process's NOTIFY that woke a worker here (bot/notify.py)", ["channel"], registry=r
+        )
         self.tracker_batches = Counter(
             "beacon_tracker_batches", "Tracker passes committed (events per pass = events / batches)", registry=r
         )

@@ -27,6 +27,7 @@ from bot.edge import EdgeLoad
 from bot.inbox import InboxStore, InboxWorker
 from bot.limits import TokenBuckets
 from bot.metrics import Metrics
+from bot.notify import INBOX, TRACKER, CrossWake
 from bot.outbox import OutboxWorker
 from bot.pages import Pages, RenderedVersions
 from bot.report_cache import ReportCache
@@ -78,6 +79,7 @@ class Runtime:
     login_limiter: TokenBuckets = None  # type: ignore[assignment]  # admin-token logins per address
     follows: FollowCache = None  # type: ignore[assignment]  # the sidebar's follow checks
     checkpointer: WalCheckpointer | None = None
+    cross_wake: CrossWake | None = None  # PostgreSQL: wakes other processes' workers (bot/notify.py)
     background_engine: AsyncEngine | None = None  # background_reads' own (SQLite files only)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     edge: EdgeLoad = field(default_factory=EdgeLoad)  # edge requests in progress (bot.edge)
@@ -165,6 +167,12 @@ class Runtime:
                 self.spawn(self.inbox.run(), f"inbox-worker-{n}")
             self.spawn(self.outbox.run(), "outbox-worker")
             self.spawn(self.tracker.run(), "tracker")
+            if self.engine.dialect.name == "postgresql" and self.settings.database.notify:
+                wakes = {TRACKER: self.tracker.wake_here}
+                if self.settings.inbox.workers:
+                    wakes[INBOX] = self.inbox.wake_here
+                self.cross_wake = CrossWake(self.engine, wakes, self.metrics)
+                self.spawn(self.cross_wake.run(), "cross-wake")
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """A background task kept in a set (so it is not garbage collected) and cancelled on stop."""
@@ -192,6 +200,8 @@ class Runtime:
         for worker in (self.inbox, self.outbox, self.tracker, self.checkpointer):
             if worker is not None:
                 worker.request_stop()
+        if self.cross_wake is not None:
+            await self.cross_wake.close()
         tasks = list(self._tasks)
         if tasks:
             _, busy = await asyncio.wait(tasks, timeout=self.settings.server.stop_grace_s)

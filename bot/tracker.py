@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from sqlalchemy import Integer, bindparam, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import notify
 from bot.db import yield_to_writer
 from bot.identity import add_identity, find_by_identity, live_contact, merge_contacts, normalize_phone
 from bot.inbox import insert_ignore
-from bot.leases import hold_lease
+from bot.leases import hold_lease, holds_lease
 from bot.models import Contact, Event, Share, Visitor
 from bot.tracker_batch import TrackerBatch, batch_sessions, forward_params
 from bot.worker import PollingWorker
@@ -66,6 +67,7 @@ class Tracker(PollingWorker):
     def __init__(self, runtime: "Runtime", *, batch: int = 50, lease_s: float = 30.0, max_batch_s: float = 0.02,
                  batched: bool = True) -> None:
         super().__init__(runtime)
+        self.poll_s = runtime.settings.tracker.poll_s
         self.batch = batch
         self.lease_s = lease_s
         self.max_batch_s = max_batch_s
@@ -75,6 +77,14 @@ class Tracker(PollingWorker):
         self.fallbacks = 0  # batches that failed and were done again one event at a time
         self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
         self._batch_sessions = batch_sessions(runtime.engine)  # batched passes: bot.tracker_batch.BatchSession
+
+    def wake(self) -> None:
+        """An event was stored: start a pass here, and, unless this process holds the tracker lease,
+        in the process that does (on PostgreSQL: bot/notify.py)."""
+        self._wake.set()
+        cross = self.rt.cross_wake
+        if cross is not None and not holds_lease(self.rt, "tracker"):
+            cross.notify(notify.TRACKER)
 
     async def drain(self) -> int:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""

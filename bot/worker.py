@@ -34,6 +34,12 @@ class PollingWorker(ABC):
         self._stop_requested = asyncio.Event()
 
     def wake(self) -> None:
+        """Work was stored for this kind of worker: start a pass (here; a subclass may also wake
+        other processes, bot/notify.py)."""
+        self._wake.set()
+
+    def wake_here(self) -> None:
+        """Start a pass of this process's worker only (another process's NOTIFY calls this)."""
         self._wake.set()
 
     def request_stop(self) -> None:

@@ -1,0 +1,148 @@
+"""Waking the workers of other processes on PostgreSQL (bot/notify.py): two `serve` processes on one
+database, the tracker and the inbox workers polling only every minute. The process holding the tracker
+lease scores the opens the other one answers, and processes the callbacks the other one (with
+`[inbox] workers = 0`) only stores, within seconds: woken by NOTIFY, not by their poll. With `[database]
+notify = false` the same opens wait for the poll."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import AGENT_ID, CORP_ID, CORP_SECRET
+from tests.helpers import ROOT, Server, free_port, run_cli
+from tests.test_scaleout import UA, Cluster, _config, _counter, _cookie, _db, _digest_minute, _text_xml
+from tests.test_scaleout import pg_url  # noqa: F401  (fixture)
+
+POLL_S = 60  # the tracker's and the inbox workers' poll: far longer than the test waits
+
+
+def _serving_config(path: Path, *, db_url: str, api_base: str, port: int, notify: bool, inbox_workers: int) -> Path:
+    _config(path, db_url=db_url, api_base=api_base, port=port, digest_at=_digest_minute())
+    text = path.read_text(encoding="utf-8").replace("[database]\n", f"[database]\nnotify = {str(notify).lower()}\n", 1)
+    text = text.replace("[scheduler]\n", "[scheduler]\nenabled = false\n", 1)  # no catch-up jobs waking anyone
+    text += f"\n[tracker]\npoll_s = {POLL_S}\n[inbox]\npoll_s = {POLL_S}\nworkers = {inbox_workers}\n"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+async def _tracker_owner_pid(url: str) -> int | None:
+    conn = await _db(url)
+    try:
+        owner = await conn.fetchval("SELECT owner FROM leases WHERE name = 'tracker' AND locked_until > now() AT TIME ZONE 'utc'")
+    finally:
+        await conn.close()
+    return None if owner is None else int(owner.split(":")[1])
+
+
+async def _waiting(url: str) -> tuple[int, int]:
+    """(events not yet processed, callbacks not yet done)."""
+    conn = await _db(url)
+    try:
+        return (await conn.fetchval("SELECT count(*) FROM events WHERE NOT processed"),
+                await conn.fetchval("SELECT count(*) FROM inbox WHERE status <> 'done'"))
+    finally:
+        await conn.close()
+
+
+async def _terminate_wakeup_connections(url: str) -> int:
+    from bot.notify import APPLICATION_NAME
+
+    conn = await _db(url)
+    try:
+        return len(await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                                    APPLICATION_NAME))
+    finally:
+        await conn.close()
+
+
+async def _until_drained(url: str, timeout_s: float) -> tuple[tuple[int, int], float]:
+    """Poll the database until nothing waits (or the time is up); returns what waits and how long it took."""
+    began = time.monotonic()
+    while True:
+        waiting = await _waiting(url)
+        if waiting == (0, 0) or time.monotonic() - began > timeout_s:
+            return waiting, time.monotonic() - began
+        await asyncio.sleep(0.05)
+
+
+async def _two_processes(tmp_path: Path, aiohttp_server: Any, url: str, *, notify: bool) -> tuple[Server, Server, Any]:
+    """Process A (the tracker, inbox workers) started first, then B, which only stores callbacks."""
+    from bot.wecom.simulator import SimState, create_simulator_app
+
+    state = SimState(CORP_ID, CORP_SECRET, AGENT_ID)
+    sim = await aiohttp_server(create_simulator_app(state))
+    api_base = str(sim.make_url("")).rstrip("/")
+    ports = [free_port(), free_port()]
+    configs = [_serving_config(tmp_path / f"beacon{n}.toml", db_url=url, api_base=api_base, port=port, notify=notify,
+                               inbox_workers=1 - n) for n, port in enumerate(ports)]
+    imported = run_cli("--config", str(configs[0]), "content", "import", str(ROOT / "content" / "library"))
+    assert imported.returncode == 0, imported.stderr
+    a, b = Server(configs[0], ports[0]), Server(configs[1], ports[1])
+    await a.start()
+    deadline = time.monotonic() + 15
+    while await _tracker_owner_pid(url) != a.proc.pid:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "process A never took the tracker lease"
+        await asyncio.sleep(0.05)
+    await b.start()
+    return a, b, state
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_the_tracker_and_inbox_of_another_process_are_woken_at_once(tmp_path: Path, aiohttp_server: Any,
+                                                                          pg_url: str) -> None:  # noqa: F811
+    a, b, state = await _two_processes(tmp_path, aiohttp_server, pg_url, notify=True)
+    try:
+        async with aiohttp.ClientSession() as http:
+            cluster = Cluster([b, a], state, http)  # index 0: B, where every request goes
+            await asyncio.sleep(1.5)  # both tracker loops past their first pass: from here on only a wake-up starts one
+            status, share = await cluster.api(0, "POST", "/api/shares", {"content": "pitch-deck-company-overview", "rep": "rep1"})
+            assert status == 201, share
+            for n in range(5):
+                assert await cluster.open_link(0, share["token"], _cookie("notify", n)) == 200
+            assert await cluster.callback(_text_xml("rep1", "帮助", 7_100_000_001), [0]) == [200]
+            waiting, took = await _until_drained(pg_url, timeout_s=10)
+            assert waiting == (0, 0), f"still waiting after {took:.1f} s (events, callbacks): {waiting}"
+            # The listening connections dropped (a PostgreSQL restart, say): they come back, and so do the wake-ups.
+            assert await _terminate_wakeup_connections(pg_url) == 2
+            await asyncio.sleep(3)  # the first reconnect is after 1 s
+            for n in range(5, 8):
+                assert await cluster.open_link(0, share["token"], _cookie("notify", n)) == 200
+            waiting, took = await _until_drained(pg_url, timeout_s=10)
+            assert waiting == (0, 0), f"after the reconnect, still waiting after {took:.1f} s: {waiting}"
+            assert "reconnecting" in b.log.read_text()
+            sent = _counter(await (await http.get(f"{b.url}/metrics")).text(), "beacon_wakeups_sent_total")
+            received = _counter(await (await http.get(f"{a.url}/metrics")).text(), "beacon_wakeups_received_total")
+            assert sent >= 2 and received >= 2, (sent, received)  # both channels, coalesced per burst
+            async with http.get(f"{b.url}/l/{share['token']}", headers={"User-Agent": UA}) as resp:
+                assert resp.status == 200  # B still serves after all that
+    finally:
+        codes = [await b.stop(), await a.stop()]
+    assert codes == [0, 0], [s.log.read_text()[-2000:] for s in (a, b)]
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_without_notify_another_processes_opens_wait_for_the_trackers_poll(tmp_path: Path, aiohttp_server: Any,
+                                                                                pg_url: str) -> None:  # noqa: F811
+    a, b, state = await _two_processes(tmp_path, aiohttp_server, pg_url, notify=False)
+    try:
+        async with aiohttp.ClientSession() as http:
+            cluster = Cluster([b, a], state, http)
+            await asyncio.sleep(1.5)
+            status, share = await cluster.api(0, "POST", "/api/shares", {"content": "pitch-deck-company-overview", "rep": "rep1"})
+            assert status == 201, share
+            for n in range(3):
+                assert await cluster.open_link(0, share["token"], _cookie("nonotify", n)) == 200
+            await asyncio.sleep(3)
+            events, _callbacks = await _waiting(pg_url)
+            assert events >= 3  # the opens and their forwards, untouched until A's next poll
+    finally:
+        codes = [await b.stop(), await a.stop()]
+    assert codes == [0, 0], [s.log.read_text()[-2000:] for s in (a, b)]
