@@ -140,6 +140,9 @@ class InboxSettings(_Section):
 
 
 class TrackerSettings(_Section):
+    # false: this process never runs the tracker (never takes its lease); it stores events for the
+    # process that does, and wakes it ([database] notify). For processes that should only answer.
+    enabled: bool = True
     # How often an idle tracker looks for unprocessed events. Events stored by this process wake it at
     # once, and on PostgreSQL those stored by other processes too ([database] notify).
     poll_s: Annotated[float, Field(gt=0, le=3600)] = 1.0

@@ -166,9 +166,12 @@ class Runtime:
             for n in range(self.settings.inbox.workers):
                 self.spawn(self.inbox.run(), f"inbox-worker-{n}")
             self.spawn(self.outbox.run(), "outbox-worker")
-            self.spawn(self.tracker.run(), "tracker")
+            if self.settings.tracker.enabled:
+                self.spawn(self.tracker.run(), "tracker")
+            else:
+                log.info("tracker off in this process ([tracker] enabled = false): another process attributes and scores its events")
             if self.engine.dialect.name == "postgresql" and self.settings.database.notify:
-                wakes = {TRACKER: self.tracker.wake_here}
+                wakes = {TRACKER: self.tracker.wake_here} if self.settings.tracker.enabled else {}
                 if self.settings.inbox.workers:
                     wakes[INBOX] = self.inbox.wake_here
                 self.cross_wake = CrossWake(self.engine, wakes, self.metrics)

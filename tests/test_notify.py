@@ -22,11 +22,12 @@ from tests.test_scaleout import pg_url  # noqa: F401  (fixture)
 POLL_S = 60  # the tracker's and the inbox workers' poll: far longer than the test waits
 
 
-def _serving_config(path: Path, *, db_url: str, api_base: str, port: int, notify: bool, inbox_workers: int) -> Path:
+def _serving_config(path: Path, *, db_url: str, api_base: str, port: int, notify: bool, inbox_workers: int,
+                    tracker: bool = True) -> Path:
     _config(path, db_url=db_url, api_base=api_base, port=port, digest_at=_digest_minute())
     text = path.read_text(encoding="utf-8").replace("[database]\n", f"[database]\nnotify = {str(notify).lower()}\n", 1)
     text = text.replace("[scheduler]\n", "[scheduler]\nenabled = false\n", 1)  # no catch-up jobs waking anyone
-    text += f"\n[tracker]\npoll_s = {POLL_S}\n[inbox]\npoll_s = {POLL_S}\nworkers = {inbox_workers}\n"
+    text += f"\n[tracker]\nenabled = {str(tracker).lower()}\npoll_s = {POLL_S}\n[inbox]\npoll_s = {POLL_S}\nworkers = {inbox_workers}\n"
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -146,3 +147,43 @@ async def test_without_notify_another_processes_opens_wait_for_the_trackers_poll
     finally:
         codes = [await b.stop(), await a.stop()]
     assert codes == [0, 0], [s.log.read_text()[-2000:] for s in (a, b)]
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_a_process_with_the_tracker_off_never_takes_the_lease_and_its_events_are_scored_elsewhere(
+        tmp_path: Path, aiohttp_server: Any, pg_url: str) -> None:  # noqa: F811
+    """`[tracker] enabled = false` (with `[inbox] workers = 0`: a process that only answers). Alone, its
+    opens wait and nobody holds the lease; once a process that tracks starts, it scores them."""
+    from bot.wecom.simulator import SimState, create_simulator_app
+
+    state = SimState(CORP_ID, CORP_SECRET, AGENT_ID)
+    sim = await aiohttp_server(create_simulator_app(state))
+    api_base = str(sim.make_url("")).rstrip("/")
+    ports = [free_port(), free_port()]
+    edge_only = _serving_config(tmp_path / "edge.toml", db_url=pg_url, api_base=api_base, port=ports[0], notify=True,
+                                inbox_workers=0, tracker=False)
+    worker = _serving_config(tmp_path / "worker.toml", db_url=pg_url, api_base=api_base, port=ports[1], notify=True,
+                             inbox_workers=1)
+    imported = run_cli("--config", str(edge_only), "content", "import", str(ROOT / "content" / "library"))
+    assert imported.returncode == 0, imported.stderr
+    b, a = Server(edge_only, ports[0]), Server(worker, ports[1])
+    await b.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            cluster = Cluster([b], state, http)
+            status, share = await cluster.api(0, "POST", "/api/shares", {"content": "pitch-deck-company-overview", "rep": "rep1"})
+            assert status == 201, share
+            for n in range(3):
+                assert await cluster.open_link(0, share["token"], _cookie("edgeonly", n)) == 200
+            await asyncio.sleep(2)
+            assert (await _waiting(pg_url))[0] >= 3
+            assert await _tracker_owner_pid(pg_url) is None
+            await a.start()
+            waiting, took = await _until_drained(pg_url, timeout_s=10)
+            assert waiting == (0, 0), f"still waiting after {took:.1f} s: {waiting}"
+            assert await _tracker_owner_pid(pg_url) == a.proc.pid  # type: ignore[union-attr]
+    finally:
+        codes = [await b.stop()] + ([await a.stop()] if a.proc is not None else [])
+    assert set(codes) == {0}, [s.log.read_text()[-2000:] for s in (a, b) if s.log.exists()]
+    assert "tracker off in this process" in b.log.read_text()
