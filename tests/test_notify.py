@@ -7,9 +7,10 @@ notify = false` the same opens wait for the poll."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from tests.conftest import AGENT_ID, CORP_ID, CORP_SECRET
 from tests.helpers import ROOT, Server, free_port, run_cli
 from tests.test_scaleout import UA, Cluster, _config, _counter, _cookie, _db, _digest_minute, _text_xml
-from tests.test_scaleout import pg_url  # noqa: F401  (fixture)
+from tests.test_scaleout import pg_url  # noqa: F401,F811  (fixture)
 
 POLL_S = 60  # the tracker's and the inbox workers' poll: far longer than the test waits
 
@@ -72,81 +73,90 @@ async def _until_drained(url: str, timeout_s: float) -> tuple[tuple[int, int], f
         await asyncio.sleep(0.05)
 
 
-async def _two_processes(tmp_path: Path, aiohttp_server: Any, url: str, *, notify: bool) -> tuple[Server, Server, Any]:
-    """Process A (the tracker, inbox workers) started first, then B, which only stores callbacks."""
+async def _share(cluster: Cluster) -> str:
+    status, share = await cluster.api(0, "POST", "/api/shares", {"content": "pitch-deck-company-overview", "rep": "rep1"})
+    assert status == 201, share
+    return str(share["token"])
+
+
+async def _open(cluster: Cluster, token: str, tag: str, numbers: range) -> None:
+    """New visitors open the link on process 0 of the cluster."""
+    for n in numbers:
+        assert await cluster.open_link(0, token, _cookie(tag, n)) == 200
+
+
+async def _simulator(aiohttp_server: Any) -> tuple[Any, str]:
     from bot.wecom.simulator import SimState, create_simulator_app
 
     state = SimState(CORP_ID, CORP_SECRET, AGENT_ID)
     sim = await aiohttp_server(create_simulator_app(state))
-    api_base = str(sim.make_url("")).rstrip("/")
+    return state, str(sim.make_url("")).rstrip("/")
+
+
+def _import_library(config: Path) -> None:
+    imported = run_cli("--config", str(config), "content", "import", str(ROOT / "content" / "library"))
+    assert imported.returncode == 0, imported.stderr
+
+
+@contextlib.asynccontextmanager
+async def _two_processes(tmp_path: Path, aiohttp_server: Any, url: str, *, notify: bool) -> AsyncIterator[tuple[Server, Server, Cluster]]:
+    """Process A (the tracker, inbox workers) started first, then B, which only stores callbacks;
+    requests go to B (the cluster's process 0). Both are stopped after, and must exit 0."""
+    state, api_base = await _simulator(aiohttp_server)
     ports = [free_port(), free_port()]
     configs = [_serving_config(tmp_path / f"beacon{n}.toml", db_url=url, api_base=api_base, port=port, notify=notify,
                                inbox_workers=1 - n) for n, port in enumerate(ports)]
-    imported = run_cli("--config", str(configs[0]), "content", "import", str(ROOT / "content" / "library"))
-    assert imported.returncode == 0, imported.stderr
+    _import_library(configs[0])
     a, b = Server(configs[0], ports[0]), Server(configs[1], ports[1])
     await a.start()
-    deadline = time.monotonic() + 15
-    while await _tracker_owner_pid(url) != a.proc.pid:  # type: ignore[union-attr]
-        assert time.monotonic() < deadline, "process A never took the tracker lease"
-        await asyncio.sleep(0.05)
-    await b.start()
-    return a, b, state
+    try:
+        deadline = time.monotonic() + 15
+        while await _tracker_owner_pid(url) != a.proc.pid:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "process A never took the tracker lease"
+            await asyncio.sleep(0.05)
+        await b.start()
+        async with aiohttp.ClientSession() as http:
+            await asyncio.sleep(1.5)  # both tracker loops past their first pass: from here on only a wake-up starts one
+            yield a, b, Cluster([b, a], state, http)
+    finally:
+        codes = [await b.stop() if b.proc is not None else 0, await a.stop()]
+    assert codes == [0, 0], [s.log.read_text()[-2000:] for s in (a, b)]
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
 async def test_the_tracker_and_inbox_of_another_process_are_woken_at_once(tmp_path: Path, aiohttp_server: Any,
                                                                           pg_url: str) -> None:  # noqa: F811
-    a, b, state = await _two_processes(tmp_path, aiohttp_server, pg_url, notify=True)
-    try:
-        async with aiohttp.ClientSession() as http:
-            cluster = Cluster([b, a], state, http)  # index 0: B, where every request goes
-            await asyncio.sleep(1.5)  # both tracker loops past their first pass: from here on only a wake-up starts one
-            status, share = await cluster.api(0, "POST", "/api/shares", {"content": "pitch-deck-company-overview", "rep": "rep1"})
-            assert status == 201, share
-            for n in range(5):
-                assert await cluster.open_link(0, share["token"], _cookie("notify", n)) == 200
-            assert await cluster.callback(_text_xml("rep1", "帮助", 7_100_000_001), [0]) == [200]
-            waiting, took = await _until_drained(pg_url, timeout_s=10)
-            assert waiting == (0, 0), f"still waiting after {took:.1f} s (events, callbacks): {waiting}"
-            # The listening connections dropped (a PostgreSQL restart, say): they come back, and so do the wake-ups.
-            assert await _terminate_wakeup_connections(pg_url) == 2
-            await asyncio.sleep(3)  # the first reconnect is after 1 s
-            for n in range(5, 8):
-                assert await cluster.open_link(0, share["token"], _cookie("notify", n)) == 200
-            waiting, took = await _until_drained(pg_url, timeout_s=10)
-            assert waiting == (0, 0), f"after the reconnect, still waiting after {took:.1f} s: {waiting}"
-            assert "reconnecting" in b.log.read_text()
-            sent = _counter(await (await http.get(f"{b.url}/metrics")).text(), "beacon_wakeups_sent_total")
-            received = _counter(await (await http.get(f"{a.url}/metrics")).text(), "beacon_wakeups_received_total")
-            assert sent >= 2 and received >= 2, (sent, received)  # both channels, coalesced per burst
-            async with http.get(f"{b.url}/l/{share['token']}", headers={"User-Agent": UA}) as resp:
-                assert resp.status == 200  # B still serves after all that
-    finally:
-        codes = [await b.stop(), await a.stop()]
-    assert codes == [0, 0], [s.log.read_text()[-2000:] for s in (a, b)]
+    async with _two_processes(tmp_path, aiohttp_server, pg_url, notify=True) as (a, b, cluster):
+        token = await _share(cluster)
+        await _open(cluster, token, "notify", range(5))
+        assert await cluster.callback(_text_xml("rep1", "帮助", 7_100_000_001), [0]) == [200]
+        waiting, took = await _until_drained(pg_url, timeout_s=10)
+        assert waiting == (0, 0), f"still waiting after {took:.1f} s (events, callbacks): {waiting}"
+        # The listening connections dropped (a PostgreSQL restart, say): they come back, and so do the wake-ups.
+        assert await _terminate_wakeup_connections(pg_url) == 2
+        await asyncio.sleep(3)  # the first reconnect is after 1 s
+        await _open(cluster, token, "notify", range(5, 8))
+        waiting, took = await _until_drained(pg_url, timeout_s=10)
+        assert waiting == (0, 0), f"after the reconnect, still waiting after {took:.1f} s: {waiting}"
+        assert "reconnecting" in b.log.read_text()
+        http = cluster.http
+        sent = _counter(await (await http.get(f"{b.url}/metrics")).text(), "beacon_wakeups_sent_total")
+        received = _counter(await (await http.get(f"{a.url}/metrics")).text(), "beacon_wakeups_received_total")
+        assert sent >= 2 and received >= 2, (sent, received)  # both channels, coalesced per burst
+        async with http.get(f"{b.url}/l/{token}", headers={"User-Agent": UA}) as resp:
+            assert resp.status == 200  # B still serves after all that
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
 async def test_without_notify_another_processes_opens_wait_for_the_trackers_poll(tmp_path: Path, aiohttp_server: Any,
                                                                                 pg_url: str) -> None:  # noqa: F811
-    a, b, state = await _two_processes(tmp_path, aiohttp_server, pg_url, notify=False)
-    try:
-        async with aiohttp.ClientSession() as http:
-            cluster = Cluster([b, a], state, http)
-            await asyncio.sleep(1.5)
-            status, share = await cluster.api(0, "POST", "/api/shares", {"content": "pitch-deck-company-overview", "rep": "rep1"})
-            assert status == 201, share
-            for n in range(3):
-                assert await cluster.open_link(0, share["token"], _cookie("nonotify", n)) == 200
-            await asyncio.sleep(3)
-            events, _callbacks = await _waiting(pg_url)
-            assert events >= 3  # the opens and their forwards, untouched until A's next poll
-    finally:
-        codes = [await b.stop(), await a.stop()]
-    assert codes == [0, 0], [s.log.read_text()[-2000:] for s in (a, b)]
+    async with _two_processes(tmp_path, aiohttp_server, pg_url, notify=False) as (_a, _b, cluster):
+        await _open(cluster, await _share(cluster), "nonotify", range(3))
+        await asyncio.sleep(3)
+        events, _callbacks = await _waiting(pg_url)
+        assert events >= 3  # the opens and their forwards, untouched until A's next poll
 
 
 @pytest.mark.postgres
@@ -155,27 +165,19 @@ async def test_a_process_with_the_tracker_off_never_takes_the_lease_and_its_even
         tmp_path: Path, aiohttp_server: Any, pg_url: str) -> None:  # noqa: F811
     """`[tracker] enabled = false` (with `[inbox] workers = 0`: a process that only answers). Alone, its
     opens wait and nobody holds the lease; once a process that tracks starts, it scores them."""
-    from bot.wecom.simulator import SimState, create_simulator_app
-
-    state = SimState(CORP_ID, CORP_SECRET, AGENT_ID)
-    sim = await aiohttp_server(create_simulator_app(state))
-    api_base = str(sim.make_url("")).rstrip("/")
+    state, api_base = await _simulator(aiohttp_server)
     ports = [free_port(), free_port()]
     edge_only = _serving_config(tmp_path / "edge.toml", db_url=pg_url, api_base=api_base, port=ports[0], notify=True,
                                 inbox_workers=0, tracker=False)
     worker = _serving_config(tmp_path / "worker.toml", db_url=pg_url, api_base=api_base, port=ports[1], notify=True,
                              inbox_workers=1)
-    imported = run_cli("--config", str(edge_only), "content", "import", str(ROOT / "content" / "library"))
-    assert imported.returncode == 0, imported.stderr
+    _import_library(edge_only)
     b, a = Server(edge_only, ports[0]), Server(worker, ports[1])
     await b.start()
     try:
         async with aiohttp.ClientSession() as http:
             cluster = Cluster([b], state, http)
-            status, share = await cluster.api(0, "POST", "/api/shares", {"content": "pitch-deck-company-overview", "rep": "rep1"})
-            assert status == 201, share
-            for n in range(3):
-                assert await cluster.open_link(0, share["token"], _cookie("edgeonly", n)) == 200
+            await _open(cluster, await _share(cluster), "edgeonly", range(3))
             await asyncio.sleep(2)
             assert (await _waiting(pg_url))[0] >= 3
             assert await _tracker_owner_pid(pg_url) is None
