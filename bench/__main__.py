@@ -10,9 +10,12 @@ again on PostgreSQL (ON_POSTGRESQL: links, callbacks, latency, rescore, nightly)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import re
 import sys
 import time
+from typing import TextIO
 
 from bench.store import DEFAULT_PG_URL
 
@@ -72,17 +75,64 @@ def main(argv: list[str]) -> int:
         else:
             runs += [(f"{name} on PostgreSQL", BENCHMARKS[name], ["--db", "postgresql", *args]) for name, args in ON_POSTGRESQL.items()]
     worst, took, started = 0, [], time.monotonic()
+    verdicts: list[tuple[str, list[str]]] = []
     for n, (title, module, args) in enumerate(runs, 1):
         print(f"=== {title}  ({n}/{len(runs)}, {_minutes(time.monotonic() - started)} so far)", flush=True)
         began = time.monotonic()
-        worst = max(worst, importlib.import_module(module).main(args))
+        tee = _Verdicts(sys.stdout)
+        with contextlib.redirect_stdout(tee):
+            worst = max(worst, importlib.import_module(module).main(args))
         took.append((title, time.monotonic() - began))
+        verdicts.append((title, tee.lines))
     total = time.monotonic() - started
+    print("\n=== verdicts (each benchmark's own lines above; targets PASS or MISS, checks PASS or FAIL)")
+    counts = {"PASS": 0, "MISS": 0, "FAIL": 0}
+    for title, lines in verdicts:
+        print(f"  {title}")
+        for line in lines or ["(no verdict printed: see its output above)"]:
+            print(f"    {line}")
+            counts[line.rsplit(None, 1)[-1]] = counts.get(line.rsplit(None, 1)[-1], 0) + 1
+    print(f"  in all: {counts['PASS']} PASS, {counts['MISS']} MISS, {counts['FAIL']} FAIL")
     print("\n=== time taken")
     for title, seconds in took:
         print(f"  {title:<26} {_minutes(seconds):>7}")
     print(f"  {'all':<26} {_minutes(total):>7}  (budget {_minutes(BUDGET_S)}{'' if total <= BUDGET_S else ': OVER'})")
     return worst
+
+
+# A benchmark's verdict lines: a target met or missed, or a check passed or failed, as the last word;
+# not the rows of its per-round tables, which end the same way (mostly numbers).
+_VERDICT = re.compile(r"^\s*(\S.*?)\s+(PASS|MISS|FAIL)\s*$")
+_NUMBER = re.compile(r"^[\d,.\-]+$")
+
+
+def _verdict(line: str) -> str | None:
+    match = _VERDICT.match(line)
+    if match is None:
+        return None
+    words = match.group(1).split()
+    if sum(1 for word in words if _NUMBER.match(word)) >= 5:
+        return None  # a table row
+    return f"{' '.join(words)}  {match.group(2)}"
+
+
+class _Verdicts:
+    """stdout for one benchmark: passed through as it is written, and its verdict lines kept."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.lines: list[str] = []
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        self._partial += text
+        *done, self._partial = self._partial.split("\n")
+        self.lines += [verdict for line in done if (verdict := _verdict(line)) is not None]
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 BUDGET_S = 600  # issue 9: `make bench` runs every benchmark in under ten minutes

@@ -449,7 +449,7 @@ def report(rounds: dict[str, list[LoadResult]], bench: LatencyBench, args: Any, 
     if args.keep:
         print(f"  files kept in {tmp}")
     path = harness.write_results(
-        NAME,
+        NAME if args.db == "sqlite" else f"{NAME}-{args.db}",
         {
             "benchmark": NAME,
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

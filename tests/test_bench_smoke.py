@@ -188,9 +188,16 @@ def test_make_bench_reports_each_benchmarks_time_against_the_budget(monkeypatch:
 
     calls: list[tuple[str, list[str]]] = []
     fakes = {}
+    def fake_main(argv: list[str], name: str) -> int:
+        calls.append((name, argv))
+        print(f"  throughput 0.{len(calls):02d}× bare (target ≥ 0.8×)  MISS")  # a target, as the benchmarks print them
+        print("    1  17,095  17,095  0  0  0  0.16  16,007  PASS")  # a per-round table row: not a verdict
+        print(f"{name} / read pass = 2.5× (target ≤ 3×)  PASS")
+        return 1 if name == "rescore" else 0
+
     for name in runner.BENCHMARKS:
         module = types.ModuleType(f"fake_{name}")
-        module.main = lambda argv, name=name: calls.append((name, argv)) or (1 if name == "rescore" else 0)  # type: ignore[attr-defined]
+        module.main = lambda argv, name=name: fake_main(argv, name)  # type: ignore[attr-defined]
         module.SUMMARY = name  # type: ignore[attr-defined]
         fakes[f"fake_{name}"] = module
     monkeypatch.setattr(runner, "BENCHMARKS", {name: f"fake_{name}" for name in runner.BENCHMARKS})
@@ -202,6 +209,11 @@ def test_make_bench_reports_each_benchmarks_time_against_the_budget(monkeypatch:
     assert [name for name, _ in calls] == [*runner.BENCHMARKS, *runner.ON_POSTGRESQL]
     assert calls[len(runner.BENCHMARKS)][1][:2] == ["--db", "postgresql"]
     table = out.split("=== time taken")[1]
+    verdicts = out.split("=== verdicts")[1].split("=== time taken")[0]
+    runs = len(calls)
+    assert "  links on PostgreSQL\n    throughput 0." in verdicts and "    rescore / read pass = 2.5× (target ≤ 3×)  PASS" in verdicts
+    assert "17,095" not in verdicts, "per-round table rows are not verdicts"
+    assert f"in all: {runs} PASS, {runs} MISS, 0 FAIL" in verdicts
     for name in (*runner.BENCHMARKS, *(f"{n} on PostgreSQL" for n in runner.ON_POSTGRESQL)):
         assert f"  {name} " in table
     assert "(budget 10:00)" in table and "OVER" not in table
