@@ -8,7 +8,7 @@ at their next poll (`[tracker] poll_s`, `[inbox] poll_s`: a second by default), 
 N-process deployment waited up to a second before anyone scored them.
 
 On PostgreSQL every serving process keeps one connection of its own (outside the pool) that LISTENs
-on a channel per kind of worker (CHANNELS). A process that stored work for a worker it does not run
+on a channel per kind of worker it runs (TRACKER, INBOX). A process that stored work for a worker it does not run
 sends NOTIFY on that worker's channel, and the processes that run one start a pass at once.
 - Notifications are coalesced: however many stores wake a worker, a process sends at most one NOTIFY
   per channel every COALESCE_S. Storing never waits for it: `notify` only marks the channel.
@@ -33,10 +33,10 @@ log = logging.getLogger("beacon.notify")
 
 TRACKER = "beacon_tracker"
 INBOX = "beacon_inbox"
-CHANNELS = (TRACKER, INBOX)
 COALESCE_S = 0.005
 RECONNECT_MAX_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
+SEND_TIMEOUT_S = 5.0  # a NOTIFY not answered by then: the connection is taken for lost and made again
 APPLICATION_NAME = "beacon-wakeups"
 
 
@@ -65,7 +65,6 @@ class CrossWake:
         self._closed = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
-        self.ready = asyncio.Event()  # listening (tests wait for it; nothing else needs to)
 
     def notify(self, channel: str) -> None:
         """Wake `channel`'s workers in the other processes, soon (never blocks)."""
@@ -86,11 +85,10 @@ class CrossWake:
             backoff = 1.0
             try:
                 await self._send_loop()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # the connection dropped, a NOTIFY timed out, …: start over
                 if not self._closing:
                     log.warning("lost the wake-up connection (%s); reconnecting", type(exc).__name__)
             finally:
-                self.ready.clear()
                 await self._drop()
             if not self._closing:
                 await self._sleep(backoff)
@@ -106,7 +104,6 @@ class CrossWake:
             raise
         conn.add_termination_listener(lambda _conn: self._lost.set())
         self._conn = conn
-        self.ready.set()
         if self._pending:
             self._kick.set()  # marked while disconnected: send them now
 
@@ -127,7 +124,7 @@ class CrossWake:
                 self._kick.clear()
                 channels, self._pending = self._pending, set()
                 for channel in sorted(channels):
-                    await self._conn.execute(f"NOTIFY {channel}")  # a fixed identifier from CHANNELS
+                    await self._conn.execute(f"NOTIFY {channel}", timeout=SEND_TIMEOUT_S)  # TRACKER or INBOX: fixed identifiers
                     if self.metrics is not None:
                         self.metrics.wakeups_sent.labels(channel=channel).inc()
                 await asyncio.sleep(COALESCE_S)  # stores meanwhile join the next NOTIFY

@@ -189,3 +189,18 @@ async def test_a_process_with_the_tracker_off_never_takes_the_lease_and_its_even
         codes = [await b.stop()] + ([await a.stop()] if a.proc is not None else [])
     assert set(codes) == {0}, [s.log.read_text()[-2000:] for s in (a, b) if s.log.exists()]
     assert "tracker off in this process" in b.log.read_text()
+
+
+def test_the_wakeup_connection_takes_the_databases_address_and_names_itself() -> None:
+    """Its own connection, from the same URL: what asyncpg takes of it, and an application_name that
+    tells it apart in pg_stat_activity (the test above terminates it by that name)."""
+    from bot.config import DatabaseSettings
+    from bot.db import create_engine
+    from bot.notify import APPLICATION_NAME, connect_args
+
+    engine = create_engine(DatabaseSettings(url="postgresql+asyncpg://beacon:s3cret@db.internal:6432/crm?prepared_statement_cache_size=0"))
+    args = connect_args(engine)
+    assert {k: args[k] for k in ("host", "port", "user", "password", "database")} == {
+        "host": "db.internal", "port": 6432, "user": "beacon", "password": "s3cret", "database": "crm"}
+    assert args["server_settings"] == {"application_name": APPLICATION_NAME}
+    assert "prepared_statement_cache_size" not in args  # SQLAlchemy's, not asyncpg.connect's
