@@ -3,7 +3,8 @@
 A benchmark is a module in this package with NAME, SUMMARY and `main(argv) -> int` (exit status:
 0 ran, 1 ran and found a problem, 2 could not run). Add a new one to BENCHMARKS below.
 
-With no NAME every benchmark runs once on SQLite (with its defaults, or the options in ON_SQLITE), then those that take a database
+With no NAME every benchmark runs once on SQLite (with its defaults, or the options in ON_SQLITE), then the runs of
+EXTRA_ON_SQLITE (the callbacks edge alone), then those that take a database
 again on PostgreSQL (ON_POSTGRESQL: links, callbacks, latency, rescore, nightly) when a server answers at bench.store.DEFAULT_PG_URL
 (`BENCH_POSTGRES_URL` to point elsewhere); `python -m bench --sqlite-only` skips those.
 """
@@ -36,6 +37,9 @@ ON_SQLITE = {
     "latency": ["--rounds", "1"], "rescore": ["--events", "100000", "--contacts", "2000"],
     "nightly": ["--contacts", "10000", "--events", "100000", "--idle", "5"],
 }
+# More runs on SQLite after those: (title, benchmark, options). The callbacks edge alone, as a process
+# with `[inbox] workers = 0` runs it (the issue's target is about acknowledging durably).
+EXTRA_ON_SQLITE = [("callbacks, edge only", "callbacks", ["--inbox-workers", "0", "--rounds", "1"])]
 ON_POSTGRESQL = {
     "links": ["--rounds", "2"], "callbacks": ["--rounds", "2"], "latency": ["--rounds", "1"], "rescore": ["--events", "100000", "--contacts", "2000"],
     "nightly": ["--contacts", "5000", "--events", "50000", "--idle", "4"],
@@ -68,6 +72,7 @@ def main(argv: list[str]) -> int:
         print(f"unknown option {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     runs = [(name, module, ON_SQLITE.get(name, [])) for name, module in BENCHMARKS.items()]
+    runs += [(title, BENCHMARKS[name], args) for title, name, args in EXTRA_ON_SQLITE]
     if not sqlite_only:
         problem = _postgres_problem()
         if problem:

@@ -526,7 +526,7 @@ def report(rounds: dict[str, list[LoadResult]], bench: CallbacksBench, args: Any
     if args.keep:
         print(f"  files kept in {tmp}")
     path = harness.write_results(
-        NAME if args.db == "sqlite" else f"{NAME}-{args.db}",
+        (NAME if args.db == "sqlite" else f"{NAME}-{args.db}") + ("-edge" if args.inbox_workers == 0 else ""),
         {
             "benchmark": NAME,
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -206,15 +206,17 @@ def test_make_bench_reports_each_benchmarks_time_against_the_budget(monkeypatch:
 
     assert runner.main([]) == 1  # the worst exit status of the benchmarks
     out = capsys.readouterr().out
-    assert [name for name, _ in calls] == [*runner.BENCHMARKS, *runner.ON_POSTGRESQL]
-    assert calls[len(runner.BENCHMARKS)][1][:2] == ["--db", "postgresql"]
+    extra = [name for _title, name, _args in runner.EXTRA_ON_SQLITE]
+    assert [name for name, _ in calls] == [*runner.BENCHMARKS, *extra, *runner.ON_POSTGRESQL]
+    assert calls[len(runner.BENCHMARKS)] == ("callbacks", ["--inbox-workers", "0", "--rounds", "1"])  # the edge alone
+    assert calls[len(runner.BENCHMARKS) + len(extra)][1][:2] == ["--db", "postgresql"]
     table = out.split("=== time taken")[1]
     verdicts = out.split("=== verdicts")[1].split("=== time taken")[0]
     runs = len(calls)
     assert "  links on PostgreSQL\n    throughput 0." in verdicts and "    rescore / read pass = 2.5× (target ≤ 3×)  PASS" in verdicts
     assert "17,095" not in verdicts, "per-round table rows are not verdicts"
     assert f"in all: {runs} PASS, {runs} MISS, 0 FAIL" in verdicts
-    for name in (*runner.BENCHMARKS, *(f"{n} on PostgreSQL" for n in runner.ON_POSTGRESQL)):
+    for name in (*runner.BENCHMARKS, "callbacks, edge only", *(f"{n} on PostgreSQL" for n in runner.ON_POSTGRESQL)):
         assert f"  {name} " in table
     assert "(budget 10:00)" in table and "OVER" not in table
 
@@ -223,5 +225,5 @@ def test_make_bench_reports_each_benchmarks_time_against_the_budget(monkeypatch:
     calls.clear()
     runner.main([])
     out = capsys.readouterr().out
-    assert [name for name, _ in calls] == list(runner.BENCHMARKS)  # no PostgreSQL: its rounds skipped, and said so
+    assert [name for name, _ in calls] == [*runner.BENCHMARKS, "callbacks"]  # no PostgreSQL: its rounds skipped, and said so
     assert "PostgreSQL benchmarks skipped" in out and ": OVER)" in out
