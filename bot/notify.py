@@ -1,4 +1,5 @@
-"""Waking the workers of other processes on PostgreSQL, with LISTEN/NOTIFY.
+"""Waking the workers of other processes: LISTEN/NOTIFY on PostgreSQL; on SQLite, for the workers of
+`serve --workers N` on one file, a watch of the file's commits.
 
 A process wakes its own workers when it stores work for them (an event for the tracker, a callback
 for the inbox: `PollingWorker.wake`). With several processes, the worker that can take the work may
@@ -17,13 +18,22 @@ sends NOTIFY on that worker's channel, and the processes that run one start a pa
 - Best effort. Polling goes on as before, so a notification lost (the connection dropped, the server
   restarted) costs at most a poll interval. A lost connection is logged once and reconnected, after
   1 s and doubling up to RECONNECT_MAX_S.
+
+SQLite has no NOTIFY. The workers of `serve --workers N` (one file, several processes) each watch
+it instead (`CommitWatch`): every WATCH_S, `PRAGMA data_version` on a read-only connection of their
+own, which changes whenever another connection committed; a change wakes this process's tracker and
+inbox workers, which look for work as they would at their poll. Its own process's commits change it
+too, so a worker sometimes looks and finds nothing: a read, no write lock. A single `serve` process
+does not watch (nothing else writes its work).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
+import sqlite3
 from typing import Any, Callable
 
 import asyncpg
@@ -162,3 +172,44 @@ class CrossWake:
         self._closed.set()
         self._kick.set()  # ends the send loop's wait
         await self._drop()
+
+
+WATCH_S = 0.05
+
+
+class CommitWatch:
+    """SQLite: calls each of `on_change` when another connection (another process) committed to the
+    file at `path`, checking every WATCH_S."""
+
+    def __init__(self, path: str, on_change: list[Callable[[], None]], interval_s: float = WATCH_S) -> None:
+        self.path = path
+        self.on_change = on_change
+        self.interval_s = interval_s
+        self.changes = 0
+        self._closed = asyncio.Event()
+
+    async def run(self) -> None:
+        conn = await asyncio.to_thread(self._open)
+        try:
+            last = await asyncio.to_thread(_data_version, conn)
+            while not self._closed.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), self.interval_s)
+                version = await asyncio.to_thread(_data_version, conn)
+                if version != last:
+                    last = version
+                    self.changes += 1
+                    for wake in self.on_change:
+                        wake()
+        finally:
+            conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])

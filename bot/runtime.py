@@ -27,7 +27,7 @@ from bot.edge import EdgeLoad
 from bot.inbox import InboxStore, InboxWorker
 from bot.limits import TokenBuckets
 from bot.metrics import Metrics
-from bot.notify import INBOX, TRACKER, CrossWake
+from bot.notify import INBOX, TRACKER, CommitWatch, CrossWake
 from bot.outbox import OutboxWorker
 from bot.pages import Pages, RenderedVersions
 from bot.report_cache import ReportCache
@@ -80,6 +80,7 @@ class Runtime:
     follows: FollowCache = None  # type: ignore[assignment]  # the sidebar's follow checks
     checkpointer: WalCheckpointer | None = None
     cross_wake: CrossWake | None = None  # PostgreSQL: wakes other processes' workers (bot/notify.py)
+    commit_watch: CommitWatch | None = None  # SQLite, `serve --workers N`: other workers' commits wake ours
     background_engine: AsyncEngine | None = None  # background_reads' own (SQLite files only)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
     edge: EdgeLoad = field(default_factory=EdgeLoad)  # edge requests in progress (bot.edge)
@@ -177,6 +178,18 @@ class Runtime:
                 self.cross_wake = CrossWake(self.engine, wakes, self.metrics)
                 self.spawn(self.cross_wake.run(), "cross-wake")
 
+    def watch_siblings(self) -> None:
+        """This process is one of `serve --workers N`. On SQLite, where no NOTIFY wakes it, watch the
+        file for the other workers' commits (bot/notify.py CommitWatch); on PostgreSQL, NOTIFY does."""
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            return
+        wakes = [self.tracker.wake_here] if self.settings.tracker.enabled else []
+        if self.settings.inbox.workers:
+            wakes.append(self.inbox.wake_here)
+        self.commit_watch = CommitWatch(database, wakes)
+        self.spawn(self.commit_watch.run(), "commit-watch")
+
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """A background task kept in a set (so it is not garbage collected) and cancelled on stop."""
         task = asyncio.ensure_future(coro)
@@ -205,6 +218,8 @@ class Runtime:
                 worker.request_stop()
         if self.cross_wake is not None:
             await self.cross_wake.close()
+        if self.commit_watch is not None:
+            self.commit_watch.close()
         tasks = list(self._tasks)
         if tasks:
             _, busy = await asyncio.wait(tasks, timeout=self.settings.server.stop_grace_s)

@@ -31,6 +31,8 @@ async def serve_forever(settings: Settings, *, host: str, port: int, ready: asyn
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()
     rt = app[RUNTIME]
+    if reuse_port:  # one of `serve --workers N`: other processes store work for this one's workers
+        rt.watch_siblings()
     scheduler = None
     from bot.sop.command import load_folder
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -57,7 +58,8 @@ async def _terminate_wakeup_connections(url: str) -> int:
 
     conn = await _db(url)
     try:
-        return len(await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        return len(await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 "
+                                    "AND datname = current_database()",
                                     APPLICATION_NAME))
     finally:
         await conn.close()
@@ -204,3 +206,57 @@ def test_the_wakeup_connection_takes_the_databases_address_and_names_itself() ->
         "host": "db.internal", "port": 6432, "user": "beacon", "password": "s3cret", "database": "crm"}
     assert args["server_settings"] == {"application_name": APPLICATION_NAME}
     assert "prepared_statement_cache_size" not in args  # SQLAlchemy's, not asyncpg.connect's
+
+
+async def _session_to_a_worker_other_than(url: str, pid: int) -> aiohttp.ClientSession:
+    """An HTTP session whose one keep-alive connection landed on a worker other than `pid` (the kernel
+    spreads new connections over the workers sharing the port)."""
+    for _ in range(200):
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+        async with http.get(f"{url}/healthz") as resp:
+            if (await resp.json())["pid"] != pid:
+                return http
+        await http.close()
+    raise AssertionError(f"every connection landed on worker {pid}")
+
+
+@pytest.mark.slow
+async def test_sqlite_workers_of_one_supervisor_wake_each_other_through_the_files_commits(tmp_path: Path,
+                                                                                        aiohttp_server: Any) -> None:
+    """`serve --workers 2` on one SQLite file, polls at a minute: the opens and callbacks answered by
+    the worker without the tracker lease are scored and processed within seconds, because the lease
+    holder watches the file for the other worker's commits."""
+    state, api_base = await _simulator(aiohttp_server)
+    port = free_port()
+    db = tmp_path / "beacon.db"
+    config = _serving_config(tmp_path / "beacon.toml", db_url=f"sqlite+aiosqlite:///{db}", api_base=api_base, port=port,
+                             notify=True, inbox_workers=1)
+    assert run_cli("--config", str(config), "migrate").returncode == 0
+    _import_library(config)
+    server = Server(config, port, args=("--workers", "2"))
+    await server.start()
+
+    def waiting() -> tuple[int, int]:
+        with sqlite3.connect(db) as conn:
+            return (conn.execute("SELECT count(*) FROM events WHERE NOT processed").fetchone()[0],
+                    conn.execute("SELECT count(*) FROM inbox WHERE status <> 'done'").fetchone()[0])
+
+    try:
+        await asyncio.sleep(2)  # both trackers past their first pass; one holds the lease
+        with sqlite3.connect(db) as conn:
+            holder = int(conn.execute("SELECT owner FROM leases WHERE name = 'tracker'").fetchone()[0].split(":")[1])
+        http = await _session_to_a_worker_other_than(server.url, holder)
+        try:
+            cluster = Cluster([server], state, http)
+            await _open(cluster, await _share(cluster), "sqlite", range(8))
+            for n in range(3):
+                assert await cluster.callback(_text_xml("rep1", "帮助", 7_200_000_000 + n), [0]) == [200]
+            began = time.monotonic()
+            while waiting() != (0, 0) and time.monotonic() - began < 10:
+                await asyncio.sleep(0.1)
+            assert waiting() == (0, 0), f"still waiting after 10 s (events, callbacks): {waiting()}"
+        finally:
+            await http.close()
+    finally:
+        code = await server.stop()
+    assert code == 0, server.log.read_text()[-2000:]
