@@ -34,6 +34,7 @@ import contextlib
 import inspect
 import logging
 import sqlite3
+from pathlib import Path
 from typing import Any, Callable
 
 import asyncpg
@@ -205,7 +206,8 @@ class CommitWatch:
             conn.close()
 
     def _open(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        uri = Path(self.path).resolve().as_uri()  # percent-encoded: a path may hold '?' or '#'
+        return sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
 
     def close(self) -> None:
         self._closed.set()
