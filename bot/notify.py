@@ -19,12 +19,13 @@ sends NOTIFY on that worker's channel, and the processes that run one start a pa
   restarted) costs at most a poll interval. A lost connection is logged once and reconnected, after
   1 s and doubling up to RECONNECT_MAX_S.
 
-SQLite has no NOTIFY. The workers of `serve --workers N` (one file, several processes) each watch
+SQLite has no NOTIFY. The trackers of `serve --workers N` (one file, several processes) each watch
 it instead (`CommitWatch`): every WATCH_S, `PRAGMA data_version` on a read-only connection of their
-own, which changes whenever another connection committed; a change wakes this process's tracker and
-inbox workers, which look for work as they would at their poll. Its own process's commits change it
-too, so a worker sometimes looks and finds nothing: a read, no write lock. A single `serve` process
-does not watch (nothing else writes its work).
+own, which changes whenever another connection committed; a change wakes this process's tracker,
+which looks for events as it would at its poll. Its own process's commits change it too, so the
+tracker sometimes looks and finds nothing: a read, no write lock. The inbox workers do not watch
+(each worker processes the callbacks it stores, and their claim is a write transaction), nor does a
+single `serve` process (nothing else writes its work).
 """
 
 from __future__ import annotations

@@ -179,15 +179,14 @@ class Runtime:
                 self.spawn(self.cross_wake.run(), "cross-wake")
 
     def watch_siblings(self) -> None:
-        """This process is one of `serve --workers N`. On SQLite, where no NOTIFY wakes it, watch the
-        file for the other workers' commits (bot/notify.py CommitWatch); on PostgreSQL, NOTIFY does."""
+        """This process is one of `serve --workers N`. On SQLite, where no NOTIFY wakes it, its tracker
+        watches the file for the other workers' commits (bot/notify.py CommitWatch); on PostgreSQL,
+        NOTIFY does. Not the inbox workers: each worker processes the callbacks it stores, and a claim
+        is a write transaction, which every commit of every worker would otherwise start."""
         database = self.engine.url.database
-        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:" or not self.settings.tracker.enabled:
             return
-        wakes = [self.tracker.wake_here] if self.settings.tracker.enabled else []
-        if self.settings.inbox.workers:
-            wakes.append(self.inbox.wake_here)
-        self.commit_watch = CommitWatch(database, wakes)
+        self.commit_watch = CommitWatch(database, [self.tracker.wake_here])
         self.spawn(self.commit_watch.run(), "commit-watch")
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:

@@ -223,9 +223,9 @@ async def _session_to_a_worker_other_than(url: str, pid: int) -> aiohttp.ClientS
 @pytest.mark.slow
 async def test_sqlite_workers_of_one_supervisor_wake_each_other_through_the_files_commits(tmp_path: Path,
                                                                                         aiohttp_server: Any) -> None:
-    """`serve --workers 2` on one SQLite file, polls at a minute: the opens and callbacks answered by
-    the worker without the tracker lease are scored and processed within seconds, because the lease
-    holder watches the file for the other worker's commits."""
+    """`serve --workers 2` on one SQLite file, polls at a minute: the opens answered by the worker
+    without the tracker lease, and the events of the callbacks it processes, are scored within
+    seconds, because the lease holder's tracker watches the file for the other worker's commits."""
     state, api_base = await _simulator(aiohttp_server)
     port = free_port()
     db = tmp_path / "beacon.db"
