@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from typing import Protocol
 
@@ -34,3 +36,13 @@ class FrozenClock:
 
     def set(self, when: dt.datetime) -> None:
         self._now = when
+
+
+async def sleep_unless(event: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds` of real time, or less if `event` is set meanwhile (a stop, a wake-up); returns
+    whether it is set. The loops of the background workers, the checkpointer, the wake-up connections
+    and the supervisor sleep this way."""
+    if seconds > 0 and not event.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()

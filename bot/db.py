@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.util import await_only
 
 from bot import sqlite_driver
+from bot.clock import sleep_unless
 from bot.config import DatabaseSettings
 from bot.priority import background_priority
 
@@ -311,8 +312,7 @@ class WalCheckpointer:
                     await asyncio.to_thread(self.checkpoint)
                 except sqlite3.Error as exc:
                     log.warning("WAL checkpoint failed (%s); retrying in %.1f s", exc, self.interval_s)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.interval_s)
+                await sleep_unless(self._stop, self.interval_s)
         finally:
             await asyncio.to_thread(self.close)
 

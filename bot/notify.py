@@ -31,7 +31,6 @@ single `serve` process (nothing else writes its work).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import sqlite3
@@ -40,6 +39,8 @@ from typing import Any, Callable
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.clock import sleep_unless
 
 log = logging.getLogger("beacon.notify")
 
@@ -73,7 +74,6 @@ class CrossWake:
         self.metrics = metrics  # bot.metrics.Metrics: wakeups_sent / wakeups_received by channel
         self._pending: set[str] = set()
         self._kick = asyncio.Event()
-        self._closing = False
         self._closed = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
@@ -85,25 +85,25 @@ class CrossWake:
 
     async def run(self) -> None:
         backoff = 1.0
-        while not self._closing:
+        while not self._closed.is_set():
             try:
                 await self._connect()
             except Exception as exc:  # whatever stops it (server down, auth): polling goes on meanwhile
                 log.warning("cannot listen for other processes' wake-ups (%s); retrying in %.0f s, polling meanwhile",
                             type(exc).__name__, backoff)
-                await self._sleep(backoff)
+                await sleep_unless(self._closed, backoff)  # not the kick: a store during an outage must not hurry the reconnects
                 backoff = min(backoff * 2, RECONNECT_MAX_S)
                 continue
             backoff = 1.0
             try:
                 await self._send_loop()
             except Exception as exc:  # the connection dropped, a NOTIFY timed out, …: start over
-                if not self._closing:
+                if not self._closed.is_set():
                     log.warning("lost the wake-up connection (%s); reconnecting", type(exc).__name__)
             finally:
                 await self._drop()
-            if not self._closing:
-                await self._sleep(backoff)
+            if not self._closed.is_set():
+                await sleep_unless(self._closed, backoff)
 
     async def _connect(self) -> None:
         self._lost.clear()
@@ -123,13 +123,13 @@ class CrossWake:
         assert self._conn is not None
         lost = asyncio.ensure_future(self._lost.wait())
         try:
-            while not self._closing:
+            while not self._closed.is_set():
                 kicked = asyncio.ensure_future(self._kick.wait())
                 try:
                     await asyncio.wait({kicked, lost}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     kicked.cancel()
-                if self._closing:
+                if self._closed.is_set():
                     return
                 if lost.done():
                     raise asyncpg.InterfaceError("connection closed")
@@ -152,15 +152,6 @@ class CrossWake:
                 self.metrics.wakeups_received.labels(channel=channel).inc()
             wake()
 
-    async def _sleep(self, seconds: float) -> None:
-        """`seconds`, or less if closed meanwhile (not when kicked: a store during an outage must not
-        make the reconnects a busy loop)."""
-        closing = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait({closing}, timeout=seconds)
-        finally:
-            closing.cancel()
-
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
@@ -170,7 +161,6 @@ class CrossWake:
                 conn.terminate()
 
     async def close(self) -> None:
-        self._closing = True
         self._closed.set()
         self._kick.set()  # ends the send loop's wait
         await self._drop()
@@ -194,9 +184,7 @@ class CommitWatch:
         conn = await asyncio.to_thread(self._open)
         try:
             last = await asyncio.to_thread(_data_version, conn)
-            while not self._closed.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._closed.wait(), self.interval_s)
+            while not await sleep_unless(self._closed, self.interval_s):
                 version = await asyncio.to_thread(_data_version, conn)
                 if version != last:
                     last = version

@@ -17,6 +17,7 @@ from typing import Callable
 from aiohttp import web
 
 from bot.app import RUNTIME, create_app
+from bot.clock import sleep_unless
 from bot.config import Settings
 from bot.scheduler import build_scheduler, catch_up, default_jobs
 
@@ -131,11 +132,7 @@ async def supervise(worker_argv: Callable[[int], list[str]], workers: int, *, st
                 break
             for waiter in done:
                 index = exits[waiter]
-                try:
-                    await asyncio.wait_for(stop.wait(), delay[index])
-                except TimeoutError:
-                    pass
-                if stop.is_set():
+                if await sleep_unless(stop, delay[index]):
                     break
                 await start(index)
     finally:

@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 from contextlib import suppress
 from typing import Any, Awaitable, Callable
 
+from bot.clock import sleep_unless
+
 
 class PollingWorker(ABC):
     name = "worker"
@@ -54,9 +56,7 @@ class PollingWorker(ABC):
 
     async def rest(self, seconds: float) -> None:
         """Wait `seconds`, or less when a stop is requested meanwhile."""
-        if seconds > 0 and not self._stopping:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        await sleep_unless(self._stop_requested, seconds)
 
     async def give_way(self, worked: float) -> float:
         """After work that took `worked` seconds, leave the core to the edge requests in progress
@@ -136,10 +136,7 @@ class PollingWorker(ABC):
             if handled:
                 busy_until = loop.time()
             if not handled and not self._stopping:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
-                except TimeoutError:
-                    pass
+                await sleep_unless(self._wake, self.poll_s)
             # The rest of the settling time after the last pass that found work (or failed): all of it
             # right after such a pass, none once the worker has had nothing to do for that long (the
             # first unit after a quiet spell is handled at once). Passes that found nothing do not count.
