@@ -108,6 +108,7 @@ SHARED_BUDGET_S = {"sqlite": 0.02, "postgresql": 0.2}
 
 class InboxWorker(PollingWorker):
     name = "inbox"
+    channel = notify.INBOX
     settle_s = 0.02  # PollingWorker: a burst of callbacks is claimed together, not one by one
 
     def __init__(self, runtime: "Runtime") -> None:
@@ -118,12 +119,11 @@ class InboxWorker(PollingWorker):
         self.budget_s = SHARED_BUDGET_S.get(runtime.engine.dialect.name, 0.02)
         self.gate = write_gate(runtime.engine)
 
-    def wake(self) -> None:
-        """A callback was stored: start a pass here, or, in a process that only stores callbacks
-        (`[inbox] workers = 0`), in the processes that process them (on PostgreSQL: bot/notify.py)."""
-        self._wake.set()
-        if self.cfg.workers == 0 and self.rt.cross_wake is not None:
-            self.rt.cross_wake.notify(notify.INBOX)
+    def runs_here(self) -> bool:
+        return self.cfg.workers > 0
+
+    def runs_elsewhere(self) -> bool:
+        return self.cfg.workers == 0  # a process that only stores callbacks: the others process them
 
     async def drain(self, limit: int = 50) -> int:
         """Process everything due now; returns how many rows were handled (stopping: see drain_claimed)."""

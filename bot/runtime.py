@@ -27,7 +27,7 @@ from bot.edge import EdgeLoad
 from bot.inbox import InboxStore, InboxWorker
 from bot.limits import TokenBuckets
 from bot.metrics import Metrics
-from bot.notify import INBOX, TRACKER, CommitWatch, CrossWake
+from bot.notify import CommitWatch, CrossWake
 from bot.outbox import OutboxWorker
 from bot.pages import Pages, RenderedVersions
 from bot.report_cache import ReportCache
@@ -167,14 +167,12 @@ class Runtime:
             for n in range(self.settings.inbox.workers):
                 self.spawn(self.inbox.run(), f"inbox-worker-{n}")
             self.spawn(self.outbox.run(), "outbox-worker")
-            if self.settings.tracker.enabled:
+            if self.tracker.runs_here():
                 self.spawn(self.tracker.run(), "tracker")
             else:
                 log.info("tracker off in this process ([tracker] enabled = false): another process attributes and scores its events")
             if self.engine.dialect.name == "postgresql" and self.settings.database.notify:
-                wakes = {TRACKER: self.tracker.wake_here} if self.settings.tracker.enabled else {}
-                if self.settings.inbox.workers:
-                    wakes[INBOX] = self.inbox.wake_here
+                wakes = {w.channel: w.wake_here for w in (self.tracker, self.inbox) if w.channel and w.runs_here()}
                 self.cross_wake = CrossWake(self.engine, wakes, self.metrics)
                 self.spawn(self.cross_wake.run(), "cross-wake")
 
@@ -184,7 +182,7 @@ class Runtime:
         NOTIFY does. Not the inbox workers: each worker processes the callbacks it stores, and a claim
         is a write transaction, which every commit of every worker would otherwise start."""
         database = self.engine.url.database
-        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:" or not self.settings.tracker.enabled:
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:" or not self.tracker.runs_here():
             return
         self.commit_watch = CommitWatch(database, [self.tracker.wake_here])
         self.spawn(self.commit_watch.run(), "commit-watch")

@@ -63,6 +63,7 @@ SETTLE_S = 0.02
 class Tracker(PollingWorker):
     name = "tracker"
     settle_s = SETTLE_S
+    channel = notify.TRACKER
 
     def __init__(self, runtime: "Runtime", *, batch: int = 50, lease_s: float = 30.0, max_batch_s: float = 0.02,
                  batched: bool = True) -> None:
@@ -78,13 +79,11 @@ class Tracker(PollingWorker):
         self.merged: set[int] = set()  # contacts whose history changed in this pass: rescored by the hook
         self._batch_sessions = batch_sessions(runtime.engine)  # batched passes: bot.tracker_batch.BatchSession
 
-    def wake(self) -> None:
-        """An event was stored: start a pass here, and, unless this process holds the tracker lease,
-        in the process that does (on PostgreSQL: bot/notify.py)."""
-        self._wake.set()
-        cross = self.rt.cross_wake
-        if cross is not None and not holds_lease(self.rt, "tracker"):
-            cross.notify(notify.TRACKER)
+    def runs_here(self) -> bool:
+        return self.rt.settings.tracker.enabled
+
+    def runs_elsewhere(self) -> bool:
+        return not holds_lease(self.rt, "tracker")  # the process holding the lease processes the events
 
     async def drain(self) -> int:
         """Process all unprocessed events (if this process holds the lease). Returns how many."""

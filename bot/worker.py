@@ -35,10 +35,23 @@ class PollingWorker(ABC):
         self._stopping = False
         self._stop_requested = asyncio.Event()
 
+    # The channel on which other processes wake this kind of worker (bot/notify.py), if any.
+    channel: str | None = None
+
+    def runs_here(self) -> bool:
+        """Whether this process runs this kind of worker (and so listens on its channel)."""
+        return True
+
+    def runs_elsewhere(self) -> bool:
+        """Whether work this process stores for it may be taken by another process's worker."""
+        return False
+
     def wake(self) -> None:
-        """Work was stored for this kind of worker: start a pass (here; a subclass may also wake
-        other processes, bot/notify.py)."""
+        """Work was stored for this kind of worker: start a pass here, and, where another process's
+        worker takes it (PostgreSQL), wake that one too (bot/notify.py)."""
         self._wake.set()
+        if self.channel is not None and self.rt.cross_wake is not None and self.runs_elsewhere():
+            self.rt.cross_wake.notify(self.channel)
 
     def wake_here(self) -> None:
         """Start a pass of this process's worker only (another process's NOTIFY calls this)."""
