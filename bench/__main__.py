@@ -94,9 +94,11 @@ def main(argv: list[str]) -> int:
     counts = {"PASS": 0, "MISS": 0, "FAIL": 0}
     for title, lines in verdicts:
         print(f"  {title}")
-        for line in lines or ["(no verdict printed: see its output above)"]:
+        for line in lines:
             print(f"    {line}")
-            counts[line.rsplit(None, 1)[-1]] = counts.get(line.rsplit(None, 1)[-1], 0) + 1
+            counts[line.rsplit(None, 1)[-1]] += 1  # _verdict ends every line with PASS, MISS or FAIL
+        if not lines:
+            print("    (no verdict printed: see its output above)")
     print(f"  in all: {counts['PASS']} PASS, {counts['MISS']} MISS, {counts['FAIL']} FAIL")
     print("\n=== time taken")
     for title, seconds in took:

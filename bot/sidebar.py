@@ -47,6 +47,7 @@ class FollowCache:
     def put(self, key: tuple[str, str]) -> None:
         self._seen[key] = True
 
+
 @dataclass(frozen=True)
 class Reason:
     rule: str
