@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
-from bot.db import write_gate
+from bot.db import liveness, write_gate
 from bot.models import UTCDateTime
 
 log = logging.getLogger("beacon.batch")
@@ -96,7 +96,7 @@ class BatchWriter:
 
     async def _flush(self, batch: list[_Item]) -> None:
         try:
-            await self._execute(batch)
+            await self._execute_live(batch)
         except (DBAPIError, OSError) as exc:
             if len(batch) == 1:
                 _fail(batch, exc)
@@ -104,7 +104,7 @@ class BatchWriter:
             log.warning("batch of %d failed (%s); retrying row by row", len(batch), type(exc).__name__)
             for item in batch:
                 try:
-                    await self._execute([item])
+                    await self._execute_live([item])
                 except (DBAPIError, OSError) as row_exc:
                     _fail([item], row_exc)
                 else:
@@ -121,6 +121,18 @@ class BatchWriter:
         for _rows, future in batch:
             if not future.done():
                 future.set_result(None)
+
+    async def _execute_live(self, batch: list[_Item]) -> None:
+        """`_execute`, once more when the connection died under it (a server restart or failover, on
+        PostgreSQL: nothing of the batch was committed): the pool checks its connections before the next
+        use (bot/db.py Liveness), so the second attempt meets a live one."""
+        try:
+            await self._execute(batch)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("%s: the connection was lost (%s); writing the batch of %d again", self.name, type(exc.orig).__name__, len(batch))
+            await self._execute(batch)
 
     async def _execute(self, batch: list[_Item]) -> None:
         grouped: dict[tuple[int, Executable], list[dict[str, Any]]] = defaultdict(list)
@@ -163,8 +175,21 @@ class BatchWriter:
                         await driver.executemany(sql, rows)
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise IntegrityError(sql, None, exc) from exc
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise DBAPIError(sql, None, exc) from exc
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
+                dead = driver.is_closed() or isinstance(exc, _CONNECTION_LOST)
+                if dead:  # (a server restart, a failover): out of the pool, and the others pinged before use
+                    await conn.invalidate(exc)
+                    alive = liveness(self.engine)
+                    if alive is not None:
+                        alive.lost()
+                raise DBAPIError(sql, None, exc, connection_invalidated=dead) from exc
+
+
+# asyncpg's errors that leave its connection unusable: the server closed it or shut down, the socket
+# failed, or the protocol lost its state (seen when the server's notice of termination arrives as an
+# operation starts).
+_CONNECTION_LOST = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, asyncpg.PostgresConnectionError,
+                    asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.CrashShutdownError)
 
 
 def _driver_work(groups: list[tuple[Executable, list[dict[str, Any]]]], dialect: Any) -> list[tuple[str, list[list[Any]]]] | None:

@@ -54,6 +54,10 @@ class Metrics:
         self.wal_checkpoint_longest = Gauge(
             "beacon_sqlite_checkpoint_longest_seconds", "SQLite: the longest background WAL checkpoint so far", registry=r
         )
+        self.db_pings = Counter(
+            "beacon_db_pings", "PostgreSQL: pooled connections pinged before use (idle, or last used before one was "
+            "found dead), by outcome (dead: replaced by a new connection)", ["outcome"], registry=r
+        )
         self.events_recorded = Counter(
             "beacon_events_recorded", "Behavior events stored", ["type"], registry=r
         )

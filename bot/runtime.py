@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.batch import BatchWriter
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
-from bot.db import WalCheckpointer, create_background_engine, create_engine, read_only, read_session_factory, session_factory
+from bot.db import (WalCheckpointer, create_background_engine, create_engine, liveness, read_only, read_session_factory,
+                    session_factory)
 from bot.edge import EdgeLoad
 from bot.inbox import InboxStore, InboxWorker
 from bot.limits import TokenBuckets
@@ -105,6 +106,9 @@ class Runtime:
             metrics=Metrics(),
             dispatcher=Dispatcher(routers),
         )
+        alive = liveness(engine)
+        if alive is not None:
+            alive.counter = rt.metrics.db_pings
         w = settings.wecom
         if w.configured:
             rt.crypto = CallbackCrypto(w.token, w.encoding_aes_key, w.corp_id, replay_window_s=w.replay_window_s)
