@@ -92,3 +92,19 @@ async def test_a_connection_that_dies_in_steady_use_costs_no_answered_open(beaco
     metrics = (await (await beacon.client.get("/metrics")).read()).decode()
     counted = {outcome: float(n) for outcome, n in re.findall(r'^beacon_db_pings_total\{outcome="(\w+)"\} (\S+)$', metrics, re.M)}
     assert sum(counted.values()) == alive.pings and counted.get("dead", 0.0) == alive.replaced
+
+
+async def test_read_sessions_run_without_a_transaction(db_url: str) -> None:
+    """Read sessions (pages, the tracker's look-ahead, health) on PostgreSQL: no BEGIN and ROLLBACK
+    round trips around their statements; units of work keep their transaction."""
+    from bot.db import read_session_factory, session_factory
+
+    engine = create_engine(make_settings(db_url).database)
+    try:
+        for factory, in_transaction in ((read_session_factory(engine), False), (session_factory(engine), True)):
+            async with factory() as session:
+                assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+                driver = (await (await session.connection()).get_raw_connection()).driver_connection
+                assert driver.is_in_transaction() is in_transaction
+    finally:
+        await engine.dispose()
