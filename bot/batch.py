@@ -175,7 +175,7 @@ class BatchWriter:
                         await driver.executemany(sql, rows)
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise IntegrityError(sql, None, exc) from exc
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
+            except (asyncpg.PostgresError, *_CONNECTION_LOST) as exc:
                 dead = driver.is_closed() or isinstance(exc, _CONNECTION_LOST)
                 if dead:  # (a server restart, a failover): out of the pool, and the others pinged before use
                     await conn.invalidate(exc)

@@ -468,8 +468,8 @@ class Liveness:
         """A connection of the pool was found dead: the others are pinged before their next use."""
         self.lost_at = time.monotonic()
 
-    def _fresh(self, _dbapi_conn: Any, record: Any) -> None:
-        if record is not None:  # None: a connection checked in after it was invalidated
+    def _fresh(self, dbapi_conn: Any, record: Any) -> None:
+        if dbapi_conn is not None:  # None: checked in invalidated; its reconnection (`connect`) stamps it
             record.info[_USED] = time.monotonic()
 
     def _checkout(self, dbapi_conn: Any, record: Any, _proxy: Any) -> None:

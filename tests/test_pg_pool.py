@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -18,17 +17,14 @@ from sqlalchemy.exc import DBAPIError
 from bot.db import PING_IDLE_S, create_engine, liveness
 from tests.conftest import make_settings
 from tests.test_links import browsers, events, lib, share  # noqa: F401,F811  (fixtures)
+from tests.test_scaleout import _db
 
 pytestmark = pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 
 
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg", "postgresql")
-
-
 async def _terminate_others(url: str) -> int:
     """Every other connection to this database is closed by the server, as a restart or failover would."""
-    conn = await asyncpg.connect(_dsn(url))
+    conn = await _db(url)
     try:
         return len(await conn.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
