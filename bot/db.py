@@ -441,18 +441,22 @@ _USED = "beacon_used_at"
 class Liveness:
     """Pessimistic disconnect handling for a PostgreSQL engine's pool, paid only where it can matter.
 
-    A connection checked out within PING_IDLE_S of its last use is handed out as it is; an older one,
-    or one last used before the pool saw a connection die (`lost`: SQLAlchemy's disconnect errors,
-    and the group commit's own asyncpg path, bot/batch.py), is pinged first, and replaced if the ping
-    fails (DisconnectionError: the pool connects anew). The one operation that meets a connection
-    dying while in use fails, as it would with a ping too (the group commit then writes its rows
-    again on a connection checked first). `pings` and `replaced` count them; with `counter` (a
-    Prometheus counter labelled by outcome: bot.metrics) set, so does /metrics."""
+    A connection the driver already knows closed (the server's goodbye read by the event loop: a
+    restart, a failover, `pg_terminate_backend`) is replaced at checkout without a round trip
+    (DisconnectionError: the pool connects anew). Of the others, one checked out within PING_IDLE_S
+    of its last use is handed out as it is; an older one, or one last used before the pool saw a
+    connection die (`lost`: SQLAlchemy's disconnect errors, the group commit's own asyncpg path,
+    bot/batch.py, and a closed one found here), is pinged first, and replaced if the ping fails. The
+    one operation that meets a connection dying unnoticed (between its checkout and its statement,
+    or with the close not yet read) fails, as it would with a ping too (the group commit then writes
+    its rows again on a connection checked first). `pings`, `closed` and `replaced` count them; with
+    `counter` (a Prometheus counter labelled by outcome: bot.metrics) set, so does /metrics."""
 
     def __init__(self, idle_s: float = PING_IDLE_S) -> None:
         self.idle_s = idle_s
         self.lost_at = 0.0
         self.pings = 0
+        self.closed = 0
         self.replaced = 0
         self.counter: Any = None
 
@@ -473,6 +477,12 @@ class Liveness:
             record.info[_USED] = time.monotonic()
 
     def _checkout(self, dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if dbapi_conn.driver_connection.is_closed():  # asyncpg's own state: no round trip
+            self.closed += 1
+            self.replaced += 1
+            self.lost()
+            self._count("closed")
+            raise DisconnectionError("pooled connection was closed by the server")
         used = record.info.get(_USED, 0.0)
         if used > self.lost_at and time.monotonic() - used <= self.idle_s:
             return

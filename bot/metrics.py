@@ -54,9 +54,10 @@ class Metrics:
         self.wal_checkpoint_longest = Gauge(
             "beacon_sqlite_checkpoint_longest_seconds", "SQLite: the longest background WAL checkpoint so far", registry=r
         )
-        self.db_pings = Counter(
-            "beacon_db_pings", "PostgreSQL: pooled connections pinged before use (idle, or last used before one was "
-            "found dead), by outcome (dead: replaced by a new connection)", ["outcome"], registry=r
+        self.db_checks = Counter(
+            "beacon_db_connection_checks", "PostgreSQL: pooled connections checked before use, by outcome: alive or "
+            "dead (pinged: idle, or last used before one was found dead), closed (known closed by the driver, no "
+            "ping); dead and closed ones are replaced by a new connection", ["outcome"], registry=r
         )
         self.events_recorded = Counter(
             "beacon_events_recorded", "Behavior events stored", ["type"], registry=r

@@ -108,7 +108,7 @@ class Runtime:
         )
         alive = liveness(engine)
         if alive is not None:
-            alive.counter = rt.metrics.db_pings
+            alive.counter = rt.metrics.db_checks
         w = settings.wecom
         if w.configured:
             rt.crypto = CallbackCrypto(w.token, w.encoding_aes_key, w.corp_id, replay_window_s=w.replay_window_s)
