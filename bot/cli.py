@@ -69,7 +69,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int, 
     if worker_index is not None:  # one of the supervisor's workers: the scheduler runs in worker 0 only
         if worker_index > 0:
             settings = settings.replace(scheduler={"enabled": False})
-        run(serve_forever(settings, host=host, port=port, reuse_port=True))
+        run(serve_forever(settings, host=host, port=port, sibling=True))
         return
     if workers == 1:
         run(serve_forever(settings, host=host, port=port))

@@ -25,14 +25,16 @@ log = logging.getLogger("beacon.serve")
 
 
 async def serve_forever(settings: Settings, *, host: str, port: int, ready: asyncio.Event | None = None,
-                        reuse_port: bool = False) -> None:
+                        sibling: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT. `sibling`: this process is one of `serve --workers N`, sharing the
+    port with the others (SO_REUSEPORT), which store work for this one's workers (Runtime.watch_siblings)."""
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    site = web.TCPSite(runner, host, port, reuse_port=True if sibling else None)
     await site.start()
     rt = app[RUNTIME]
-    if reuse_port:  # one of `serve --workers N`: other processes store work for this one's workers
+    if sibling:
         rt.watch_siblings()
     scheduler = None
     from bot.sop.command import load_folder
