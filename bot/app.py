@@ -28,10 +28,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None, background: bo
     from handlers import callback, contacts_api, content_api, health, link_oauth, links
     from handlers.api import admin_auth
     from handlers.security import ip_rate_limit, security_headers
+    from handlers.unavailable import THROTTLE, Throttle, unavailable
 
-    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=[security_headers, ip_rate_limit, admin_auth])
+    app = web.Application(client_max_size=settings.server.max_body_bytes,
+                          middlewares=[security_headers, unavailable, ip_rate_limit, admin_auth])
     runtime = Runtime.build(settings, routers=routers(), clock=clock)
     app[RUNTIME] = runtime
+    app[THROTTLE] = Throttle()
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await runtime.start(background=background)

@@ -12,6 +12,7 @@ from aiohttp import web
 from bot.app import RUNTIME
 from bot.edge import edge
 from bot.wecom.inbound import CallbackForbidden, CallbackMalformed, parse_inbound
+from handlers.unavailable import answered_unavailable
 
 log = logging.getLogger("beacon.callback")
 routes = web.RouteTableDef()
@@ -69,8 +70,9 @@ async def handle_callback(request: web.Request) -> web.Response:
         return _refuse(request, exc)
     try:
         await rt.inbox_store.put(msg, rt.clock.now())
-    except Exception:
-        log.exception("could not store callback %s; answering 503 so WeCom retries", msg.kind)
+    except Exception as exc:
+        if not answered_unavailable(request, exc):
+            log.exception("could not store callback %s; answering 503 so WeCom retries", msg.kind)
         return web.Response(status=503, text="temporarily unavailable")
     rt.metrics.callbacks_received.labels(source=msg.source).inc()
     rt.inbox.wake()

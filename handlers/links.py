@@ -24,6 +24,7 @@ from bot.previews import is_preview_fetch
 from bot.shares import LinkInfo
 from bot.tracking import VISITOR_COOKIE, new_visitor_id
 from handlers.link_oauth import is_rep_preview, oauth_redirect, wants_oauth
+from handlers.unavailable import RETRY_AFTER_S, answered_unavailable
 
 log = logging.getLogger("beacon.links")
 routes = web.RouteTableDef()
@@ -124,9 +125,12 @@ async def handle_landing(request: web.Request) -> web.StreamResponse:
                     user_agent=request.headers.get("User-Agent", ""),
                     child_token=child,
                 )
-            except Exception:
-                log.exception("could not record open for share %s", link.share_id)
-                return rt.pages.error(503, lang)
+            except Exception as exc:
+                if not answered_unavailable(request, exc):
+                    log.exception("could not record open for share %s", link.share_id)
+                unavailable = rt.pages.error(503, lang)
+                unavailable.headers["Retry-After"] = str(RETRY_AFTER_S)
+                return unavailable
             rt.tracker.wake()
     about = {"title": link.title, "summary": link.summary, "kind_label": KIND_LABELS.get(link.kind, "")}
     if link.gated and not unlocked:

@@ -341,3 +341,35 @@ async def test_database_down_healthz_503_and_callbacks_refused(aiohttp_client: A
     poster = Poster(client, time.time())
     resp = await poster.post(text_xml("rep1", "帮助", "6001"))
     assert resp.status == 503  # WeCom retries; nothing was acknowledged and lost
+
+
+async def test_database_down_pages_and_api_answer_503_with_retry_after_and_log_one_line(
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a 500 with a traceback per request: the database is away for a moment (a restart, a
+    failover), and the reader, the API client and the operator's log are told so."""
+    import logging
+
+    settings = make_settings("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    client = await aiohttp_client(create_app(settings, background=False))
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            api = await client.get("/api/content", headers={"Authorization": "Bearer test-admin-token"})
+            assert api.status == 503 and api.headers["Retry-After"] == "5"
+            assert "retry" in (await api.json())["error"]
+            page = await client.get("/l/AnyToken0000000000000000")  # unknown or not: it cannot tell yet
+            assert page.status == 503 and page.headers["Retry-After"] == "5"
+            assert "请稍后再试" in await page.text() and page.headers["X-Frame-Options"] == "DENY"
+        english = await client.get("/l/AnyToken0000000000000000", headers={"Accept-Language": "en-US"})
+        assert english.status == 503 and "try again later" in await english.text()
+    lines = [r for r in caplog.records if r.name == "beacon.unavailable"]
+    assert len(lines) == 1 and "answered 503: cannot connect (ConnectionRefusedError" in lines[0].getMessage()
+    assert lines[0].exc_info is None and not [r for r in caplog.records if r.name == "aiohttp.server"]  # no traceback
+
+
+async def test_an_error_that_is_not_the_database_stays_a_500(aiohttp_client: Any, sqlite_url: str) -> None:
+    from handlers.unavailable import transient_reason
+
+    assert transient_reason(ValueError("a bug")) is None
+    assert transient_reason(ConnectionResetError("the client went away")) is None
+    assert transient_reason(ConnectionRefusedError(111, "Connect call failed")) is not None

@@ -152,6 +152,13 @@ async def test_connections_lost_cost_no_answered_open_and_no_page(beacon: Any, l
     async with beacon.rt.sessions() as session:
         assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
 
+    # A page or API request that meets one: 503 with Retry-After (handlers/unavailable.py), and the next
+    # request is served.
+    killed = _kill_at_checkout(engine, url)
+    listing = await beacon.client.get("/api/content", headers=AUTH)
+    assert listing.status == 503 and listing.headers["Retry-After"] == "5" and len(killed) == 1
+    assert (await beacon.client.get("/api/content", headers=AUTH)).status == 200
+
     alive.idle_s = 0.05
     await asyncio.sleep(0.1)
     status, _, _ = await browsers().get(f"/l/{s['token']}")  # its group commit's connection sat idle: pinged

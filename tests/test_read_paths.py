@@ -148,9 +148,10 @@ async def test_a_writing_route_does_wait_for_the_lock(beacon: Any, sqlite_url: s
     try:
         with write_lock_held(sqlite_url):
             began = time.perf_counter()
-            status, _, _ = await visitor.get(f"/l/{token}")
+            status, page, resp = await visitor.get(f"/l/{token}")
             waited = time.perf_counter() - began
         assert status == 503 and waited >= BUSY_MS / 1000
+        assert resp.headers["Retry-After"] == "5" and "请稍后再试" in page
         status, _, _ = await visitor.get(f"/l/{token}")
         assert status == 200
     finally:

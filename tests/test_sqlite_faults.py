@@ -85,13 +85,37 @@ async def test_database_locked_by_another_process_is_a_clear_503(app_on_sqlite: 
     try:
         other.execute("BEGIN EXCLUSIVE")  # e.g. a careless maintenance script
         started = time.monotonic()
-        with caplog.at_level(logging.ERROR, logger="beacon"):
+        with caplog.at_level(logging.WARNING, logger="beacon"):
             resp = await poster.post(text_xml("rep1", "帮助", "8101"))
         assert resp.status == 503
         assert time.monotonic() - started < 5  # waited about busy_timeout_ms, not forever
-        assert "database is locked" in caplog.text
+        # One line that says why (handlers/unavailable.py), not a traceback.
+        assert "POST /wecom/callback answered 503: SQLite: database is locked" in caplog.text
     finally:
         other.rollback()
         other.close()
     assert (await poster.post(text_xml("rep1", "帮助", "8101"))).status == 200
     assert await stored(rt) == 1
+
+
+async def test_a_write_that_meets_the_lock_past_the_busy_timeout_answers_503_with_retry_after(
+    app_on_sqlite: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _rt, _, path = app_on_sqlite
+    task = {"rep": "rep1", "title": "回访王总"}
+    auth = {"Authorization": "Bearer test-admin-token"}
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        with caplog.at_level(logging.INFO):
+            for _ in range(2):
+                resp = await client.post("/api/tasks", json=task, headers=auth)
+                assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+    finally:
+        other.rollback()
+        other.close()
+    lines = [r for r in caplog.records if r.name == "beacon.unavailable"]
+    assert len(lines) == 1 and "POST /api/tasks answered 503: SQLite: database is locked" in lines[0].getMessage()
+    assert lines[0].exc_info is None and not [r for r in caplog.records if r.name == "aiohttp.server"]  # no traceback
+    resp = await client.post("/api/tasks", json=task, headers=auth)  # the same request once the lock is free
+    assert resp.status == 201, await resp.text()
