@@ -3,7 +3,8 @@
 While PostgreSQL restarts or fails over, while another process holds SQLite's write lock past the busy
 timeout, or while the pool has no connection to give, a request that needs the database fails through
 no fault of its own and would succeed a moment later. Such failures (`transient_reason`) get 503 and
-`Retry-After`: the friendly error page for pages and tracked links, a JSON error under /api. The log
+`Retry-After`: the friendly error page for a browser's pages and tracked links, a JSON error under /api
+and for the pages' own fetch calls (the sidebar's). The log
 gets one warning line for them every LOG_EVERY_S (with how many there were), not a traceback per
 request: an outage at a few hundred requests a second would otherwise bury everything else.
 
@@ -105,12 +106,23 @@ async def unavailable(request: web.Request,
         return _answer(request)
 
 
+_MESSAGE = {
+    "api": "temporarily unavailable (the database cannot be reached); retry shortly",
+    "zh": "服务暂时不可用，请稍后重试。",
+    "en": "Temporarily unavailable. Please try again in a moment.",
+}
+
+
 def _answer(request: web.Request) -> web.Response:
+    """The admin API gets its JSON error; a browser navigating (it asks for text/html) the error page in
+    its language; any other client (the sidebar's fetch calls, scripts) a JSON error in its language."""
     from bot.app import RUNTIME
 
     if request.path == "/api" or request.path.startswith("/api/"):
-        response = web.json_response({"error": "temporarily unavailable (the database cannot be reached); retry shortly"}, status=503)
-    else:
+        response = web.json_response({"error": _MESSAGE["api"]}, status=503)
+    elif "text/html" in request.headers.get("Accept", ""):
         response = request.app[RUNTIME].pages.error(503, page_lang(request))
+    else:
+        response = web.json_response({"error": _MESSAGE[page_lang(request)]}, status=503)
     response.headers["Retry-After"] = str(RETRY_AFTER_S)
     return response

@@ -352,16 +352,20 @@ async def test_database_down_pages_and_api_answer_503_with_retry_after_and_log_o
 
     settings = make_settings("postgresql+asyncpg://postgres@127.0.0.1:1/none")
     client = await aiohttp_client(create_app(settings, background=False))
+    BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
     with caplog.at_level(logging.INFO):
         for _ in range(3):
             api = await client.get("/api/content", headers={"Authorization": "Bearer test-admin-token"})
             assert api.status == 503 and api.headers["Retry-After"] == "5"
             assert "retry" in (await api.json())["error"]
-            page = await client.get("/l/AnyToken0000000000000000")  # unknown or not: it cannot tell yet
+            page = await client.get("/l/AnyToken0000000000000000", headers=BROWSER)  # unknown or not: it cannot tell yet
             assert page.status == 503 and page.headers["Retry-After"] == "5"
             assert "请稍后再试" in await page.text() and page.headers["X-Frame-Options"] == "DENY"
-        english = await client.get("/l/AnyToken0000000000000000", headers={"Accept-Language": "en-US"})
+        english = await client.get("/l/AnyToken0000000000000000", headers={**BROWSER, "Accept-Language": "en-US"})
         assert english.status == 503 and "try again later" in await english.text()
+        fetched = await client.get("/l/AnyToken0000000000000000", headers={"Accept": "*/*"})  # fetch(), a script
+        assert fetched.status == 503 and fetched.headers["Retry-After"] == "5"
+        assert (await fetched.json())["error"] == "服务暂时不可用，请稍后重试。"
     lines = [r for r in caplog.records if r.name == "beacon.unavailable"]
     assert len(lines) == 1 and "answered 503: cannot connect (ConnectionRefusedError" in lines[0].getMessage()
     assert lines[0].exc_info is None and not [r for r in caplog.records if r.name == "aiohttp.server"]  # no traceback
