@@ -71,6 +71,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int, 
             settings = settings.replace(scheduler={"enabled": False})
         run(serve_forever(settings, host=host, port=port, sibling=True))
         return
+    _warn_connection_budget(settings, workers)
     if workers == 1:
         run(serve_forever(settings, host=host, port=port))
         return
@@ -80,6 +81,15 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int, 
     base = [sys.executable, "-m", "bot", *(["--config", str(config)] if config else []), "serve", "--host", host, "--port", str(port)]
     stop_timeout = settings.server.stop_grace_s + 25  # a worker's own stop: grace, lease release, pool close, requests
     sys.exit(run(supervise(lambda i: [*base, "--worker-index", str(i)], workers, stop_timeout_s=stop_timeout)))
+
+
+def _warn_connection_budget(settings: Settings, processes: int) -> None:
+    """Before serving on PostgreSQL: say so when the processes' pools could outgrow max_connections."""
+    from bot.db import connection_budget
+
+    warning = run(connection_budget(settings.database, processes))
+    if warning:
+        logging.getLogger("beacon.serve").warning(warning)
 
 
 @cli.group()

@@ -14,10 +14,11 @@ import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only
 
 from bot import sqlite_driver
@@ -425,6 +426,43 @@ def _create_engine(settings: DatabaseSettings) -> AsyncEngine:
     )
     Liveness().install(engine)
     return engine
+
+
+_SERVER_CONNECTIONS = text(
+    "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, "
+    "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int"
+)
+
+
+async def connection_budget(settings: DatabaseSettings, processes: int) -> str | None:
+    """PostgreSQL: why `processes` serving processes could ask the server for more connections than it
+    takes (a warning to log), or None when they fit (or on SQLite, or when the server cannot be asked).
+
+    Each serving process opens up to `pool_size + max_overflow` pooled connections, plus one for the
+    wake-ups between processes ([database] notify). The pools open connections lazily, so this is the
+    worst case, which a burst reaches: past `max_connections` (less the superuser's reserve and what
+    other clients hold now) the server refuses new connections, and the requests that needed one
+    answer 503 until the burst passes."""
+    if make_url(settings.url).get_backend_name() != "postgresql":
+        return None
+    engine = create_async_engine(settings.url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            max_connections, reserved, in_use = (await conn.execute(_SERVER_CONNECTIONS)).one()
+    except Exception as exc:  # the serving processes will report an unreachable database themselves
+        logging.getLogger("beacon.db").debug("connection budget not checked: %s", type(exc).__name__)
+        return None
+    finally:
+        await engine.dispose()
+    each = settings.pool_size + settings.max_overflow + (1 if settings.notify else 0)
+    free = max_connections - reserved - (in_use - 1)  # not counting the connection that asked
+    if processes * each <= free:
+        return None
+    return (f"{processes} serving process(es) may open up to {processes * each} PostgreSQL connections "
+            f"({processes} × ([database] pool_size {settings.pool_size} + max_overflow {settings.max_overflow}"
+            f"{' + 1 for wake-ups' if settings.notify else ''})), but the server takes {free} more "
+            f"(max_connections {max_connections}, {reserved} reserved, {in_use - 1} in use by other clients): "
+            f"lower [database] pool_size or max_overflow, raise max_connections, or put PgBouncer in between")
 
 
 # A pooled PostgreSQL connection is pinged before it is handed out only when it sat idle longer than

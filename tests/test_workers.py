@@ -105,3 +105,38 @@ def test_workers_out_of_range_is_refused_with_exit_2(tmp_path: Path) -> None:
     proc = run_cli("--config", str(config), "serve", "--workers", "0")
     assert proc.returncode == 2
     assert "--workers" in proc.stderr and "0" in proc.stderr
+
+
+async def test_serving_warns_when_the_pools_could_outgrow_max_connections(tmp_path: Path, pg_database: str) -> None:
+    """Pools that N processes could grow past the server's max_connections are named before serving
+    (the keys to change): under a burst the server would refuse connections and requests answer 503."""
+    from bot.config import DatabaseSettings
+    from bot.db import connection_budget
+
+    fits = DatabaseSettings(url=pg_database)  # 5 + 10 + 1 a process
+    assert await connection_budget(fits, 1) is None
+    warning = await connection_budget(fits, 1000)
+    assert warning is not None and "1000 serving process(es) may open up to 16000" in warning
+    assert "[database] pool_size 5 + max_overflow 10 + 1 for wake-ups" in warning and "max_connections" in warning
+    assert await connection_budget(DatabaseSettings(url="sqlite+aiosqlite:///x.db"), 1000) is None
+    assert await connection_budget(DatabaseSettings(url="postgresql+asyncpg://postgres@127.0.0.1:1/none"), 1000) is None
+
+    port = free_port()
+    config = write_config(tmp_path / "beacon.toml", db_url=pg_database, api_base="http://127.0.0.1:9", port=port)
+    text = config.read_text(encoding="utf-8").replace("[database]\n", "[database]\npool_size = 200\nmax_overflow = 0\n", 1)
+    config.write_text(text, encoding="utf-8")
+    assert run_cli("--config", str(config), "migrate").returncode == 0
+    server = Server(config, port, args=("--workers", "2"))
+    await server.start()
+    try:
+        async def both() -> bool:  # it serves all the same: a warning, not a refusal
+            return len(await pids_answering(server.url, tries=20)) == 2
+
+        await wait_for(both, timeout=30, interval=0.2)
+    finally:
+        code = await server.stop()
+    assert code == 0
+    log = server.log.read_text(encoding="utf-8")
+    assert log.count("may open up to") == 1  # said once, by the supervisor
+    assert "2 serving process(es) may open up to 402 PostgreSQL connections" in log
+    assert "lower [database] pool_size or max_overflow" in log
