@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sqlite3
 import time
 import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import aiohttp
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only
@@ -426,6 +429,41 @@ def _create_engine(settings: DatabaseSettings) -> AsyncEngine:
     )
     Liveness().install(engine)
     return engine
+
+
+# SQLSTATE classes of a server that cannot serve right now: connection exceptions (08…), operator
+# intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now: a restart or a
+# failover in progress) and too many connections (53300).
+_UNAVAILABLE_SQLSTATES = ("08", "57P", "53300")
+_SQLITE_BUSY = ("database is locked", "database is busy")
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why `exc` means the database cannot serve right now, as a short phrase for the log (a moment
+    later the same work would succeed: requests answer 503, handlers/unavailable.py; workers retry at
+    their next pass, bot/worker.py), or None for any other error."""
+    if isinstance(exc, PoolTimeout):
+        return "no pooled connection free within [database] pool_timeout"
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return "the database connection was lost"
+        orig = exc.orig
+        if isinstance(orig, sqlite3.OperationalError) and str(orig).startswith(_SQLITE_BUSY):
+            return f"SQLite: {orig}"
+        state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if isinstance(state, str) and state.startswith(_UNAVAILABLE_SQLSTATES):
+            return f"the database cannot serve (SQLSTATE {state})"
+        return None
+    # The driver's connect, which raises the socket's own errors: refused, reset (a server shutting
+    # down), timed out, a host name that does not resolve, or asyncio's summary of every address tried.
+    # Not aiohttp's own: a client gone while its response streamed, or WeCom's API unreachable.
+    if isinstance(exc, aiohttp.ClientError):
+        return None
+    if isinstance(exc, (ConnectionRefusedError, ConnectionResetError, BrokenPipeError, TimeoutError, socket.gaierror)) or (
+        type(exc) is OSError and str(exc).startswith("Multiple exceptions")
+    ):
+        return f"cannot connect ({type(exc).__name__}: {exc})"
+    return None
 
 
 _SERVER_CONNECTIONS = text(

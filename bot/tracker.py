@@ -33,7 +33,7 @@ from sqlalchemy import Integer, bindparam, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import notify
-from bot.db import yield_to_writer
+from bot.db import unavailable_reason, yield_to_writer
 from bot.identity import add_identity, find_by_identity, live_contact, merge_contacts, normalize_phone
 from bot.inbox import insert_ignore
 from bot.leases import hold_lease, holds_lease
@@ -155,17 +155,19 @@ class Tracker(PollingWorker):
                 finally:
                     batch.uninstall()
             return done, done < len(events) or len(events) == limit
-        except Exception:
+        except Exception as exc:
             if batch is None:
                 raise  # no batch to blame: the pass fails, as any database trouble does
-            log.warning("a batch of %d events failed; processing them one by one", len(batch.events), exc_info=True)
-            self.fallbacks += 1
             self.merged.clear()
             self.merged.update(merged)
             for hook in self.hooks:
                 abandon = getattr(hook, "abandon", None)
                 if abandon is not None:
                     abandon(batch)
+            if unavailable_reason(exc) is not None:
+                raise  # the database, not an event: the pass fails, and the next one takes the batch again
+            log.warning("a batch of %d events failed; processing them one by one", len(batch.events), exc_info=True)
+            self.fallbacks += 1
             return await self._pass_one_by_one()
 
     async def _warm(self, limit: int) -> int:

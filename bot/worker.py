@@ -17,6 +17,9 @@ from contextlib import suppress
 from typing import Any, Awaitable, Callable
 
 from bot.clock import sleep_unless
+from bot.db import unavailable_reason
+
+OUTAGE_LOG_EVERY_S = 60.0
 
 
 class PollingWorker(ABC):
@@ -133,8 +136,8 @@ class PollingWorker(ABC):
         """Handle what is due now (checking `stopping` between units); returns how many were handled."""
 
     async def run(self) -> None:
-        log = logging.getLogger(f"beacon.{self.name}")
         loop = asyncio.get_running_loop()
+        outage = Outage(self.name, logging.getLogger(f"beacon.{self.name}"))
         busy_until = -self.settle_s  # when the last pass that found work (or failed) ended
         while not self._stopping:
             # Cleared before the pass, not after: work that arrives while a pass runs, after it looked,
@@ -142,10 +145,12 @@ class PollingWorker(ABC):
             self._wake.clear()
             try:
                 handled = await self.drain()
-            except Exception:
-                log.exception("%s pass failed", self.name)
+            except Exception as exc:
+                outage.failed(exc, loop.time())
                 handled = 0
                 busy_until = loop.time()  # a failed pass settles too: wake-ups must not make it a busy loop
+            else:
+                outage.passed(loop.time())
             if handled:
                 busy_until = loop.time()
             if not handled and not self._stopping:
@@ -154,3 +159,37 @@ class PollingWorker(ABC):
             # right after such a pass, none once the worker has had nothing to do for that long (the
             # first unit after a quiet spell is handled at once). Passes that found nothing do not count.
             await self.rest(busy_until + self.settle_s - loop.time())
+
+
+class Outage:
+    """How a worker logs its failed passes. A pass that failed because the database cannot serve (a
+    restart, a failover, SQLite's lock held elsewhere: bot.db.unavailable_reason) is retried at the next
+    poll, so a minute's outage would log a traceback every second per worker: it gets one warning line
+    when it starts, one every OUTAGE_LOG_EVERY_S while it lasts (with the count), and one when a pass
+    succeeds again. Any other failure is logged with its traceback, every time."""
+
+    def __init__(self, name: str, log: logging.Logger) -> None:
+        self.name, self.log = name, log
+        self.failures = 0  # passes failed in a row for want of the database
+        self.since = 0.0
+        self.logged_at = 0.0
+
+    def failed(self, exc: Exception, now: float) -> None:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            self.log.exception("%s pass failed", self.name)
+            return
+        self.failures += 1
+        if self.failures == 1:
+            self.since = self.logged_at = now
+            self.log.warning("%s pass failed: %s; retrying at every poll", self.name, reason)
+        elif now - self.logged_at >= OUTAGE_LOG_EVERY_S:
+            self.logged_at = now
+            self.log.warning("%s: %d passes failed in %.0f s: %s; still retrying", self.name, self.failures,
+                             now - self.since, reason)
+
+    def passed(self, now: float) -> None:
+        if self.failures:
+            self.log.warning("%s: the database serves again after %d failed passes in %.0f s", self.name,
+                             self.failures, now - self.since)
+            self.failures = 0

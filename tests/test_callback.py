@@ -372,8 +372,11 @@ async def test_database_down_pages_and_api_answer_503_with_retry_after_and_log_o
 
 
 async def test_an_error_that_is_not_the_database_stays_a_500(aiohttp_client: Any, sqlite_url: str) -> None:
-    from handlers.unavailable import transient_reason
+    from aiohttp import ClientConnectionResetError
 
-    assert transient_reason(ValueError("a bug")) is None
-    assert transient_reason(ConnectionResetError("the client went away")) is None
-    assert transient_reason(ConnectionRefusedError(111, "Connect call failed")) is not None
+    from bot.db import unavailable_reason
+
+    assert unavailable_reason(ValueError("a bug")) is None
+    assert unavailable_reason(ClientConnectionResetError("Cannot write to closing transport")) is None  # the client left
+    assert unavailable_reason(ConnectionResetError(104, "Connection reset by peer")) is not None  # the database's socket
+    assert unavailable_reason(ConnectionRefusedError(111, "Connect call failed")) is not None

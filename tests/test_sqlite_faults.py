@@ -119,3 +119,43 @@ async def test_a_write_that_meets_the_lock_past_the_busy_timeout_answers_503_wit
     assert lines[0].exc_info is None and not [r for r in caplog.records if r.name == "aiohttp.server"]  # no traceback
     resp = await client.post("/api/tasks", json=task, headers=auth)  # the same request once the lock is free
     assert resp.status == 201, await resp.text()
+
+
+async def test_a_worker_logs_an_outage_when_it_starts_and_ends_not_a_traceback_per_pass(
+    app_on_sqlite: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The inbox worker meets the write lock held by another process for a second: its passes fail and
+    are retried at every poll, and the log says so twice (when it starts, when it ends), without a
+    traceback; the stored callback is processed once the lock is free."""
+    import asyncio
+
+    client, rt, _, path = app_on_sqlite
+    poster = Poster(client, rt.clock.now().timestamp())
+    assert (await poster.post(text_xml("rep1", "帮助", "8201"))).status == 200
+    rt.inbox.poll_s = 0.05
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN EXCLUSIVE")
+    with caplog.at_level(logging.INFO, logger="beacon"):
+        worker = asyncio.create_task(rt.inbox.run())
+        try:
+            await asyncio.sleep(1.2)  # passes of about the busy timeout (300 ms) each, all failing
+        finally:
+            other.rollback()
+            other.close()
+        try:
+            for _ in range(200):
+                async with rt.read_sessions() as session:
+                    if await session.scalar(select(InboxItem.status)) == "done":
+                        break
+                await asyncio.sleep(0.05)
+        finally:
+            rt.inbox.request_stop()
+            await worker
+    async with rt.read_sessions() as session:
+        assert await session.scalar(select(InboxItem.status)) == "done"
+    lines = [r for r in caplog.records if r.name == "beacon.inbox"]
+    said = [r.getMessage() for r in lines]
+    assert said[0] == "inbox pass failed: SQLite: database is locked; retrying at every poll", said
+    back = [m for m in said if "the database serves again after" in m]
+    assert len(back) == 1 and int(back[0].split(" after ")[1].split()[0]) >= 2, said
+    assert len(said) == 2 and all(r.exc_info is None for r in lines), said

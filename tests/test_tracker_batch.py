@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from bot.clock import FrozenClock
 from bot.identity import add_identity
@@ -397,3 +397,42 @@ async def test_a_batch_of_forwards_inserts_them_and_binds_browsers_in_one_statem
         forwards = (await session.execute(text("SELECT contact_id FROM events WHERE type = 'forward' ORDER BY id"))).scalars().all()
         owners = (await session.execute(text("SELECT id FROM contacts WHERE external_userid LIKE 'wmFwd%' ORDER BY id"))).scalars().all()
     assert forwards == owners  # each contact credited with the friend its link reached
+
+
+async def test_a_batch_the_database_fails_is_taken_again_not_done_one_by_one(beacon: Any,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The one-by-one fallback isolates an event that breaks a batch. When the database itself fails
+    (here SQLite's lock, past the busy timeout, in the middle of the batch), it has nothing to isolate:
+    the pass fails, nothing of it is kept, and the next pass does the whole batch once."""
+    import logging
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from bot.models import ScoreEntry
+
+    rt = beacon.rt
+    async with rt.sessions() as session, session.begin():
+        contact = Contact(external_userid="wmLocked", created_at=beacon.clock.now(), updated_at=beacon.clock.now())
+        session.add(contact)
+    for n in range(3):
+        await rt.events.contact_event("webinar_attended", contact.id, occurred_at=beacon.clock.now(),
+                                      received_at=beacon.clock.now(), key=f"locked-{n}")
+    failing = [True]
+
+    async def locked(session: Any, event: Any) -> None:
+        if failing[0] and event.type == "webinar_attended":
+            raise OperationalError("UPDATE contacts", {}, sqlite3.OperationalError("database is locked"))
+
+    rt.tracker.hooks.append(locked)
+    with caplog.at_level(logging.WARNING, logger="beacon.tracker"), pytest.raises(OperationalError):
+        await rt.tracker.drain()
+    assert rt.tracker.fallbacks == 0 and "one by one" not in caplog.text
+    async with rt.read_sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(ScoreEntry)) == 0  # nothing of it kept
+    failing[0] = False
+    assert await rt.tracker.drain() == 3
+    async with rt.read_sessions() as session:
+        events = (await session.execute(text("SELECT processed FROM events"))).scalars().all()
+        ledger = (await session.execute(select(ScoreEntry.event_id).where(ScoreEntry.event_id.is_not(None)))).scalars().all()
+    assert events == [True, True, True] and len(ledger) == len(set(ledger)) > 0
