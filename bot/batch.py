@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Executable
 
-from bot.db import liveness, write_gate
+from bot.db import liveness, unavailable_reason, write_gate
 from bot.models import UTCDateTime
 
 log = logging.getLogger("beacon.batch")
@@ -98,7 +98,9 @@ class BatchWriter:
         try:
             await self._execute_live(batch)
         except (DBAPIError, OSError) as exc:
-            if len(batch) == 1:
+            if len(batch) == 1 or unavailable_reason(exc) is not None:
+                # Row by row is for a row the database refuses; when it cannot serve at all, each row
+                # would fail alike: the callers answer 503 now (WeCom delivers again, the reader reloads).
                 _fail(batch, exc)
                 return
             log.warning("batch of %d failed (%s); retrying row by row", len(batch), type(exc).__name__)

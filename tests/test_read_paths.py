@@ -158,6 +158,34 @@ async def test_a_writing_route_does_wait_for_the_lock(beacon: Any, sqlite_url: s
         await visitor.close()
 
 
+async def test_opens_that_meet_the_lock_together_all_answer_503_without_a_retry_row_by_row(
+    beacon: Any, sqlite_url: str, lib: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    """Several opens in one group commit, the lock held elsewhere past the busy timeout: the batch fails
+    for the database, not for a row, so it is not tried again row by row (each row would wait out the
+    busy timeout in turn); every open answers 503 at once, and each is recorded when opened again."""
+    import asyncio
+    import logging
+
+    await seed(beacon)
+    async with beacon.rt.sessions() as session:
+        token = await session.scalar(select(Share.token).limit(1))
+    visitors = [PageUser(str(beacon.client.make_url("")).rstrip("/"), "Mozilla/5.0 (iPhone) MicroMessenger/8.0")
+                for _ in range(5)]
+    try:
+        with caplog.at_level(logging.WARNING), write_lock_held(sqlite_url):
+            began = time.perf_counter()
+            answers = await asyncio.gather(*(v.get(f"/l/{token}") for v in visitors))
+            waited = time.perf_counter() - began
+        assert [status for status, _, _ in answers] == [503] * 5
+        assert waited < 3 * BUSY_MS / 1000  # not one busy timeout per row
+        assert "row by row" not in caplog.text
+        assert [(await v.get(f"/l/{token}"))[0] for v in visitors] == [200] * 5
+    finally:
+        for v in visitors:
+            await v.close()
+
+
 @pytest.mark.parametrize("args", [("channel", "list", "--json"), ("sop", "list"), ("inbox", "list"), ("contact", "export", "wmC1")])
 async def test_listing_commands_run_while_another_connection_holds_the_write_lock(
     beacon: Any, sqlite_url: str, args: tuple[str, ...], tmp_path: Path, lib: Path  # noqa: F811
