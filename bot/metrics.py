@@ -59,6 +59,15 @@ class Metrics:
             "dead (pinged: idle, or last used before one was found dead), closed (known closed by the driver, no "
             "ping); dead and closed ones are replaced by a new connection", ["outcome"], registry=r
         )
+        self.unavailable_answers = Counter(
+            "beacon_unavailable_answers", "Requests answered 503 because the database could not serve "
+            "(down, restarting, locked past the busy timeout, no pooled connection free)", registry=r
+        )
+        self.worker_failed_passes = Counter(
+            "beacon_worker_failed_passes", "Background worker passes that failed, by worker and cause "
+            "(database: it could not serve, the pass is retried at the next poll; error: anything else)",
+            ["worker", "cause"], registry=r
+        )
         self.events_recorded = Counter(
             "beacon_events_recorded", "Behavior events stored", ["type"], registry=r
         )

@@ -137,7 +137,9 @@ class PollingWorker(ABC):
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        outage = Outage(self.name, logging.getLogger(f"beacon.{self.name}"))
+        metrics = getattr(self.rt, "metrics", None)
+        outage = Outage(self.name, logging.getLogger(f"beacon.{self.name}"),
+                        metrics.worker_failed_passes if metrics is not None else None)
         busy_until = -self.settle_s  # when the last pass that found work (or failed) ended
         while not self._stopping:
             # Cleared before the pass, not after: work that arrives while a pass runs, after it looked,
@@ -168,14 +170,16 @@ class Outage:
     when it starts, one every OUTAGE_LOG_EVERY_S while it lasts (with the count), and one when a pass
     succeeds again. Any other failure is logged with its traceback, every time."""
 
-    def __init__(self, name: str, log: logging.Logger) -> None:
-        self.name, self.log = name, log
+    def __init__(self, name: str, log: logging.Logger, counter: Any = None) -> None:
+        self.name, self.log, self.counter = name, log, counter  # counter: beacon_worker_failed_passes
         self.failures = 0  # passes failed in a row for want of the database
         self.since = 0.0
         self.logged_at = 0.0
 
     def failed(self, exc: Exception, now: float) -> None:
         reason = unavailable_reason(exc)
+        if self.counter is not None:
+            self.counter.labels(worker=self.name, cause="error" if reason is None else "database").inc()
         if reason is None:
             self.log.exception("%s pass failed", self.name)
             return

@@ -53,9 +53,12 @@ def answered_unavailable(request: web.Request, exc: BaseException) -> bool:
     """For a handler that answers 503 itself when it cannot store (a link open, a callback): logs the
     failure, as one throttled line when it is transient (True), else not at all (False: the caller logs
     it with its traceback)."""
+    from bot.app import RUNTIME
+
     reason = unavailable_reason(exc)
     if reason is None:
         return False
+    request.app[RUNTIME].metrics.unavailable_answers.inc()
     request.app[THROTTLE].log(request, reason)
     return True
 

@@ -5,6 +5,7 @@ database stays intact; when the disk has room again, redelivered callbacks are t
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -159,3 +160,6 @@ async def test_a_worker_logs_an_outage_when_it_starts_and_ends_not_a_traceback_p
     back = [m for m in said if "the database serves again after" in m]
     assert len(back) == 1 and int(back[0].split(" after ")[1].split()[0]) >= 2, said
     assert len(said) == 2 and all(r.exc_info is None for r in lines), said
+    metrics = await (await client.get("/metrics")).text()
+    failed = re.search(r'^beacon_worker_failed_passes_total\{cause="database",worker="inbox"\} (\S+)$', metrics, re.M)
+    assert failed is not None and float(failed.group(1)) == int(back[0].split(" after ")[1].split()[0])
