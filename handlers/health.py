@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bot import __version__
 from bot.app import RUNTIME
+from bot.db import unavailable_reason
 from bot.inbox import inbox_counts
 from bot.outbox import outbox_counts
 from bot.tracker import backlog
@@ -41,17 +42,23 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def handle_metrics(request: web.Request) -> web.Response:
-    """Prometheus text format; queue depths are read from the database at scrape time."""
+    """Prometheus text format; queue depths are read from the database at scrape time (while it cannot
+    serve, they keep their last values and the process's own counters are served as ever)."""
     rt = request.app[RUNTIME]
-    if await rt.db_ok():
-        async with rt.read_sessions() as session:
-            for status, count in (await inbox_counts(session)).items():
-                rt.metrics.inbox_depth.labels(status=status).set(count)
-            tracker = await backlog(session, rt.clock.now())
-            rt.metrics.tracker_backlog.set(tracker["unprocessed"])
-            rt.metrics.tracker_lag.set(tracker["lag_s"])
-            for status, count in (await outbox_counts(session)).items():
-                rt.metrics.outbox_depth.labels(status=status).set(count)
+    try:
+        if await rt.db_ok():
+            async with rt.read_sessions() as session:
+                for status, count in (await inbox_counts(session)).items():
+                    rt.metrics.inbox_depth.labels(status=status).set(count)
+                tracker = await backlog(session, rt.clock.now())
+                rt.metrics.tracker_backlog.set(tracker["unprocessed"])
+                rt.metrics.tracker_lag.set(tracker["lag_s"])
+                for status, count in (await outbox_counts(session)).items():
+                    rt.metrics.outbox_depth.labels(status=status).set(count)
+    except Exception as exc:
+        if unavailable_reason(exc) is None:
+            raise
+        # The database went away after db_ok(): the process's own counters are what an outage needs most.
     if rt.checkpointer is not None:
         rt.metrics.wal_frames.set(rt.checkpointer.wal_frames)
         rt.metrics.wal_checkpoint_longest.set(rt.checkpointer.longest_s)

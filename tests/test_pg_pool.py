@@ -59,13 +59,18 @@ async def _until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not met within 2 s")
 
 
-def _kill_at_checkout(engine: Any, url: str, task_name: str | None = None) -> list[int]:
-    """Once armed, the next checkout (by the task named `task_name`, if given) hands out a connection the
-    server ends unnoticed after the pool's own checks: the statement that follows meets it dead."""
+def _kill_at_checkout(engine: Any, url: str, task_name: str | None = None, skip: int = 0) -> list[int]:
+    """Once armed, the next checkout (by the task named `task_name`, if given; after `skip` others)
+    hands out a connection the server ends unnoticed after the pool's own checks: the statement that
+    follows meets it dead."""
     killed: list[int] = []
+    skipped = [0]
 
     def checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         if killed or (task_name is not None and asyncio.current_task().get_name() != task_name):
+            return
+        if skipped[0] < skip:
+            skipped[0] += 1
             return
         pid = dbapi_conn.driver_connection.get_server_pid()
         killed.append(pid)
@@ -168,6 +173,11 @@ async def test_connections_lost_cost_no_answered_open_and_no_page(beacon: Any, l
                re.findall(r'^beacon_db_connection_checks_total\{outcome="(\w+)"\} (\S+)$', metrics, re.M)}
     assert counted.get("alive", 0.0) + counted.get("dead", 0.0) == alive.pings
     assert counted["closed"] == alive.closed and counted.get("dead", 0.0) + counted["closed"] == alive.replaced
+
+    # /metrics whose queue reads meet one after its health check passed: the counters are served anyway.
+    killed = _kill_at_checkout(engine, url, skip=1)
+    scraped = await beacon.client.get("/metrics")
+    assert scraped.status == 200 and len(killed) == 1 and "beacon_unavailable_answers_total 1.0" in await scraped.text()
 
 
 async def test_read_sessions_run_without_a_transaction(db_url: str) -> None:
