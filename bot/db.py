@@ -525,15 +525,15 @@ class Liveness:
     bot/batch.py, and a closed one found here), is pinged first, and replaced if the ping fails. The
     one operation that meets a connection dying unnoticed (between its checkout and its statement,
     or with the close not yet read) fails, as it would with a ping too (the group commit then writes
-    its rows again on a connection checked first). `pings`, `closed` and `replaced` count them; with
+    its rows again on a connection checked first). `pings`, `closed` and `dead` count them; with
     `counter` (a Prometheus counter labelled by outcome: bot.metrics) set, so does /metrics."""
 
     def __init__(self, idle_s: float = PING_IDLE_S) -> None:
         self.idle_s = idle_s
         self.lost_at = 0.0
         self.pings = 0
-        self.closed = 0
-        self.replaced = 0
+        self.closed = 0  # known closed at checkout: replaced without a ping
+        self.dead = 0  # failed their ping: replaced
         self.counter: Any = None
 
     def install(self, engine: AsyncEngine) -> None:
@@ -543,6 +543,10 @@ class Liveness:
         event.listen(sync.pool, "checkin", self._fresh)
         event.listen(sync.pool, "checkout", self._checkout)
         event.listen(sync, "handle_error", self._error)
+
+    @property
+    def replaced(self) -> int:
+        return self.closed + self.dead
 
     def lost(self) -> None:
         """A connection of the pool was found dead: the others are pinged before their next use."""
@@ -555,7 +559,6 @@ class Liveness:
     def _checkout(self, dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         if dbapi_conn.driver_connection.is_closed():  # asyncpg's own state: no round trip
             self.closed += 1
-            self.replaced += 1
             self.lost()
             self._count("closed")
             raise DisconnectionError("pooled connection was closed by the server")
@@ -566,7 +569,7 @@ class Liveness:
         try:
             dbapi_conn.ping()
         except Exception as exc:
-            self.replaced += 1
+            self.dead += 1
             self.lost()
             self._count("dead")
             raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.batch import BatchWriter
 from bot.clock import Clock, SystemClock
 from bot.config import Settings
-from bot.db import (WalCheckpointer, create_background_engine, create_engine, liveness, read_only, read_session_factory,
+from bot.db import (WalCheckpointer, create_background_engine, create_engine, liveness, read_session_factory,
                     session_factory)
 from bot.edge import EdgeLoad
 from bot.inbox import InboxStore, InboxWorker
@@ -254,8 +254,8 @@ class Runtime:
 
     async def db_ok(self) -> bool:
         try:
-            async with read_only(self.engine).connect() as conn:  # a read: not behind a long write (SQLite)
-                await asyncio.wait_for(conn.execute(text("SELECT 1")), 2.0)
+            async with self.read_sessions() as session:  # a read: not behind a long write (SQLite)
+                await asyncio.wait_for(session.execute(text("SELECT 1")), 2.0)
             return True
         except Exception:  # any failure to answer means "not ok"; the caller reports it
             return False

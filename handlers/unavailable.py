@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from bot.app import RUNTIME
 from bot.db import unavailable_reason
 from bot.pages import page_lang
 
@@ -53,8 +54,6 @@ def answered_unavailable(request: web.Request, exc: BaseException) -> bool:
     """For a handler that answers 503 itself when it cannot store (a link open, a callback): logs the
     failure, as one throttled line when it is transient (True), else not at all (False: the caller logs
     it with its traceback)."""
-    from bot.app import RUNTIME
-
     reason = unavailable_reason(exc)
     if reason is None:
         return False
@@ -86,8 +85,6 @@ _MESSAGE = {
 def _answer(request: web.Request) -> web.Response:
     """The admin API gets its JSON error; a browser navigating (it asks for text/html) the error page in
     its language; any other client (the sidebar's fetch calls, scripts) a JSON error in its language."""
-    from bot.app import RUNTIME
-
     if request.path == "/api" or request.path.startswith("/api/"):
         response = web.json_response({"error": _MESSAGE["api"]}, status=503)
     elif "text/html" in request.headers.get("Accept", ""):
