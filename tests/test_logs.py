@@ -56,8 +56,11 @@ async def test_slow_statements_are_logged_without_their_values(db_url: str, capl
                     await conn.execute(text("SELECT 1"))
         finally:
             await engine.dispose()
-        records = [r.getMessage() for r in caplog.records if r.name == "beacon.db.slow"]
-        assert len(records) == expected, (threshold, records)
+        logged = [r.getMessage() for r in caplog.records if r.name == "beacon.db.slow"]
+        # The statement under test; on a loaded machine its BEGIN may pass 20 ms as well, and is logged too.
+        records = [m for m in logged if "pg_sleep" in m or "WITH RECURSIVE" in m]
+        assert len(records) == expected, (threshold, logged)
+        assert expected or not logged, (threshold, logged)
         if expected:
             assert records[0].startswith("slow statement, ") and " ms: " in records[0]
             assert ("pg_sleep" in records[0] or "WITH RECURSIVE" in records[0]) and "13812345678" not in records[0]
