@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 
-from sqlalchemy import and_, distinct, func, literal_column, select
+from sqlalchemy import ColumnElement, and_, distinct, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.models import Event, Rep, Share, StageChange, Task
@@ -24,11 +24,19 @@ from bot.reports import DateRange, Scope, count_if, item_names, journey_rank, wi
 from bot.tables import Column, Table, bar_chart, ratio
 
 
+def _made_in(rng: DateRange, scope: Scope) -> ColumnElement[bool]:
+    """Shares made (not forwarded) in the range by the reps in scope. A team's are found by the rep
+    index: `+ 0` keeps SQLite from driving it by the parent index instead, through every share ever
+    made (0.23 s at a million contacts; the rep index 3 ms for a team of 11)."""
+    root = Share.parent_share_id.is_(None) if scope.team is None else (Share.parent_share_id + 0).is_(None)
+    return and_(root, *within(Share.created_at, rng), *scope.on(Share.rep_userid))
+
+
 async def content_leaderboard(session: AsyncSession, rng: DateRange, scope: Scope) -> Table:
     """Shares, opens, read-through, CTA clicks, downloads and stage advances after reading, per item."""
     shares = dict((await session.execute(
         select(Share.item_id, func.count())
-        .where(Share.parent_share_id.is_(None), *within(Share.created_at, rng), *scope.on(Share.rep_userid))
+        .where(_made_in(rng, scope))
         .group_by(Share.item_id)
     )).all())  # fmt: skip
     depth = Event.props["depth"].as_integer()
@@ -84,7 +92,7 @@ async def rep_leaderboard(session: AsyncSession, rng: DateRange, scope: Scope, *
     reps = await team_reps(session, scope)
     shares = dict((await session.execute(
         select(Share.rep_userid, func.count())
-        .where(Share.parent_share_id.is_(None), *within(Share.created_at, rng), *scope.on(Share.rep_userid))
+        .where(_made_in(rng, scope))
         .group_by(Share.rep_userid)
     )).all())  # fmt: skip
     opens = dict((await session.execute(

@@ -270,6 +270,9 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_contact_occurred", "contact_id", "occurred_at"),
         Index("ix_events_type_occurred", "type", "occurred_at"),
+        # A rep's or a team's activity on the dashboards (bot/leaderboards.py), without reading every
+        # event of the date range.
+        Index("ix_events_rep_type_occurred", "rep_userid", "type", "occurred_at"),
         Index("ix_events_visitor", "visitor_id"),
         # The few events a channel brought (adds, opens of its welcome links), counted per channel from
         # the index alone (bot/channels.py ACTIVITY_BY_CHANNEL); most events have no channel.
