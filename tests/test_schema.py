@@ -146,3 +146,52 @@ def test_every_migration_downgrades_and_upgrades_again_on_postgres() -> None:
     with empty_pg_database("beacon_round") as url:
         _check_round_trip(*_round_trip(url))
         assert asyncio.run(_drift(url)) == []
+
+
+@pytest.mark.postgres
+def test_the_rep_index_is_built_while_links_keep_recording_events_on_postgres() -> None:
+    """0010 builds its index over `events` CONCURRENTLY: while the build waits for a transaction that
+    was writing events when it started, and while it reads the table, new events still go in (a plain
+    CREATE INDEX would queue them behind it: link opens and callbacks would stall for the build)."""
+    import asyncio
+
+    from bot.db import migrate_sync
+    from tests.conftest import empty_pg_database
+
+    with empty_pg_database("beacon_concurrent") as url:
+        migrate_sync(url, "0009")
+        asyncio.run(_events_go_in_during_the_build(url))
+
+
+async def _events_go_in_during_the_build(url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from bot.db import migrate_sync
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    insert = "INSERT INTO events (type, props, occurred_at, received_at, processed) VALUES ('open', '{}', now(), now(), false)"
+    holder, writer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        open_tx = holder.transaction()
+        await open_tx.start()
+        await holder.execute(insert)  # a transaction writing events when the build starts
+        build = asyncio.ensure_future(asyncio.to_thread(migrate_sync, url))
+        waiting = 0
+        for _ in range(200):
+            waiting = await writer.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'CREATE INDEX%' "
+                                            "AND wait_event_type = 'Lock'")
+            if waiting or build.done():
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1 and not build.done()  # the build waits for the open transaction
+        await writer.execute("SET statement_timeout = '2s'")
+        await writer.execute(insert)  # not queued behind the build
+        await open_tx.commit()
+        await asyncio.wait_for(build, 60)
+        assert await writer.fetchval("SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_events_rep_type_occurred'::regclass")
+        assert await writer.fetchval("SELECT count(*) FROM events") == 2
+    finally:
+        await holder.close()
+        await writer.close()
