@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import InvalidInput
@@ -54,12 +54,16 @@ class ContactFilter:
             raise InvalidInput("q", "关键词最长 64 个字")
         return cls(stage, temperature, owner, parsed_channel, keyword)
 
-    def conditions(self) -> list[ColumnElement[bool]]:
+    def conditions(self, scope: Scope) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
+        # A team's or an owner's contacts are found by the owner index. `|| ''` keeps SQLite (which has
+        # no statistics) from driving by the stage or temperature index instead, through every contact
+        # of that stage: 0.37 s → 0.01 s for a team of 11 and MQL at a million contacts.
+        by_owner = scope.team is not None or self.owner is not None
         if self.stage:
-            out.append(Contact.stage == self.stage)
+            out.append((Contact.stage.concat(literal_column("''")) if by_owner else Contact.stage) == self.stage)
         if self.temperature:
-            out.append(Contact.temperature == self.temperature)
+            out.append((Contact.temperature.concat(literal_column("''")) if by_owner else Contact.temperature) == self.temperature)
         if self.owner:
             out.append(Contact.owner_userid == self.owner)
         if self.channel == NO_CHANNEL:
@@ -85,7 +89,7 @@ async def contact_table(
     session: AsyncSession, flt: ContactFilter, scope: Scope, rng: DateRange | None, *, page: int = 1, page_size: int | None = PAGE_SIZE
 ) -> tuple[Table, int]:
     """(one page of contacts as a Table, total matching); `page_size=None` for all (CSV, capped)."""
-    where = [Contact.merged_into_id.is_(None), Contact.erased_at.is_(None), *scope.on(Contact.owner_userid), *flt.conditions()]
+    where = [Contact.merged_into_id.is_(None), Contact.erased_at.is_(None), *scope.on(Contact.owner_userid), *flt.conditions(scope)]
     if rng is not None:
         where += [Contact.created_at >= rng.start, Contact.created_at < rng.end]
     total = await session.scalar(select(func.count()).select_from(Contact).where(*where)) or 0
