@@ -371,6 +371,9 @@ class PagesSettings(_Section):
     default_days: Annotated[int, Field(ge=1, le=731)] = 30
     # Dashboard reports are counted once per this many seconds per page, scope and date range (bot/report_cache.py); 0 = every request.
     report_cache_s: Annotated[float, Field(ge=0, le=86400)] = 300.0
+    # Past report_cache_s, for this many seconds more, a report is shown as counted and counted again in the
+    # background (the page says so); older ones are counted while the request waits. 0 = always wait.
+    report_stale_s: Annotated[float, Field(ge=0, le=86400)] = 3600.0
     upload_max_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
     login_attempts_per_minute: Annotated[int, Field(ge=1)] = 10
 

@@ -139,7 +139,7 @@ class Runtime:
         rt.pages = Pages()
         rt.rendered = RenderedVersions(rt.read_sessions)
         rt.recent_opens = RecentOpens(settings.links.reload_window_s)
-        rt.reports = ReportCache(settings.pages.report_cache_s)
+        rt.reports = ReportCache(settings.pages.report_cache_s, stale_s=settings.pages.report_stale_s)
         rt.beacon_limiter = TokenBuckets(settings.links.beacons_per_minute, size=100_000)
         if settings.security.public_per_ip_per_minute:
             rt.ip_limiter = TokenBuckets(settings.security.public_per_ip_per_minute)

@@ -78,7 +78,8 @@ async def _report_page(request: web.Request, nav: str, title: str, build: Any) -
     if wants_csv(request):
         return csv_response(request, report.tables, nav)
     return render(request, "dash_report.html", viewer=viewer, nav=nav, title=title, rng=rng, tables=report.tables,
-                  csv=csv_links(request, report.tables), counted_at=report.at, cache_s=rt.reports.ttl_s)  # fmt: skip
+                  csv=csv_links(request, report.tables), counted_at=report.at, cache_s=rt.reports.ttl_s,
+                  refreshing=report.refreshing)  # fmt: skip
 
 
 @routes.get("/dashboard")

@@ -49,7 +49,27 @@ async def test_a_report_is_counted_once_per_window(beacon: Any, users: Any, seed
     assert await _expo_contacts(mgr) == "3"
     assert (await admin.csv("/dashboard?format=csv&table=channels&from=2026-11-01&to=2026-11-23")) != []  # another range
     beacon.clock.advance(seconds=beacon.rt.settings.pages.report_cache_s)
-    assert await _expo_contacts(admin) == "3"  # the window passed: counted again
+    # The window passed: the numbers as they were at once, counted again meanwhile, which the page says.
+    _, page, _ = await admin.get("/dashboard")
+    assert f"数据统计于 {counted}，正在后台重新统计，稍后刷新页面即可看到最新数据" in page
+    assert await _until(lambda: _expo_contacts(admin), "3")  # the background count, once it is done
+    _, page, _ = await admin.get("/dashboard")
+    assert "5 分钟内再次打开沿用这次的统计" in page
+    # Past the stale window too: the request waits for a new count.
+    await _add_expo_contact(beacon, "wmLate3")
+    settings = beacon.rt.settings.pages
+    beacon.clock.advance(seconds=settings.report_cache_s + settings.report_stale_s)
+    assert await _expo_contacts(admin) == "4"
+
+
+async def _until(read: Any, wanted: str, timeout_s: float = 10.0) -> bool:
+    """Whether `read()` gives `wanted` within the time (a background count runs on the server's loop)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while await read() != wanted:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 async def test_concurrent_requests_share_one_count(beacon: Any, users: Any, seeded: dict[str, int]) -> None:  # noqa: F811
@@ -126,3 +146,53 @@ async def test_the_cache_keeps_at_most_its_size() -> None:
     await cache.get("b", now, lambda: asyncio.sleep(0, "again"))  # kept; now the most recently used
     await cache.get("e", now, lambda: asyncio.sleep(0, "e"))
     assert set(cache._done) == {"d", "b", "e"}  # the least recently used, a and c, went
+
+
+async def test_a_report_past_its_window_is_shown_at_once_while_counted_again() -> None:
+    cache = ReportCache(60, stale_s=600)
+    now = dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc)
+    release, runs = asyncio.Event(), []
+
+    async def compute() -> str:
+        runs.append(1)
+        if len(runs) > 1:
+            await release.wait()
+        return f"count {len(runs)}"
+
+    assert (await cache.get("k", now, compute)).tables == "count 1"
+    later = now + dt.timedelta(seconds=61)
+    shown = await asyncio.wait_for(asyncio.gather(*(cache.get("k", later, compute) for _ in range(3))), 5)  # none waits for the count
+    assert [(c.tables, c.at, c.refreshing) for c in shown] == [("count 1", now, True)] * 3
+    assert runs == [1, 1]  # one count in the background for all three
+    release.set()
+    await asyncio.sleep(0)
+    while cache._running:
+        await asyncio.sleep(0)
+    fresh = await cache.get("k", later, compute)
+    assert (fresh.tables, fresh.at, fresh.refreshing) == ("count 2", later, False)
+    # Past the stale window, the request waits for the count.
+    much_later = later + dt.timedelta(seconds=60 + 600)
+    assert (await cache.get("k", much_later, compute)).tables == "count 3"
+
+
+async def test_a_failed_background_count_keeps_the_report_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    cache = ReportCache(60, stale_s=600)
+    now = dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc)
+    failing = False
+
+    async def compute() -> str:
+        if failing:
+            raise RuntimeError("database went away")
+        return "tables"
+
+    await cache.get(("overview", None), now, compute)
+    failing = True
+    later = now + dt.timedelta(seconds=61)
+    with caplog.at_level("WARNING", logger="beacon.reports"):
+        assert (await cache.get(("overview", None), later, compute)).refreshing
+        recount = cache._running[("overview", None)]
+        await asyncio.wait([recount])
+        await asyncio.sleep(0)  # its done callback
+    assert "counting report 'overview' failed: database went away" in caplog.text
+    kept = await cache.get(("overview", None), later, compute)  # still shown, and counted again
+    assert (kept.tables, kept.at, kept.refreshing) == ("tables", now, True)
