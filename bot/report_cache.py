@@ -62,6 +62,13 @@ class ReportCache:
             return dataclasses.replace(kept, refreshing=True)
         return await asyncio.shield(running)
 
+    async def close(self) -> None:
+        """Cancel the counts in progress (the process is stopping: nobody will see them)."""
+        running = list(self._running.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     @staticmethod
     def _retrieved(key: Hashable, task: asyncio.Future[Counted]) -> None:
         """A failed count is retrieved; logged, since nobody may be waiting for it (a background recount)."""

@@ -221,6 +221,8 @@ class Runtime:
             await self.cross_wake.close()
         if self.commit_watch is not None:
             self.commit_watch.close()
+        if self.reports is not None:
+            await self.reports.close()  # reports being counted in the background: dropped, not kept
         tasks = list(self._tasks)
         if tasks:
             _, busy = await asyncio.wait(tasks, timeout=self.settings.server.stop_grace_s)

@@ -196,3 +196,23 @@ async def test_a_failed_background_count_keeps_the_report_and_is_logged(caplog: 
     assert "counting report 'overview' failed: database went away" in caplog.text
     kept = await cache.get(("overview", None), later, compute)  # still shown, and counted again
     assert (kept.tables, kept.at, kept.refreshing) == ("tables", now, True)
+
+
+async def test_a_stopping_process_drops_the_counts_in_progress(caplog: pytest.LogCaptureFixture) -> None:
+    cache = ReportCache(60, stale_s=600)
+    now = dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc)
+    never = asyncio.Event()
+
+    async def compute() -> str:
+        if cache._done:
+            await never.wait()  # the recount: still running when the process stops
+        return "tables"
+
+    await cache.get("k", now, compute)
+    with caplog.at_level("WARNING", logger="beacon.reports"):
+        assert (await cache.get("k", now + dt.timedelta(seconds=61), compute)).refreshing
+        await asyncio.sleep(0)
+        assert cache._running
+        await asyncio.wait_for(cache.close(), 1)
+    assert not cache._running and cache._done["k"].at == now  # the report as it was; nothing half-counted kept
+    assert "failed" not in caplog.text
