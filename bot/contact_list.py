@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, literal_column, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import InvalidInput
 from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
 from bot.models import Channel, Contact, Rep
-from bot.reports import DateRange, Scope
+from bot.reports import DateRange, Scope, unindexed
 from bot.tables import Column, Table
 
 PAGE_SIZE = 50
@@ -56,14 +56,13 @@ class ContactFilter:
 
     def conditions(self, scope: Scope) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
-        # A team's or an owner's contacts are found by the owner index. `|| ''` keeps SQLite (which has
-        # no statistics) from driving by the stage or temperature index instead, through every contact
-        # of that stage: 0.37 s → 0.01 s for a team of 11 and MQL at a million contacts.
+        # A team's or an owner's contacts are found by the owner index, not by the stage or temperature
+        # index through every contact of that stage: 0.37 s → 0.02 s for a team of 11 and MQL at a million.
         by_owner = scope.team is not None or self.owner is not None
         if self.stage:
-            out.append((Contact.stage.concat(literal_column("''")) if by_owner else Contact.stage) == self.stage)
+            out.append(unindexed(Contact.stage, use_index=not by_owner) == self.stage)
         if self.temperature:
-            out.append((Contact.temperature.concat(literal_column("''")) if by_owner else Contact.temperature) == self.temperature)
+            out.append(unindexed(Contact.temperature, use_index=not by_owner) == self.temperature)
         if self.owner:
             out.append(Contact.owner_userid == self.owner)
         if self.channel == NO_CHANNEL:
