@@ -46,6 +46,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         ("[inbox]\noutbox_keep_days = 1\n", {}, "inbox.outbox_keep_days"),
         ("[database]\nslow_statement_ms = -5\n", {}, "database.slow_statement_ms"),
         ("", {"BEACON_PAGES_REPORT_CACHE_S": "soon"}, "pages.report_cache_s"),
+        ("[pages]\nreport_stale_s = -1\n", {}, "pages.report_stale_s"),
         ('[[team.members]]\nuserid = "a"\nrole = "boss"\n', {}, "team.members.0.role"),
         ("[server\n", {}, "not valid TOML"),
     ],
