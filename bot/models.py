@@ -21,14 +21,17 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
     false,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 from sqlalchemy.types import TypeDecorator
+
+from bot.scoring.stages import journey_rank
 
 # Integer on SQLite so that the primary key is the rowid (autoincrement); BIGINT on PostgreSQL.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -133,6 +136,20 @@ class Contact(Base):
     erased_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    # The furthest rank in JOURNEY (bot.scoring.stages) the contact has reached, current stage or
+    # any earlier one: 0 new … 4 customer; invalid and dormant keep what came before. The dashboards'
+    # funnels read it instead of grouping every contact's stage_history (migration 0011). Kept by
+    # `_keep_reach` when the ORM sets `stage`; Core writers of a forward stage (rescore, synth) set it
+    # with the stage.
+    reach: Mapped[int] = mapped_column(SmallInteger, default=0, server_default=text("0"))
+
+    @validates("stage")
+    def _keep_reach(self, _key: str, stage: str) -> str:
+        rank = journey_rank(stage)
+        if rank > (self.reach or 0):
+            self.reach = rank
+        return stage
 
 
 class Identity(Base):

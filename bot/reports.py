@@ -4,8 +4,8 @@ viewer's scope, plus the date range and scope themselves (the leaderboards are i
 Everything is counted by the database (GROUP BY over Core rows, see PERFORMANCE.md); no contact is
 ever loaded as an ORM object here. Definitions:
 - **Funnel (cohort)**: contacts first seen in the range; a contact has *reached* a stage when its
-  current stage or any stage it ever moved to (stage_history) is that far along
-  new → nurturing → mql → sql → customer. Invalid and dormant contacts count as far as they got.
+  current stage or any stage it ever moved to is that far along new → nurturing → mql → sql →
+  customer (`Contact.reach`). Invalid and dormant contacts count as far as they got.
 - **By content item**: contacts who opened the item in the range, and how far they have got.
 """
 
@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import InvalidInput
 from bot.lifecycle import STAGE_LABELS
-from bot.models import Channel, Contact, ContentItem, Event, StageChange
+from bot.models import Channel, Contact, ContentItem, Event
+from bot.scoring.stages import JOURNEY
 from bot.tables import Column, Table, bar_chart, ratio
 
-JOURNEY: tuple[str, ...] = ("new", "nurturing", "mql", "sql", "customer")
-MQL, SQL, CUSTOMER = 2, 3, 4  # ranks in JOURNEY
+MQL, SQL, CUSTOMER = (JOURNEY.index(stage) for stage in ("mql", "sql", "customer"))
 MAX_RANGE_DAYS = 731
 NO_CHANNEL = "（无渠道）"
 
@@ -107,7 +107,7 @@ _LIVE = (Contact.merged_into_id.is_(None), Contact.erased_at.is_(None))
 
 
 def _reach(where: list[ColumnElement[bool]], *, per: Any = None) -> Any:
-    """Subquery (contact_id, channel_id, reach): the furthest JOURNEY rank each matching contact reached.
+    """Subquery (contact_id, channel_id, reach): how far each matching contact has got (`Contact.reach`).
 
     With `per`, a subquery of (item_id, contact_id) rows: (item_id, contact_id, channel_id, reach) for
     each of its rows whose contact matches, the contacts reached from it by primary key. (Joining
@@ -119,31 +119,21 @@ def _reach(where: list[ColumnElement[bool]], *, per: Any = None) -> Any:
     if per is not None:
         source = per.join(Contact, Contact.id == per.c.contact_id)
         keys = [per.c.item_id]
-    inner = (
-        select(
-            *keys,
-            Contact.id.label("contact_id"),
-            Contact.channel_id.label("channel_id"),
-            journey_rank(Contact.stage).label("cur"),
-            func.max(journey_rank(StageChange.to_stage)).label("hist"),
-        )
-        .select_from(source)
-        .outerjoin(StageChange, StageChange.contact_id == Contact.id)
-        .where(*_LIVE, *where)
-        .group_by(*keys, Contact.id, Contact.channel_id, Contact.stage)
-        .subquery()
-    )
-    reach = case((func.coalesce(inner.c.hist, inline_int(-1)) > inner.c.cur, inner.c.hist), else_=inner.c.cur)
-    return select(*(inner.c[key.key] for key in keys), inner.c.contact_id, inner.c.channel_id, reach.label("reach")).subquery()
+    columns = (*keys, Contact.id.label("contact_id"), Contact.channel_id.label("channel_id"), Contact.reach.label("reach"))
+    return select(*columns).select_from(source).where(*_LIVE, *where).subquery()
 
 
 async def stage_funnel(session: AsyncSession, rng: DateRange, scope: Scope) -> Table:
     """How far the contacts first seen in the range have got, stage by stage, with conversion rates."""
     cohort = [*within(Contact.created_at, rng), *scope.on(Contact.owner_userid)]
-    reach = _reach(cohort)
-    by_rank: dict[int, int] = dict((await session.execute(select(reach.c.reach, func.count()).group_by(reach.c.reach))).all())
-    now_stmt = select(Contact.stage, func.count()).where(*_LIVE, *cohort).group_by(Contact.stage)
-    now_at: dict[str, int] = dict((await session.execute(now_stmt)).all())
+    by_rank: dict[int, int] = {}
+    now_at: dict[str, int] = {}
+    # One pass over the cohort: how far each got, and where each is now.
+    for stage, reach, n in await session.execute(
+        select(Contact.stage, Contact.reach, func.count()).where(*_LIVE, *cohort).group_by(Contact.stage, Contact.reach)
+    ):
+        by_rank[reach] = by_rank.get(reach, 0) + n
+        now_at[stage] = now_at.get(stage, 0) + n
     total = sum(by_rank.values())
     reached = [total] + [sum(n for r, n in by_rank.items() if r >= i) for i in range(1, len(JOURNEY))]
     rows: list[dict[str, Any]] = [

@@ -30,7 +30,7 @@ from bot.models import Contact, ContentItem, Event, ScoreEntry, StageChange
 from bot.scoring.engine import ScoredEvent
 from bot.ledger import insert_merged_rows, ledger_insert, ledger_rows
 from bot.scoring.service import PROFILE_FIELDS, ScoringService, profile_of
-from bot.scoring.stages import stage_for_score, temperature
+from bot.scoring.stages import journey_rank, stage_for_score, temperature
 
 Progress = Callable[[int, int], None]
 
@@ -73,11 +73,11 @@ async def rescore_all(settings: Settings, *, clock: Clock | None = None, chunk: 
 _CONTACTS = Contact.__table__.c
 # What a contact's replay starts from, and (`stored_at`: updated_at as stored, compared as such) what
 # tells on SQLite that another writer changed it between the replay's read and its write.
-_CONTACT_COLUMNS = [_CONTACTS.id, _CONTACTS.score, _CONTACTS.stage, _CONTACTS.temperature, _CONTACTS.created_at, _CONTACTS.profile,
-                    type_coerce(_CONTACTS.updated_at, String).label("stored_at"),
+_CONTACT_COLUMNS = [_CONTACTS.id, _CONTACTS.score, _CONTACTS.stage, _CONTACTS.reach, _CONTACTS.temperature, _CONTACTS.created_at,
+                    _CONTACTS.profile, type_coerce(_CONTACTS.updated_at, String).label("stored_at"),
                     *(_CONTACTS[name] for name in PROFILE_FIELDS)]  # region is one of PROFILE_FIELDS
 _STAGE_INSERT = insert(StageChange.__table__)
-_CONTACT_UPDATE = BulkUpdate(Contact.__table__, "id", ("score", "temperature", "stage"), same=("updated_at",))
+_CONTACT_UPDATE = BulkUpdate(Contact.__table__, "id", ("score", "temperature", "stage", "reach"), same=("updated_at",))
 # SQLite: ledger rows per write transaction (the contacts' old rows deleted, their new ones inserted,
 # their scores updated). Rescoring 100k events (2k contacts), a probe beside it waited at most 62-71 ms
 # for the write lock, against 2.4 s when the range's one transaction held it through the replay.
@@ -174,7 +174,8 @@ class _Run:
                 stage = target
             update = None
             if (score, temp, stage) != (contact.score, contact.temperature, contact.stage):
-                update = {"b_id": cid, "b_score": score, "b_temperature": temp, "b_stage": stage, "b_updated_at": now}
+                update = {"b_id": cid, "b_score": score, "b_temperature": temp, "b_stage": stage,
+                          "b_reach": max(contact.reach, journey_rank(stage)), "b_updated_at": now}
             outcomes[cid] = _Outcome(ledger_rows(entries), move, update, (contact.score, contact.stage, contact.temperature, contact.stored_at),
                                      len(events), len(entries), round(contact.score or 0.0, 2) != score)
         return outcomes

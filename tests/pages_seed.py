@@ -95,6 +95,8 @@ async def seed(beacon: Any) -> dict[str, int]:
             contact = Contact(external_userid=ext, name=name, company=company, owner_userid=owner, channel_id=channel, stage=stage,
                               temperature=temp, score=score, created_at=created, updated_at=created,
                               phone="13812345678" if ext == "wmC1" else None)  # fmt: skip
+            if ext == "wmC5":
+                contact.reach = 1  # as its moves through nurturing (the history below) left it
             session.add(contact)
             await session.flush()
             ids[ext] = contact.id

@@ -3,6 +3,7 @@ is one Alembic head (two heads would make `python -m bot migrate` refuse to run)
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +196,56 @@ async def _events_go_in_during_the_build(url: str) -> None:
     finally:
         await holder.close()
         await writer.close()
+
+
+# (contact, stage now, its stage_history moves) -> the reach 0011 fills in
+_REACH_CASES = [
+    (1, "new", [], 0),
+    (2, "mql", [("new", "nurturing"), ("nurturing", "mql")], 2),
+    (3, "invalid", [("new", "nurturing"), ("nurturing", "mql"), ("mql", "invalid")], 2),
+    (4, "dormant", [("new", "customer"), ("customer", "dormant")], 4),
+    (5, "sql", [], 3),  # set by hand before stage_history was kept: the current stage counts
+    (6, "invalid", [], 0),
+]
+
+
+async def _reach_after_0011(url: str) -> dict[int, int]:
+    from sqlalchemy import text
+
+    from bot.db import migrate
+
+    await migrate(url, "0010")
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for cid, stage, moves, _ in _REACH_CASES:
+                await conn.execute(text(
+                    "INSERT INTO contacts (id, name, company, title, region, industry, company_size, persona, stage, temperature, "
+                    "score, profile, created_at, updated_at) VALUES (:id, '', '', '', '', '', '', '', :stage, 'cold', 0, '{}', "
+                    ":at, :at)"), {"id": cid, "stage": stage, "at": dt.datetime(2026, 1, 1)})  # fmt: skip
+                for a, b in moves:
+                    await conn.execute(text("INSERT INTO stage_history (contact_id, from_stage, to_stage, by, reason, at) "
+                                            "VALUES (:c, :a, :b, 'rule:test', '', :at)"), {"c": cid, "a": a, "b": b, "at": dt.datetime(2026, 1, 2)})
+        await migrate(url)
+        async with engine.connect() as conn:
+            return dict((await conn.execute(text("SELECT id, reach FROM contacts"))).all())  # type: ignore[arg-type]
+    finally:
+        await engine.dispose()
+
+
+async def test_0011_fills_reach_from_the_stage_and_its_history_on_sqlite(tmp_path: Path) -> None:
+    """How far each contact got, as the funnels counted it from stage_history before 0011: the
+    furthest of its current stage and every stage it moved to; invalid and dormant are no step."""
+    reach = await _reach_after_0011(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    assert reach == {cid: want for cid, _, _, want in _REACH_CASES}
+
+
+@pytest.mark.postgres
+def test_0011_fills_reach_from_the_stage_and_its_history_on_postgres() -> None:
+    import asyncio
+
+    from tests.conftest import empty_pg_database
+
+    with empty_pg_database("beacon_reach") as url:
+        reach = asyncio.run(_reach_after_0011(url))
+    assert reach == {cid: want for cid, _, _, want in _REACH_CASES}

@@ -19,6 +19,7 @@ from bot.models import Contact, Event, ScoreEntry, StageChange, Task
 from bot.rescore import rescore_all
 from bot.scheduler import run_job
 from bot.scoring.jobs import decay_scores, mark_dormant_customers
+from bot.scoring.stages import journey_rank
 from tests.test_links import AUTH, Browser, lib, share  # noqa: F401  (fixture re-export)
 
 async def new_contact(beacon: Any, external: str, **fields: Any) -> int:
@@ -45,6 +46,19 @@ async def contact_json(beacon: Any, external: str) -> dict[str, Any]:
     resp = await beacon.client.get(f"/api/contacts/{external}", headers=AUTH)
     assert resp.status == 200
     return await resp.json()
+
+
+async def assert_reach_kept(beacon: Any) -> dict[int, int]:
+    """Every contact's `reach` is what its stage and stage_history say: the furthest JOURNEY rank of its
+    current stage and of every stage it moved to (what the dashboards' funnels count). Returns it."""
+    async with beacon.rt.sessions() as session:
+        contacts = (await session.execute(select(Contact.id, Contact.stage, Contact.reach))).all()
+        moves = (await session.execute(select(StageChange.contact_id, StageChange.to_stage))).all()
+    furthest = {cid: journey_rank(stage) for cid, stage, _ in contacts}
+    for cid, to_stage in moves:
+        furthest[cid] = max(furthest[cid], journey_rank(to_stage))
+    assert {cid: reach for cid, _, reach in contacts} == furthest
+    return furthest
 
 
 async def test_reading_a_shared_item_scores_explains_and_hands_off(beacon: Any, lib: Any) -> None:  # noqa: F811
@@ -74,6 +88,7 @@ async def test_reading_a_shared_item_scores_explains_and_hands_off(beacon: Any, 
     assert [(t.kind, t.priority) for t in tasks] == [("follow_up", 1)]
     texts = [m.payload for m in beacon.sim.state.messages_to("rep1")]
     assert any("MQL" in json.dumps(p, ensure_ascii=False) for p in texts)
+    assert set((await assert_reach_kept(beacon)).values()) == {2}
 
 
 async def test_mql_without_sharer_goes_to_least_loaded_rep(beacon: Any) -> None:
@@ -210,6 +225,7 @@ async def test_dormant_customer_wakes_up_hot_with_urgent_call(beacon: Any) -> No
         task = await session.scalar(select(Task).where(Task.kind == "dormant"))
     assert task.priority == 1 and task.owner_userid == "rep2" and "立即致电" in task.title
     assert any("沉睡客户" in json.dumps(m.payload, ensure_ascii=False) for m in beacon.sim.state.messages_to("rep2"))
+    assert list((await assert_reach_kept(beacon)).values()) == [4]  # back at mql, once a customer
 
 
 async def test_stage_and_temperature_mirrored_to_wecom_tags(beacon: Any) -> None:
@@ -244,6 +260,9 @@ async def test_manual_stage_move_and_csv_export(beacon: Any) -> None:
     lines = text.strip().splitlines()
     assert lines[0].startswith("external_userid,name,company")
     assert any(line.startswith("wmManual,刘总,某某电子") and ",sql," in line for line in lines[1:])
+    resp = await beacon.client.post(url, json={"stage": "invalid", "by": "rep1", "reason": "项目取消"}, headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["stage"] == "invalid"
+    assert list((await assert_reach_kept(beacon)).values()) == [3]  # invalid now, but it got as far as sql
 
 
 async def test_region_picks_the_scoring_model(aiohttp_client: Any, db_url: str, sim: Any, clock: Any) -> None:
@@ -409,6 +428,7 @@ async def test_rescore_moves_stages_and_touches_only_changed_contacts(beacon: An
     assert (move.by, move.reason, move.at) == ("rule:rescore", f"重新评分 {data['score']:g}", beacon.clock.now())
     assert touched == {hot: beacon.clock.now(), quiet: old}
     # Again: the same ledger, nothing changed, no second move.
+    assert await assert_reach_kept(beacon) == {hot: 2, quiet: 0}
     again = await rescore_all(beacon.rt.settings, clock=beacon.clock)
     assert (again.stage_moves, again.changed) == (0, [])
     assert (await contact_json(beacon, "wmImported"))["score"] == data["score"]

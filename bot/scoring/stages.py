@@ -15,7 +15,15 @@ from bot.scoring.rules import ScoringModel
 FUNNEL: tuple[str, ...] = ("new", "nurturing", "mql", "sql")
 SIDE_STAGES: tuple[str, ...] = ("customer", "invalid", "dormant")
 STAGES: tuple[str, ...] = FUNNEL + SIDE_STAGES
+# The way forward, by rank: how far a contact has got (`Contact.reach`, the dashboards' funnels).
+JOURNEY: tuple[str, ...] = FUNNEL + ("customer",)
+_RANK = {stage: rank for rank, stage in enumerate(JOURNEY)}
 Temperature = Literal["cold", "warm", "hot"]
+
+
+def journey_rank(stage: str) -> int:
+    """`stage`'s rank in JOURNEY; 0 for invalid and dormant, which are not a step forward."""
+    return _RANK.get(stage, 0)
 
 
 def temperature(score: float, model: ScoringModel) -> Temperature:
