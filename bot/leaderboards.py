@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, distinct, func, select
+from sqlalchemy import ColumnElement, and_, distinct, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.models import Event, Rep, Share, StageChange, Task
+from bot.models import COUNTED_BY_ITEM, READ_FULL, ContentItem, Event, Rep, Share, StageChange, Task
 from bot.reports import DateRange, Scope, count_if, item_names, journey_rank, unindexed, within
 from bot.tables import Column, Table, bar_chart, ratio
 
@@ -39,17 +40,7 @@ async def content_leaderboard(session: AsyncSession, rng: DateRange, scope: Scop
         .where(_made_in(rng, scope))
         .group_by(Share.item_id)
     )).all())  # fmt: skip
-    depth = Event.props["depth"].as_integer()
-    activity = {
-        row[0]: row[1:]
-        for row in await session.execute(
-            select(Event.item_id, count_if(Event.type == "open"), count_if(and_(Event.type == "read", depth == 100)),
-                   count_if(Event.type == "cta"), count_if(Event.type == "download"))
-            .where(Event.item_id.is_not(None), Event.type.in_(("open", "read", "cta", "download")),
-                   *within(Event.occurred_at, rng), *scope.on(Event.rep_userid))
-            .group_by(Event.item_id)
-        )
-    }  # fmt: skip
+    activity = await _item_activity(session, rng, scope)
     # Driven by the range's stage moves (by their time index), each contact's reads before its move by
     # the (contact, time) index. `unindexed(type)` keeps SQLite from driving it by the (type, time) index
     # instead, through every read ever logged: 19.5 s against 2.8 s at a million contacts.
@@ -81,6 +72,35 @@ async def content_leaderboard(session: AsyncSession, rng: DateRange, scope: Scop
     return Table("leaderboard", "内容排行", columns, out, chart=chart)
 
 
+async def _item_activity(session: AsyncSession, rng: DateRange, scope: Scope) -> dict[int, tuple[int, int, int, int]]:
+    """Per item with any: opens, reads to the end, CTA clicks and downloads in the range, by the reps in scope.
+
+    A team's are found by the rep index. Everyone's are counted item by item and kind by kind from the
+    partial index ix_events_item_counted alone (a read's depth is in its properties; the index holds
+    only the reads to the end): grouping the range's events by item read each one's row, 4.4 s for
+    30 days at a million contacts, this 0.06 s."""
+    dialect = session.get_bind().dialect.name
+    read_full = text(READ_FULL[dialect])
+    if scope.team is not None:
+        rows = await session.execute(
+            select(Event.item_id, count_if(Event.type == "open"), count_if(read_full), count_if(Event.type == "cta"),
+                   count_if(Event.type == "download"))
+            .where(Event.item_id.is_not(None), Event.type.in_(("open", "read", "cta", "download")),
+                   *within(Event.occurred_at, rng), *scope.on(Event.rep_userid))
+            .group_by(Event.item_id)
+        )  # fmt: skip
+    else:
+        counted = text(COUNTED_BY_ITEM[dialect])
+
+        def of_item(kind: str) -> Any:
+            return (select(func.count())
+                    .where(Event.item_id == ContentItem.id, counted, Event.type == kind, *within(Event.occurred_at, rng))
+                    .correlate(ContentItem).scalar_subquery())  # fmt: skip
+
+        rows = await session.execute(select(ContentItem.id, *(of_item(kind) for kind in ("open", "read", "cta", "download"))))
+    return {item_id: tuple(counts) for item_id, *counts in rows if any(counts)}  # type: ignore[misc]
+
+
 async def team_reps(session: AsyncSession, scope: Scope) -> list[tuple[str, str]]:
     """(userid, name) of the active reps in scope, by userid."""
     rows = await session.execute(select(Rep.userid, Rep.name).where(Rep.active.is_(True), *scope.on(Rep.userid)).order_by(Rep.userid))
@@ -95,10 +115,15 @@ async def rep_leaderboard(session: AsyncSession, rng: DateRange, scope: Scope, *
         .where(_made_in(rng, scope))
         .group_by(Share.rep_userid)
     )).all())  # fmt: skip
+    # Counted rep by rep from the (rep, type, time) index alone, driven by the reps in scope: grouping
+    # the range's opens by rep read each one's row (2.4 s for everyone's 500k opens of 30 days at a
+    # million contacts; this 0.17 s).
+    opens_of_rep = (
+        select(func.count()).where(Event.rep_userid == Rep.userid, Event.type == "open", *within(Event.occurred_at, rng))
+        .correlate(Rep).scalar_subquery()
+    )  # fmt: skip
     opens = dict((await session.execute(
-        select(Event.rep_userid, func.count())
-        .where(Event.type == "open", *within(Event.occurred_at, rng), *scope.on(Event.rep_userid))
-        .group_by(Event.rep_userid)
+        select(Rep.userid, opens_of_rep).where(Rep.active.is_(True), *scope.on(Rep.userid))
     )).all())  # fmt: skip
     done = {
         owner: (n, on_time)

@@ -275,6 +275,17 @@ class Share(Base):
 # --- behavior and scoring -----------------------------------------------------------------------
 
 
+# A read to the end (a `read` event of props.depth 100), and the events the content leaderboard counts
+# per item (opens, CTA clicks, downloads, reads to the end), in the words of the partial index that holds
+# the latter: the leaderboard states it exactly so (SQLite uses a partial index only for a query whose
+# WHERE contains the index's condition as written, with its literal values).
+READ_FULL = {
+    "sqlite": "type = 'read' AND json_extract(props, '$.depth') = 100",
+    "postgresql": "type = 'read' AND (props ->> 'depth') = '100'",
+}
+COUNTED_BY_ITEM = {dialect: f"(type IN ('open', 'cta', 'download') OR ({read_full}))" for dialect, read_full in READ_FULL.items()}
+
+
 class Event(Base):
     """The append-only behavior log.
 
@@ -290,6 +301,10 @@ class Event(Base):
         # A rep's or a team's activity on the dashboards (bot/leaderboards.py), without reading every
         # event of the date range.
         Index("ix_events_rep_type_occurred", "rep_userid", "type", "occurred_at"),
+        # Everyone's activity per item (the admin's content leaderboard), counted from the index alone;
+        # partial, so the other events (reads short of the end, time on page, forwards…) write no entry.
+        Index("ix_events_item_counted", "item_id", "type", "occurred_at",
+              sqlite_where=text(COUNTED_BY_ITEM["sqlite"]), postgresql_where=text(COUNTED_BY_ITEM["postgresql"])),
         Index("ix_events_visitor", "visitor_id"),
         # The few events a channel brought (adds, opens of its welcome links), counted per channel from
         # the index alone (bot/channels.py ACTIVITY_BY_CHANNEL); most events have no channel.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,16 @@ def test_funnels_on_a_synthetic_company_equal_counts_by_hand(db_url: str, tmp_pa
                             "ORDER BY COUNT(*) DESC, owner_userid",
                     "moves": "SELECT id, contact_id, from_stage, to_stage, at FROM stage_history",
                     "reads": "SELECT item_id, contact_id, occurred_at, rep_userid FROM events WHERE type = 'read' AND item_id IS NOT NULL",
+                    "activity": "SELECT item_id, type, props, occurred_at, rep_userid FROM events WHERE item_id IS NOT NULL "
+                                "AND type IN ('open', 'read', 'cta', 'download')",
                 }.items():
                     rows[name] = [tuple(r) for r in (await session.execute(text(sql))).all()]
             rows["contacts"] = [(c[0], c[1], c[2], c[3], _naive(c[4]), c[5], c[6]) for c in rows["contacts"]]
             rows["opens"] = [(i, c, _naive(at)) for i, c, at in rows["opens"]]
             rows["moves"] = [(m[0], m[1], m[2], m[3], _naive(m[4])) for m in rows["moves"]]
             rows["reads"] = [(i, c, _naive(at), rep) for i, c, at, rep in rows["reads"]]
+            rows["activity"] = [(i, kind, props if isinstance(props, dict) else json.loads(props), _naive(at), rep)
+                                for i, kind, props, at, rep in rows["activity"]]
             today = rt.clock.now().astimezone(TZ).date()
             rng = parse_range(None, None, today=today, tz=TZ, default_days=30)
             start, end = rng.start.replace(tzinfo=None), rng.end.replace(tzinfo=None)
@@ -115,6 +120,16 @@ def test_funnels_on_a_synthetic_company_equal_counts_by_hand(db_url: str, tmp_pa
                                 advanced[slugs[item]].add(move_id)
                 assert sum(len(v) for v in advanced.values()) > 20
                 assert {r["slug"]: r["advances"] for r in leaders.rows if r["advances"]} == {k: len(v) for k, v in advanced.items()}
+                # Opens, reads to the end, CTA clicks and downloads in the range, by the reps in scope.
+                activity: dict[str, Counter[str]] = defaultdict(Counter)
+                for item, kind, props, at, rep in rows["activity"]:
+                    if start <= at < end and (team is None or rep in team):
+                        if kind != "read" or props.get("depth") == 100:
+                            activity[slugs[item]][kind] += 1
+                assert sum(c["read"] for c in activity.values()) > 20 and sum(c["cta"] for c in activity.values()) > 5
+                assert {r["slug"]: (r["opens"], r["read_100"], r["cta"], r["downloads"]) for r in leaders.rows
+                        if (r["opens"], r["read_100"], r["cta"], r["downloads"]) != (0, 0, 0, 0)} == {
+                    slug: (c["open"], c["read"], c["cta"], c["download"]) for slug, c in activity.items()}
         finally:
             await rt.dispose_engines()
 
