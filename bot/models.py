@@ -301,9 +301,10 @@ class Event(Base):
         # A rep's or a team's activity on the dashboards (bot/leaderboards.py), without reading every
         # event of the date range.
         Index("ix_events_rep_type_occurred", "rep_userid", "type", "occurred_at"),
-        # Everyone's activity per item (the admin's content leaderboard), counted from the index alone;
-        # partial, so the other events (reads short of the end, time on page, forwards…) write no entry.
-        Index("ix_events_item_counted", "item_id", "type", "occurred_at",
+        # Everyone's activity per item (the admin's content leaderboard) and each item's openers (the
+        # admin's content funnel), read from the index alone; partial, so the other events (reads short
+        # of the end, time on page, forwards…) write no entry.
+        Index("ix_events_item_counted", "item_id", "type", "occurred_at", "contact_id",
               sqlite_where=text(COUNTED_BY_ITEM["sqlite"]), postgresql_where=text(COUNTED_BY_ITEM["postgresql"])),
         Index("ix_events_visitor", "visitor_id"),
         # The few events a channel brought (adds, opens of its welcome links), counted per channel from

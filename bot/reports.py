@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Integer, String, case, func, literal_column, select
+from sqlalchemy import ColumnElement, Integer, String, case, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import InvalidInput
 from bot.lifecycle import STAGE_LABELS
-from bot.models import Channel, Contact, ContentItem, Event
+from bot.models import COUNTED_BY_ITEM, Channel, Contact, ContentItem, Event
 from bot.scoring.stages import JOURNEY
 from bot.tables import Column, Table, bar_chart, ratio
 
@@ -188,17 +188,27 @@ async def item_names(session: AsyncSession) -> dict[int, tuple[str, str, str]]:
 
 async def content_funnel(session: AsyncSession, rng: DateRange, scope: Scope) -> Table:
     """Per item: contacts who opened it in the range and how far they have got."""
-    # A team's contacts drive it, each one's opens by the (contact, time) index, rather than every open
-    # of the range by the (type, time) index, filtered afterwards.
-    opened = [unindexed(Event.type, use_index=scope.team is None) == "open", *within(Event.occurred_at, rng),
-              Event.item_id.is_not(None), Event.contact_id.is_not(None)]
-    if scope.team is not None:
-        opened.append(Event.contact_id.in_(select(Contact.id).where(*scope.on(Contact.owner_userid))))
-    openers = select(Event.item_id.label("item_id"), Event.contact_id.label("contact_id")).where(*opened).distinct().subquery()
-    reach = _reach(scope.on(Contact.owner_userid), per=openers)
-    by_item = select(reach.c.item_id, reach.c.reach, func.count()).group_by(reach.c.item_id, reach.c.reach)
-    rows = (await session.execute(by_item)).all()
     items = await item_names(session)
+    if scope.team is not None:
+        # A team's contacts drive it, each one's opens by the (contact, time) index, rather than every
+        # open of the range by the (type, time) index, filtered afterwards.
+        opened = [unindexed(Event.type) == "open", *within(Event.occurred_at, rng), Event.item_id.is_not(None),
+                  Event.contact_id.is_not(None), Event.contact_id.in_(select(Contact.id).where(*scope.on(Contact.owner_userid)))]
+        openers = select(Event.item_id.label("item_id"), Event.contact_id.label("contact_id")).where(*opened).distinct().subquery()
+        reach = _reach(scope.on(Contact.owner_userid), per=openers)
+        by_item = select(reach.c.item_id, reach.c.reach, func.count()).group_by(reach.c.item_id, reach.c.reach)
+        rows = list((await session.execute(by_item)).all())
+    else:
+        # Everyone's, item by item: each item's openers from the partial index of counted events, which
+        # holds each open's contact (0.1 s an item at a million contacts), where reading every open of the
+        # range by the (type, time) index read each one's row (3.4 s). One statement an item: SQLite, which
+        # has no statistics, drove a statement over all items by the (type, time) index.
+        counted = text(COUNTED_BY_ITEM[session.get_bind().dialect.name])
+        rows = []
+        for item_id in items:
+            openers = select(Event.contact_id).where(Event.item_id == item_id, counted, Event.type == "open", *within(Event.occurred_at, rng))
+            stmt = select(Contact.reach, func.count()).where(Contact.id.in_(openers), *_LIVE).group_by(Contact.reach)
+            rows.extend((item_id, rank, n) for rank, n in await session.execute(stmt))
     pivot: dict[int, dict[int, int]] = {}
     for item_id, rank, n in rows:
         pivot.setdefault(item_id, {})[rank] = n

@@ -2,8 +2,10 @@
 
 The admin's content leaderboard counted the opens, reads to the end, CTA clicks and downloads of the
 date range by reading each of those events' rows (at a million contacts, 30 days: 1.4M events, 4.4 s;
-from this index, 0.06 s). The index is partial: it holds only the events it counts (a read's depth is
-in its properties, and only reads to the end are in it), so the other events write no entry.
+from this index, 0.06 s), and the admin's content funnel read each open's row for its contact (the
+range's distinct item–contact pairs 3.4 s, from this index 0.36 s). The index is partial: it holds
+only the events it counts (a read's depth is in its properties, and only reads to the end are in it),
+so the other events write no entry.
 
 Building it reads the whole events table (about 10 s per ten million events on SQLite). On PostgreSQL
 it is built CONCURRENTLY, outside the migration's transaction, as in 0010. On SQLite the build holds
@@ -28,7 +30,7 @@ COUNTED_BY_ITEM = {
     'sqlite': "(type IN ('open', 'cta', 'download') OR (type = 'read' AND json_extract(props, '$.depth') = 100))",
     'postgresql': "(type IN ('open', 'cta', 'download') OR (type = 'read' AND (props ->> 'depth') = '100'))",
 }
-NAME, COLUMNS = 'ix_events_item_counted', ['item_id', 'type', 'occurred_at']
+NAME, COLUMNS = 'ix_events_item_counted', ['item_id', 'type', 'occurred_at', 'contact_id']
 
 
 def upgrade() -> None:
