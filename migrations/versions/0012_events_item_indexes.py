@@ -7,7 +7,7 @@ range's distinct item–contact pairs 3.4 s, from this index 0.36 s). The index 
 only the events it counts (a read's depth is in its properties, and only reads to the end are in it),
 so the other events write no entry.
 
-Building it reads the whole events table (about 10 s per ten million events on SQLite). On PostgreSQL
+Building it reads the whole events table (about 20 s per ten million events on SQLite). On PostgreSQL
 it is built CONCURRENTLY, outside the migration's transaction, as in 0010. On SQLite the build holds
 the write lock: run `migrate` when few links are being opened.
 
