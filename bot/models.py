@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 from sqlalchemy.types import TypeDecorator
 
-from bot.scoring.stages import journey_rank
+from bot.scoring.stages import reach_of
 
 # Integer on SQLite so that the primary key is the rowid (autoincrement); BIGINT on PostgreSQL.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -146,7 +146,7 @@ class Contact(Base):
 
     @validates("stage")
     def _keep_reach(self, _key: str, stage: str) -> str:
-        rank = journey_rank(stage)
+        rank = reach_of(stage)
         if rank > (self.reach or 0):
             self.reach = rank
         return stage

@@ -30,7 +30,7 @@ from bot.models import Contact, ContentItem, Event, ScoreEntry, StageChange
 from bot.scoring.engine import ScoredEvent
 from bot.ledger import insert_merged_rows, ledger_insert, ledger_rows
 from bot.scoring.service import PROFILE_FIELDS, ScoringService, profile_of
-from bot.scoring.stages import journey_rank, stage_for_score, temperature
+from bot.scoring.stages import reach_of, stage_for_score, temperature
 
 Progress = Callable[[int, int], None]
 
@@ -175,7 +175,7 @@ class _Run:
             update = None
             if (score, temp, stage) != (contact.score, contact.temperature, contact.stage):
                 update = {"b_id": cid, "b_score": score, "b_temperature": temp, "b_stage": stage,
-                          "b_reach": max(contact.reach, journey_rank(stage)), "b_updated_at": now}
+                          "b_reach": max(contact.reach, reach_of(stage)), "b_updated_at": now}
             outcomes[cid] = _Outcome(ledger_rows(entries), move, update, (contact.score, contact.stage, contact.temperature, contact.stored_at),
                                      len(events), len(entries), round(contact.score or 0.0, 2) != score)
         return outcomes

@@ -228,7 +228,7 @@ class Generator:
         from bot.scoring.engine import NOT_ENGAGEMENT, ScoredEvent, merge_spells
         from bot.scoring.rules import DECAY_RULE
         from bot.scoring.service import profile_of
-        from bot.scoring.stages import journey_rank, stage_for_score, temperature
+        from bot.scoring.stages import reach_of, stage_for_score, temperature
 
         w, now, ts = self.w, self.now, self.ts
         rng = random.Random(f"beacon-synth:{w.seed}:{spec.ids['contacts']}")
@@ -336,7 +336,7 @@ class Generator:
             rows["contacts"].append((
                 cid, p.external, p.name, p.company, p.title, p.phone, p.email, p.region, p.industry, p.size, p.persona,
                 "{}", owner, p.channel, None, stage, temperature(score, model), score, ts(last_activity), ts(last_payment),
-                None, None, ts(p.created), ts(updated), max(journey_rank(s) for s in (stage, *(move[1] for move in moves))),
+                None, None, ts(p.created), ts(updated), max(reach_of(s) for s in (stage, *(move[1] for move in moves))),
             ))  # fmt: skip
             tasks.extend(self._tasks(rng, p, owner, mql_at))
         for table, room in spec.id_room.items():

@@ -19,7 +19,7 @@ from bot.models import Contact, Event, ScoreEntry, StageChange, Task
 from bot.rescore import rescore_all
 from bot.scheduler import run_job
 from bot.scoring.jobs import decay_scores, mark_dormant_customers
-from bot.scoring.stages import journey_rank
+from bot.scoring.stages import reach_of
 from tests.test_links import AUTH, Browser, lib, share  # noqa: F401  (fixture re-export)
 
 async def new_contact(beacon: Any, external: str, **fields: Any) -> int:
@@ -54,9 +54,9 @@ async def assert_reach_kept(beacon: Any) -> dict[int, int]:
     async with beacon.rt.sessions() as session:
         contacts = (await session.execute(select(Contact.id, Contact.stage, Contact.reach))).all()
         moves = (await session.execute(select(StageChange.contact_id, StageChange.to_stage))).all()
-    furthest = {cid: journey_rank(stage) for cid, stage, _ in contacts}
+    furthest = {cid: reach_of(stage) for cid, stage, _ in contacts}
     for cid, to_stage in moves:
-        furthest[cid] = max(furthest[cid], journey_rank(to_stage))
+        furthest[cid] = max(furthest[cid], reach_of(to_stage))
     assert {cid: reach for cid, _, reach in contacts} == furthest
     return furthest
 

@@ -21,8 +21,9 @@ _RANK = {stage: rank for rank, stage in enumerate(JOURNEY)}
 Temperature = Literal["cold", "warm", "hot"]
 
 
-def journey_rank(stage: str) -> int:
-    """`stage`'s rank in JOURNEY; 0 for invalid and dormant, which are not a step forward."""
+def reach_of(stage: str) -> int:
+    """How far along JOURNEY `stage` is (`Contact.reach`): its rank there; 0 for invalid and dormant,
+    which are no step forward. (bot.reports.journey_rank, in SQL, ranks them -1 to tell moves apart.)"""
     return _RANK.get(stage, 0)
 
 
