@@ -161,13 +161,17 @@ async def rep_leaderboard(session: AsyncSession, rng: DateRange, scope: Scope, *
 
 
 async def sop_compliance(session: AsyncSession, rng: DateRange, scope: Scope, *, now: dt.datetime) -> Table:
-    """SOP tasks due in the range per owner: done, done on time, overdue (still open), dismissed."""
+    """SOP tasks due in the range per owner: done, done on time, overdue (still open), dismissed.
+
+    Everyone's are found by the (kind, due) index: without it SQLite read every task ever made through
+    the owner index (0.28 s for 650k tasks, 207k of them SOP, at a million contacts; this 0.09 s). A
+    team's stay on the owner index (8 ms for 10 reps; by the (kind, due) index 42 ms)."""
     names = dict(await team_reps(session, scope))
     rows = await session.execute(
         select(Task.owner_userid, func.count(), count_if(Task.status == "done"),
                count_if(and_(Task.status == "done", Task.completed_at <= Task.due_at)),
                count_if(and_(Task.status == "open", Task.due_at < now)), count_if(Task.status == "dismissed"))
-        .where(Task.kind == "sop", *within(Task.due_at, rng), *scope.on(Task.owner_userid))
+        .where(unindexed(Task.kind, use_index=scope.team is None) == "sop", *within(Task.due_at, rng), *scope.on(Task.owner_userid))
         .group_by(Task.owner_userid)
     )  # fmt: skip
     out = [

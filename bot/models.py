@@ -390,6 +390,7 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_owner_status_due", "owner_userid", "status", "due_at"),
         Index("ix_tasks_status_snoozed", "status", "snoozed_until"),  # send-due-alerts: snoozes that ran out
+        Index("ix_tasks_kind_due", "kind", "due_at"),  # everyone's SOP compliance: the range's SOP tasks
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # follow_up | sop | hot_lead | dormant | manual
