@@ -125,11 +125,16 @@ async def rep_leaderboard(session: AsyncSession, rng: DateRange, scope: Scope, *
     opens = dict((await session.execute(
         select(Rep.userid, opens_of_rep).where(Rep.active.is_(True), *scope.on(Rep.userid))
     )).all())  # fmt: skip
+    # Everyone's tasks done in the range come from the covering (completed, ...) index alone; SQLite,
+    # given the status equality, drove by the status index and read each done task's row (two statements
+    # 0.15 s each at a million contacts, 70k tasks done in 30 days; this 0.05 s). A team's keep the owner index.
+    done_in_range = [unindexed(Task.status, use_index=scope.team is not None) == "done", *within(Task.completed_at, rng),
+                     *scope.on(Task.owner_userid)]
     done = {
         owner: (n, on_time)
         for owner, n, on_time in await session.execute(
             select(Task.owner_userid, func.count(), count_if(Task.completed_at <= Task.due_at))
-            .where(Task.status == "done", *within(Task.completed_at, rng), *scope.on(Task.owner_userid))
+            .where(*done_in_range)
             .group_by(Task.owner_userid)
         )
     }
@@ -141,7 +146,7 @@ async def rep_leaderboard(session: AsyncSession, rng: DateRange, scope: Scope, *
     spans: dict[str, list[float]] = {}
     for owner, created, completed in await session.execute(
         select(Task.owner_userid, Task.created_at, Task.completed_at)
-        .where(Task.status == "done", Task.kind != "sop", *within(Task.completed_at, rng), *scope.on(Task.owner_userid))
+        .where(*done_in_range, Task.kind != "sop")
     ):
         if completed is not None:
             spans.setdefault(owner, []).append((completed - created).total_seconds())

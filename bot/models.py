@@ -391,6 +391,8 @@ class Task(Base):
         Index("ix_tasks_owner_status_due", "owner_userid", "status", "due_at"),
         Index("ix_tasks_status_snoozed", "status", "snoozed_until"),  # send-due-alerts: snoozes that ran out
         Index("ix_tasks_kind_due", "kind", "due_at"),  # everyone's SOP compliance: the range's SOP tasks
+        # everyone's rep leaderboard: the tasks done in the range, from the index alone
+        Index("ix_tasks_completed_cover", "completed_at", "status", "owner_userid", "due_at", "kind", "created_at"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # follow_up | sop | hot_lead | dormant | manual

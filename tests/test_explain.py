@@ -376,6 +376,29 @@ async def test_sop_compliance_seeks_the_ranges_sop_tasks(conn: AsyncConnection) 
     assert "ix_tasks_owner_status_due" in plans["team"].indexes and "ix_tasks_kind_due" not in plans["team"].indexes, plans["team"].raw
 
 
+async def test_rep_leaderboard_takes_the_ranges_done_tasks_from_an_index_alone(conn: AsyncConnection) -> None:
+    """Everyone's tasks done in the range (counted per owner, and their times for the follow-up speed) come
+    from the covering (completed, ...) index without reading a task's row (at a million contacts the
+    status index and the rows took 0.15 s a statement, this 0.06 s). A team's stay on the owner index."""
+    now = conn.info["keys"]["now"]
+    rng = DateRange.of_days((now - dt.timedelta(days=29)).date(), now.date(), dt.UTC)
+    session = AsyncSession(bind=conn)
+    counted = await _statements_of(conn, {"everyone": rep_leaderboard(session, rng, Scope(None), now=now),
+                                          "team": rep_leaderboard(session, rng, Scope(frozenset(REPS[3:5])), now=now)})
+    for name, statements in counted.items():
+        done = [ran for ran in statements if "FROM tasks" in ran[0] and "completed_at >=" in ran[0]]
+        assert len(done) == 2, (name, statements)
+        for statement, parameters in done:
+            plan = await _explain_driver_sql(conn, statement, parameters)
+            assert "tasks" not in plan.full_scans, (name, plan.raw)
+            if conn.dialect.name == "postgresql":
+                continue  # its planner weighs this fill's statistics; SQLite has none, as in production
+            if name == "everyone":
+                assert "ix_tasks_completed_cover" in plan.indexes and "COVERING INDEX" in plan.raw, plan.raw
+            else:
+                assert "ix_tasks_owner_status_due" in plan.indexes, plan.raw
+
+
 async def _event_rows_read(conn: AsyncConnection, statement: str, parameters: Any) -> list[Any]:
     """SQLite: the bytecode's reads of a column from an `events` row (not an index entry). A partial
     index's plan line never says COVERING when the query names a column only its condition uses, yet
