@@ -360,36 +360,24 @@ async def test_sop_compliance_seeks_the_ranges_sop_tasks(conn: AsyncConnection) 
     """Everyone's SOP compliance finds the range's SOP tasks by the (kind, due) index; read through the
     owner index, it went through every task ever made (0.28 s against 0.09 s at a million contacts). A
     team's stays on the owner index, which holds only the team's tasks."""
-    now = conn.info["keys"]["now"]
-    rng = DateRange.of_days((now - dt.timedelta(days=29)).date(), now.date(), dt.UTC)
-    session = AsyncSession(bind=conn)
-    counted = await _statements_of(conn, {"everyone": sop_compliance(session, rng, Scope(None), now=now),
-                                          "team": sop_compliance(session, rng, Scope(frozenset(REPS[3:5])), now=now)})
-    plans = {}
-    for name, statements in counted.items():
-        [(statement, parameters)] = [ran for ran in statements if "FROM tasks" in ran[0]]
-        plans[name] = await _explain_driver_sql(conn, statement, parameters)
-        assert "tasks" not in plans[name].full_scans, (name, plans[name].raw)
+    plans = await _task_plans(conn, sop_compliance, lambda sql: "FROM tasks" in sql)
+    for name, [plan] in plans.items():
+        assert "tasks" not in plan.full_scans, (name, plan.raw)
     if conn.dialect.name == "postgresql":
         return  # its planner weighs this fill's statistics; SQLite has none, as in production
-    assert "ix_tasks_kind_due" in plans["everyone"].indexes, plans["everyone"].raw
-    assert "ix_tasks_owner_status_due" in plans["team"].indexes and "ix_tasks_kind_due" not in plans["team"].indexes, plans["team"].raw
+    [everyone], [team] = plans["everyone"], plans["team"]
+    assert "ix_tasks_kind_due" in everyone.indexes, everyone.raw
+    assert "ix_tasks_owner_status_due" in team.indexes and "ix_tasks_kind_due" not in team.indexes, team.raw
 
 
 async def test_rep_leaderboard_takes_the_ranges_done_tasks_from_an_index_alone(conn: AsyncConnection) -> None:
     """Everyone's tasks done in the range (counted per owner, and their times for the follow-up speed) come
     from the covering (completed, ...) index without reading a task's row (at a million contacts the
     status index and the rows took 0.15 s a statement, this 0.06 s). A team's stay on the owner index."""
-    now = conn.info["keys"]["now"]
-    rng = DateRange.of_days((now - dt.timedelta(days=29)).date(), now.date(), dt.UTC)
-    session = AsyncSession(bind=conn)
-    counted = await _statements_of(conn, {"everyone": rep_leaderboard(session, rng, Scope(None), now=now),
-                                          "team": rep_leaderboard(session, rng, Scope(frozenset(REPS[3:5])), now=now)})
-    for name, statements in counted.items():
-        done = [ran for ran in statements if "FROM tasks" in ran[0] and "completed_at >=" in ran[0]]
-        assert len(done) == 2, (name, statements)
-        for statement, parameters in done:
-            plan = await _explain_driver_sql(conn, statement, parameters)
+    plans = await _task_plans(conn, rep_leaderboard, lambda sql: "FROM tasks" in sql and "completed_at >=" in sql)
+    for name, done in plans.items():
+        assert len(done) == 2, (name, [plan.raw for plan in done])
+        for plan in done:
             assert "tasks" not in plan.full_scans, (name, plan.raw)
             if conn.dialect.name == "postgresql":
                 continue  # its planner weighs this fill's statistics; SQLite has none, as in production
@@ -397,6 +385,18 @@ async def test_rep_leaderboard_takes_the_ranges_done_tasks_from_an_index_alone(c
                 assert "ix_tasks_completed_cover" in plan.indexes and "COVERING INDEX" in plan.raw, plan.raw
             else:
                 assert "ix_tasks_owner_status_due" in plan.indexes, plan.raw
+
+
+async def _task_plans(conn: AsyncConnection, report: Any, wanted: Any) -> dict[str, list[Plan]]:
+    """The plans of the `wanted` statements (by their SQL) that `report` (a leaderboard) ran over the
+    last 30 days, for everyone and for a team of two reps."""
+    now = conn.info["keys"]["now"]
+    rng = DateRange.of_days((now - dt.timedelta(days=29)).date(), now.date(), dt.UTC)
+    session = AsyncSession(bind=conn)
+    counted = await _statements_of(conn, {"everyone": report(session, rng, Scope(None), now=now),
+                                          "team": report(session, rng, Scope(frozenset(REPS[3:5])), now=now)})
+    return {name: [await _explain_driver_sql(conn, statement, parameters) for statement, parameters in statements if wanted(statement)]
+            for name, statements in counted.items()}
 
 
 async def _event_rows_read(conn: AsyncConnection, statement: str, parameters: Any) -> list[Any]:

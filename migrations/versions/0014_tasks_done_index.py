@@ -4,7 +4,8 @@ The admin's rep leaderboard counts the tasks done in the range per owner (and on
 their creation and completion times for the follow-up speed. SQLite drove both statements by the
 status index and read each done task's row: at a million contacts (650k tasks, 99k of them done in
 the 30 days), 0.15 s each. This index starts with the completion time and holds every column the two
-statements read, so they are answered from it alone (0.06 s each). A team's statements keep the owner index.
+statements read, so they are answered from it alone (0.06 s each). A team's statements keep the owner
+index.
 
 Tasks are few next to events (a task per alert or SOP step), so the index is built in the migration's
 transaction on both databases.
