@@ -33,6 +33,7 @@ from bot.models import (
     StageChange, Task,
 )
 from bot.reports import DateRange, Scope, channel_funnel, content_funnel, stage_funnel
+from bot.scoring.jobs import CHUNK_READ
 from bot.shares import LINK_BY_TOKEN
 from bot.sop.triggers import enrollments_of
 from bot.tracker import unprocessed_events
@@ -385,6 +386,32 @@ async def test_rep_leaderboard_takes_the_ranges_done_tasks_from_an_index_alone(c
                 assert "ix_tasks_completed_cover" in plan.indexes and "COVERING INDEX" in plan.raw, plan.raw
             else:
                 assert "ix_tasks_owner_status_due" in plan.indexes, plan.raw
+
+
+async def test_decay_finds_each_quiet_contacts_last_engagement_from_its_newest_events(conn: AsyncConnection) -> None:
+    """The nightly decay's chunk read takes each contact's last engagement by walking its events back
+    through the (contact, time) index until one counts, a correlated subquery with LIMIT 1: a grouped
+    max over the chunk read every event of every contact (10.7 against 6.9 ms a chunk of 500 contacts
+    with ten events each)."""
+    ran: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        ran.append((statement, parameters))
+
+    now = conn.info["keys"]["now"]
+    sa_event.listen(conn.sync_engine, "before_cursor_execute", capture)
+    try:
+        await conn.execute(CHUNK_READ, {"after": 0, "cutoff": now, "limit": 500})
+    finally:
+        sa_event.remove(conn.sync_engine, "before_cursor_execute", capture)
+    [(statement, parameters)] = ran
+    plan = await _explain_driver_sql(conn, statement, parameters)
+    assert not plan.full_scans & {"events", "score_ledger"}, plan.raw
+    assert "ix_events_contact_occurred" in plan.indexes, plan.raw
+    if conn.dialect.name == "postgresql":
+        assert '"Scan Direction": "Backward"' in plan.raw, plan.raw
+    else:
+        assert "CORRELATED SCALAR SUBQUERY" in plan.raw, plan.raw
 
 
 async def _task_plans(conn: AsyncConnection, report: Any, wanted: Any) -> dict[str, list[Plan]]:

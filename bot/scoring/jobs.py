@@ -4,12 +4,12 @@ Decay (`decay-scores`) goes through the quiet contacts in id order, a chunk at a
 `Chunks` sizes them so that a chunk's write transaction takes about bot.db.WRITE_TARGET_S; on
 PostgreSQL, which locks rows only, they are PG_CHUNK contacts):
 1. Read, in a read-only session (no write lock; on SQLite at background CPU priority:
-   Runtime.background_reads) and one statement: the chunk's contacts, and per
-   contact two grouped aggregates: from the ledger the positive behavior points left (event points
-   > 0 plus the decay ticks so far) and the day of the last tick; from the event log the last
-   engagement. That is all decay needs (see bot/scoring/engine.py): ticks fall on the local
-   midnights after the later of the last tick and `decay_after_days` past the last engagement, while
-   behavior points are left. The ticks are computed by the scorer itself (`Scorer.decay`), so they
+   Runtime.background_reads) and one statement: the chunk's contacts and, per contact, from the
+   ledger (grouped) the positive behavior points left (event points > 0 plus the decay ticks so
+   far) and the day of the last tick, and from the event log the last engagement (the contact's
+   events walked back from the newest until one counts). That is all decay needs (see
+   bot/scoring/engine.py): ticks fall on the local midnights after the later of the last tick and
+   `decay_after_days` past the last engagement, while behavior points are left. The ticks are computed by the scorer itself (`Scorer.decay`), so they
    are the entries a replay makes. Contacts this process's ScoreBook holds are decayed through the
    book instead, which carries the same state (the book must not miss a tick it would otherwise
    apply again at the next event).
@@ -150,22 +150,26 @@ def _chunk_statement() -> Any:
         .subquery("ledger")
     )
     ev = Event.__table__.c
+    # The newest engagement, walking the contact's events back from the newest by the (contact, time)
+    # index: it stops at the first that counts (usually the newest), where a grouped max over the
+    # chunk read every event of every contact (10.7 -> 6.9 ms a chunk of 500 at 10 events a contact).
     engaged = (
-        select(ev.contact_id, func.max(ev.occurred_at).label("engaged"))
-        .where(ev.contact_id.in_(ids), ev.processed.is_(True), ev.type.not_in(sorted(NOT_ENGAGEMENT)))
-        .group_by(ev.contact_id)
-        .subquery("engaged")
+        select(ev.occurred_at)
+        .where(ev.contact_id == chunk.c.id, ev.processed.is_(True), ev.type.not_in(sorted(NOT_ENGAGEMENT)))
+        .order_by(ev.occurred_at.desc()).limit(1)
+        .correlate(chunk)
+        .scalar_subquery()
     )
     return (
         # The last activity as stored (on SQLite its text): only compared with itself, read again at write time.
         select(chunk.c.id, chunk.c.score, type_coerce(chunk.c.last_activity_at, String), chunk.c.region, chunk.c.reactivated,
-               ledger.c.total, ledger.c.behavior, ledger.c.last_tick, engaged.c.engaged)
-        .select_from(chunk.outerjoin(ledger, ledger.c.contact_id == chunk.c.id).outerjoin(engaged, engaged.c.contact_id == chunk.c.id))
+               ledger.c.total, ledger.c.behavior, ledger.c.last_tick, engaged.label("engaged"))
+        .select_from(chunk.outerjoin(ledger, ledger.c.contact_id == chunk.c.id))
         .order_by(chunk.c.id)
     )
 
 
-_CHUNK_READ = _chunk_statement()
+CHUNK_READ = _chunk_statement()
 
 
 class _WriteForm:
@@ -195,7 +199,7 @@ async def _read_chunk(reader: Any, engine: Any, service: Any, days: _LocalDays, 
     region, reactivated_at)} as read, and for those the book does not hold and that lose points, {id:
     (ledger rows, contact update)} in `form`."""
     conn = await reader.connection()
-    contacts = (await conn.execute(_CHUNK_READ, {"after": after, "cutoff": cutoff, "limit": limit})).all()
+    contacts = (await conn.execute(CHUNK_READ, {"after": after, "cutoff": cutoff, "limit": limit})).all()
     if not contacts:
         return {}, {}
     scorer = service.scorer
