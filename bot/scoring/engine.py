@@ -19,6 +19,7 @@ Semantics (see also ScoringModel's fields):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import sys
 from array import array
@@ -166,6 +167,21 @@ def _round_half_up(value: float) -> int:
     return math.floor(value + 0.5)
 
 
+@functools.lru_cache(maxsize=64)
+def _day(tz: ZoneInfo, at: dt.datetime) -> int:
+    """`at`'s local day (ordinal) in `tz`, for a time many contacts share (a night's decay runs up to one
+    `now`)."""
+    return at.astimezone(tz).date().toordinal()
+
+
+@functools.lru_cache(maxsize=256)
+def _midnight(tz: ZoneInfo, day: int) -> dt.datetime:
+    """The UTC time of local midnight starting `day` (an ordinal) in `tz`; a night's decay ticks
+    all fall on a handful of midnights."""
+    local = dt.datetime.combine(dt.date.fromordinal(day), dt.time(), tzinfo=tz)
+    return local.astimezone(UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class _Model:
     """A ScoringModel prepared for fast scoring: cents, rules indexed by event type, time zone."""
@@ -198,8 +214,7 @@ class _Model:
         return at.astimezone(self.tz).date().toordinal()
 
     def midnight(self, day: int) -> dt.datetime:
-        local = dt.datetime.combine(dt.date.fromordinal(day), dt.time(), tzinfo=self.tz)
-        return local.astimezone(UTC)
+        return _midnight(self.tz, day)
 
     def profile_cents(self, mask: int) -> int:
         return sum(points for i, (_, points) in enumerate(self.profile) if mask >> i & 1)
@@ -347,7 +362,7 @@ class Scorer:
         Idempotent: calling it again with the same or an earlier time adds nothing.
         """
         model = self._model(state)
-        return self._decay(state, model, model.day(until))
+        return self._decay(state, model, _day(model.tz, until))
 
     def _decay(self, state: ContactScoreState, model: _Model, target: int) -> list[Entry]:
         """`decay` up to the local day `target` (an ordinal in the model's time zone)."""

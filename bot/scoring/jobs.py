@@ -202,18 +202,23 @@ async def _read_chunk(reader: Any, engine: Any, service: Any, days: _LocalDays, 
     contacts = (await conn.execute(CHUNK_READ, {"after": after, "cutoff": cutoff, "limit": limit})).all()
     if not contacts:
         return {}, {}
-    scorer = service.scorer
+    scorer, book = service.scorer, service.book
+    models: dict[str | None, Any] = {}
     seen: dict[int, tuple[Any, ...]] = {}
     prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     for n, (contact_id, score, last_activity, region, reactivated, total, behavior, last_tick, last_engaged) in enumerate(contacts):
         if n % 100 == 99:
             await yield_to_writer(engine)  # a chunk's arithmetic is tens of milliseconds: let others go first
         seen[contact_id] = (score, last_activity, region, reactivated)
-        if contact_id in service.book:
+        if contact_id in book:
             service.check(SimpleNamespace(id=contact_id, score=score))  # scored elsewhere: from the ledger, then
-        if contact_id in service.book or last_engaged is None:
-            continue  # the book's state is used at write time; never engaged: nothing decays
-        spec = scorer.model_for(region or None)
+            if contact_id in book:
+                continue  # the book's state is used at write time
+        if last_engaged is None:
+            continue  # never engaged: nothing decays
+        spec = models.get(region)
+        if spec is None:
+            spec = models[region] = scorer.model_for(region or None)
         active = days.day(last_engaged, spec.timezone)
         clock = active if last_tick is None else max(active, days.tick_day(last_tick, spec.timezone))
         state = ContactScoreState(contact_id, spec.name, behavior=round(float(behavior or 0.0) * 100),
