@@ -432,6 +432,9 @@ _CHUNK = """WITH chunk AS (
     WHERE id > :after AND last_activity_at < :cutoff AND merged_into_id IS NULL AND erased_at IS NULL
     ORDER BY id LIMIT :n)"""
 _ENGAGED = "processed = TRUE AND type NOT IN ('contact_deleted', 'unsubscribe')"
+# The last engagement as the product finds it: the contact's events walked back from the newest by the
+# (contact, time) index (a grouped maximum over the chunk's events reads every one of them).
+_LAST_ENGAGED = f"SELECT occurred_at FROM events WHERE contact_id = ch.id AND {_ENGAGED} ORDER BY occurred_at DESC LIMIT 1"
 _DECAY_SQL = {
     # local days as Julian day numbers, shifted by the zone's fixed offset
     "sqlite": {
@@ -440,15 +443,13 @@ _DECAY_SQL = {
         "read": f"""
             INSERT INTO temp.due (id, total, behavior, active, last_tick, profile)
             {_CHUNK}
-            SELECT ch.id, COALESCE(l.total, 0), COALESCE(l.behavior, 0), e.active, l.last_tick, ch.profile
+            SELECT ch.id, COALESCE(l.total, 0), COALESCE(l.behavior, 0),
+                   julianday(date(({_LAST_ENGAGED}), '{{shift}}')) AS active, l.last_tick, ch.profile
             FROM chunk ch
             LEFT JOIN (
                 SELECT contact_id, SUM(points) AS total, CAST(ROUND({_BEHAVIOR}) AS INTEGER) AS behavior,
                        julianday(date(MAX(CASE WHEN rule = 'decay' THEN at END), '{{shift}}')) AS last_tick
-                FROM score_ledger WHERE contact_id IN (SELECT id FROM chunk) GROUP BY contact_id) l ON l.contact_id = ch.id
-            LEFT JOIN (
-                SELECT contact_id, julianday(date(MAX(occurred_at), '{{shift}}')) AS active
-                FROM events WHERE contact_id IN (SELECT id FROM chunk) AND {_ENGAGED} GROUP BY contact_id) e ON e.contact_id = ch.id""",
+                FROM score_ledger WHERE contact_id IN (SELECT id FROM chunk) GROUP BY contact_id) l ON l.contact_id = ch.id""",
         "tick": """
             UPDATE temp.due SET quiet = CAST(:today - active AS INTEGER),
                    tick = MIN(behavior, MAX(1, CAST(behavior * (1 - :keep) + 0.5 AS INTEGER)))
@@ -476,15 +477,13 @@ _DECAY_SQL = {
         "read": f"""
             INSERT INTO due (id, total, behavior, active, last_tick, profile)
             {_CHUNK}
-            SELECT ch.id, COALESCE(l.total, 0), COALESCE(l.behavior, 0), e.active, l.last_tick, ch.profile
+            SELECT ch.id, COALESCE(l.total, 0), COALESCE(l.behavior, 0),
+                   (({_LAST_ENGAGED}) AT TIME ZONE 'UTC' AT TIME ZONE CAST(:tz AS text))::date AS active, l.last_tick, ch.profile
             FROM chunk ch
             LEFT JOIN (
                 SELECT contact_id, SUM(points) AS total, ROUND({_BEHAVIOR})::bigint AS behavior,
                        (MAX(CASE WHEN rule = 'decay' THEN at END) AT TIME ZONE 'UTC' AT TIME ZONE CAST(:tz AS text))::date AS last_tick
-                FROM score_ledger WHERE contact_id IN (SELECT id FROM chunk) GROUP BY contact_id) l ON l.contact_id = ch.id
-            LEFT JOIN (
-                SELECT contact_id, (MAX(occurred_at) AT TIME ZONE 'UTC' AT TIME ZONE CAST(:tz AS text))::date AS active
-                FROM events WHERE contact_id IN (SELECT id FROM chunk) AND {_ENGAGED} GROUP BY contact_id) e ON e.contact_id = ch.id""",
+                FROM score_ledger WHERE contact_id IN (SELECT id FROM chunk) GROUP BY contact_id) l ON l.contact_id = ch.id""",
         "tick": """
             UPDATE due SET quiet = CAST(:today AS date) - active,
                    tick = LEAST(behavior, GREATEST(1, floor(behavior * (1 - CAST(:keep AS double precision)) + 0.5)::bigint))
