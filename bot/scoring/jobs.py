@@ -10,9 +10,9 @@ PostgreSQL, which locks rows only, they are PG_CHUNK contacts):
    events walked back from the newest until one counts). That is all decay needs (see
    bot/scoring/engine.py): ticks fall on the local midnights after the later of the last tick and
    `decay_after_days` past the last engagement, while behavior points are left. The ticks are
-   computed by the scorer itself (`Scorer.decay`), so they are the entries a replay makes. Contacts this process's ScoreBook holds are decayed through the
-   book instead, which carries the same state (the book must not miss a tick it would otherwise
-   apply again at the next event).
+   computed by the scorer itself (`Scorer.decay`), so they are the entries a replay makes. Contacts
+   this process's ScoreBook holds are decayed through the book instead, which carries the same state
+   (the book must not miss a tick it would otherwise apply again at the next event).
 2. Write, in a short transaction of its own: the chunk's contacts are read again (FOR UPDATE on
    PostgreSQL), those whose score or last activity changed since step 1 (the tracker scored them
    meanwhile, decaying them itself) are left out, and the ticks (added to each contact's row for its
