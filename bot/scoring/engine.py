@@ -167,11 +167,14 @@ def _round_half_up(value: float) -> int:
     return math.floor(value + 0.5)
 
 
-@functools.lru_cache(maxsize=64)
-def _day(tz: ZoneInfo, at: dt.datetime) -> int:
-    """`at`'s local day (ordinal) in `tz`, for a time many contacts share (a night's decay runs up to one
-    `now`)."""
+def local_day(tz: ZoneInfo, at: dt.datetime) -> int:
+    """`at`'s local day in `tz`, as an ordinal: how the scorer counts days (an event's, a tick's)."""
     return at.astimezone(tz).date().toordinal()
+
+
+# The same for a time many contacts share: a night's decay runs up to one `now`, and the last ticks
+# of its quiet contacts fall on a handful of midnights.
+shared_local_day = functools.lru_cache(maxsize=4096)(local_day)
 
 
 @functools.lru_cache(maxsize=256)
@@ -211,7 +214,7 @@ class _Model:
         )
 
     def day(self, at: dt.datetime) -> int:
-        return at.astimezone(self.tz).date().toordinal()
+        return local_day(self.tz, at)
 
     def midnight(self, day: int) -> dt.datetime:
         return _midnight(self.tz, day)
@@ -362,7 +365,7 @@ class Scorer:
         Idempotent: calling it again with the same or an earlier time adds nothing.
         """
         model = self._model(state)
-        return self._decay(state, model, _day(model.tz, until))
+        return self._decay(state, model, shared_local_day(model.tz, until))
 
     def _decay(self, state: ContactScoreState, model: _Model, target: int) -> list[Entry]:
         """`decay` up to the local day `target` (an ordinal in the model's time zone)."""

@@ -46,7 +46,7 @@ from bot.leases import holds_lease
 from bot.ledger import insert_merged_rows, ledger_insert, ledger_rows
 from bot.lifecycle import mark_dormant, recently_reactivated
 from bot.models import Contact, Event, ScoreEntry
-from bot.scoring.engine import NOT_ENGAGEMENT, ContactScoreState
+from bot.scoring.engine import NOT_ENGAGEMENT, ContactScoreState, local_day, shared_local_day
 from bot.scoring.rules import DECAY_RULE
 from bot.scoring.stages import temperature
 
@@ -71,7 +71,6 @@ async def decay_scores(ctx: Context) -> None:
         service.forget()
     quiet_days = min(m.decay_after_days for m in rt.settings.scoring.models)
     cutoff = now - dt.timedelta(days=quiet_days)
-    days = _LocalDays()
     after = 0
     quiet = decayed = chunks = 0
     longest = 0.0
@@ -80,7 +79,7 @@ async def decay_scores(ctx: Context) -> None:
     while True:
         await yield_to_writer(rt.engine)  # the chunk's read and arithmetic run after any transaction in progress
         async with rt.background_reads() as reader:
-            seen, prepared = await _read_chunk(reader, rt.engine, service, days, cutoff, after, now, size.size, form)
+            seen, prepared = await _read_chunk(reader, rt.engine, service, cutoff, after, now, size.size, form)
         if not seen:
             break
         after = max(seen)
@@ -100,30 +99,6 @@ async def decay_scores(ctx: Context) -> None:
         longest = max(longest, held)
     log.info("decay: %d of %d quiet contacts lost points (%d chunks, last %d contacts, longest write transaction %.1f ms)",
              decayed, quiet, chunks, size.size, longest * 1000)
-
-
-class _LocalDays:
-    """Local day ordinals in each model's time zone (as the scorer counts days); the last ticks of
-    a night's quiet contacts fall on a handful of midnights, each converted once."""
-
-    def __init__(self) -> None:
-        self._zones: dict[str, ZoneInfo] = {}
-        self._ticks: dict[tuple[dt.datetime, str], int] = {}
-
-    def day(self, at: dt.datetime, tz: str) -> int:
-        zone = self._zones.get(tz)
-        if zone is None:
-            zone = self._zones[tz] = ZoneInfo(tz)
-        return at.astimezone(zone).date().toordinal()
-
-    def tick_day(self, at: dt.datetime, tz: str) -> int:
-        key = (at, tz)
-        day = self._ticks.get(key)
-        if day is None:
-            if len(self._ticks) >= 4096:
-                self._ticks.clear()
-            day = self._ticks[key] = self.day(at, tz)
-        return day
 
 
 def _chunk_statement() -> Any:
@@ -193,7 +168,7 @@ class _WriteForm:
         return [self.ledger.row(row) for row in ledger], self.update.row(change)
 
 
-async def _read_chunk(reader: Any, engine: Any, service: Any, days: _LocalDays, cutoff: dt.datetime, after: int,
+async def _read_chunk(reader: Any, engine: Any, service: Any, cutoff: dt.datetime, after: int,
                       now: dt.datetime, limit: int, form: _WriteForm) -> tuple[dict[int, tuple[Any, ...]], dict[int, tuple[list[Any], Any]]]:
     """The next `limit` quiet contacts after id `after`: {id: (score, last_activity_at as stored,
     region, reactivated_at)} as read, and for those the book does not hold and that lose points, {id:
@@ -203,7 +178,7 @@ async def _read_chunk(reader: Any, engine: Any, service: Any, days: _LocalDays, 
     if not contacts:
         return {}, {}
     scorer, book = service.scorer, service.book
-    models: dict[str | None, Any] = {}
+    models: dict[str | None, tuple[Any, ZoneInfo]] = {}  # region: its model and time zone
     seen: dict[int, tuple[Any, ...]] = {}
     prepared: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     for n, (contact_id, score, last_activity, region, reactivated, total, behavior, last_tick, last_engaged) in enumerate(contacts):
@@ -216,11 +191,13 @@ async def _read_chunk(reader: Any, engine: Any, service: Any, days: _LocalDays, 
                 continue  # the book's state is used at write time
         if last_engaged is None:
             continue  # never engaged: nothing decays
-        spec = models.get(region)
-        if spec is None:
-            spec = models[region] = scorer.model_for(region or None)
-        active = days.day(last_engaged, spec.timezone)
-        clock = active if last_tick is None else max(active, days.tick_day(last_tick, spec.timezone))
+        model = models.get(region)
+        if model is None:
+            spec = scorer.model_for(region or None)
+            model = models[region] = (spec, ZoneInfo(spec.timezone))
+        spec, zone = model
+        active = local_day(zone, last_engaged)
+        clock = active if last_tick is None else max(active, shared_local_day(zone, last_tick))
         state = ContactScoreState(contact_id, spec.name, behavior=round(float(behavior or 0.0) * 100),
                                   active_day=active, clock_day=clock)
         entries = scorer.decay(state, now)
