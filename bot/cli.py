@@ -232,7 +232,18 @@ def channel_list(settings: Settings, as_json: bool) -> None:
 
 @cli.group("contact")
 def contact_group() -> None:
-    """Personal-data requests for one contact (by external_userid, or id:<number>)."""
+    """Contacts: import the reps' WeCom customers; personal-data requests for one contact (by external_userid, or id:<number>)."""
+
+
+@contact_group.command("sync")
+@click.option("--reps", default="", metavar="REP1,REP2", help="Only these reps' customers (default: every rep and manager in [team]).")
+@click.option("--no-profiles", is_flag=True, help="Store the customers only; the serving process fetches their profiles.")
+@click.pass_obj
+def contact_sync(settings: Settings, reps: str, no_profiles: bool) -> None:
+    """Import the reps' existing WeCom customers (externalcontact/list), owned by their rep and named."""
+    from bot.contact_sync import run_sync
+
+    sys.exit(run_sync(settings, tuple(r.strip() for r in reps.split(",") if r.strip()), not no_profiles))
 
 
 @contact_group.command("export")

@@ -96,6 +96,7 @@ async def contact_added(ctx: Context, msg: Inbound) -> None:
     contact = await contact_for_external_userid(session, external, now=now)
     if profile is not None:
         await apply_profile(session, contact, profile, now=now)
+        contact.profile_due_at = None
     if contact.owner_userid is None:
         contact.owner_userid = userid
     state = msg.get("State")

@@ -88,6 +88,9 @@ class Demo:
         ) as resp:
             share = await resp.json()
         self.say(f"tracked link: {share['url']}")
+        contact = await self.wait_for_contact(http, lambda c: c.get("name"))
+        self.say(f"Beacon knew the customer only by his id; it fetched his WeCom profile: {contact['name']}, "
+                 f"{contact.get('title') or ''} @ {contact.get('company') or ''}")
 
         self.step("陈总 opens the link on his phone, reads to the end and clicks 预约演示")
         customer = aiohttp.ClientSession(headers={"User-Agent": PHONE_UA}, cookie_jar=aiohttp.CookieJar(unsafe=True))
@@ -112,6 +115,31 @@ class Demo:
             self.say(f"  {entry['reason']}" if entry["reason"] else f"  {entry['rule']} {entry['points']:+g}")
         for event in contact["timeline"][:6]:
             self.say(f"  {event['at'][:19]}  {event['type']:<8} {event.get('item_title') or ''}")
+
+        self.step("张三 gets a follow-up alert in WeCom and a to-do task")
+        card = await self.wait_for(lambda: [m.payload["template_card"] for m in self.state.messages_to("rep1")
+                                            if m.payload.get("msgtype") == "template_card"])
+        self.say(f"alert card: {card[-1]['main_title']['title']}")
+        self.say(f"  {card[-1].get('sub_title_text', '')}")
+        for row in card[-1].get("horizontal_content_list", []):
+            self.say(f"  {row['keyname']}: {row['value']}")
+        async with http.get(f"{self.base}/api/tasks?rep=rep1", headers=self.auth) as resp:
+            tasks = await resp.json()
+        for task in tasks:
+            self.say(f"task #{task['id']}: {task['title']} (due {task['due_at'][:16].replace('T', ' ')} UTC)")
+
+    async def wait_for_contact(self, http: aiohttp.ClientSession, ready: Any, timeout: float = 10.0) -> dict[str, Any]:
+        """GET /api/contacts/wmDemoCustomer01 until `ready(contact)`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            async with http.get(f"{self.base}/api/contacts/wmDemoCustomer01", headers=self.auth) as resp:
+                contact: dict[str, Any] = await resp.json()
+            if ready(contact):
+                return contact
+            if loop.time() > deadline:
+                raise TimeoutError("the demo scenario did not complete in time")
+            await asyncio.sleep(0.05)
 
     def where_to_look(self) -> None:
         click.secho("\nWhere to look", bold=True)

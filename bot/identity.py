@@ -62,12 +62,13 @@ async def add_identity(session: AsyncSession, contact: Contact, kind: str, value
 
 
 async def contact_for_external_userid(session: AsyncSession, external_userid: str, *, now: dt.datetime) -> Contact:
-    """The contact behind a WeCom external_userid, created on first sight."""
+    """The contact behind a WeCom external_userid, created on first sight. A new contact is known by its
+    id alone: its WeCom profile is due (bot/profiles.py fetches it, unless the caller has it)."""
     contact = await find_by_identity(session, "external_userid", external_userid)
     if contact is None:
         contact = await session.scalar(select(Contact).where(Contact.external_userid == external_userid))
     if contact is None:
-        contact = Contact(external_userid=external_userid, created_at=now, updated_at=now)
+        contact = Contact(external_userid=external_userid, created_at=now, updated_at=now, profile_due_at=now)
         session.add(contact)
         await session.flush()
     await add_identity(session, contact, "external_userid", external_userid)

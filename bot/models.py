@@ -111,6 +111,9 @@ class Contact(Base):
     __table_args__ = (
         # A channel's contacts counted from the index alone (bot/channels.py CONTACTS_BY_CHANNEL).
         Index("ix_contacts_channel_merged", "channel_id", "merged_into_id"),
+        # The contacts whose WeCom profile is still to be fetched, and only those (bot/profiles.py).
+        Index("ix_contacts_profile_due", "profile_due_at",
+              sqlite_where=text("profile_due_at IS NOT NULL"), postgresql_where=text("profile_due_at IS NOT NULL")),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     external_userid: Mapped[str | None] = mapped_column(String(64), unique=True)
@@ -136,6 +139,9 @@ class Contact(Base):
     erased_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Set when Beacon first sees the contact by its external_userid without its WeCom profile (name,
+    # company, title): from then until bot/profiles.py has fetched it, or learned WeCom has none.
+    profile_due_at: Mapped[dt.datetime | None]
 
     # The furthest rank in JOURNEY (bot.scoring.stages) the contact has reached, current stage or
     # any earlier one: 0 new … 4 customer; invalid and dormant keep what came before. The dashboards'

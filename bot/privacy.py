@@ -72,6 +72,7 @@ async def erase_contact(session: AsyncSession, contact: Contact, *, now: dt.date
     for name in ("name", "company", "title"):
         setattr(contact, name, "")
     contact.phone = contact.email = contact.external_userid = None
+    contact.profile_due_at = None  # nothing left to ask WeCom about
     contact.profile = {}
     contact.erased_at = now
     contact.updated_at = now

@@ -67,6 +67,7 @@ class Runtime:
     inbox_store: InboxStore = None  # type: ignore[assignment]
     inbox: InboxWorker = None  # type: ignore[assignment]
     outbox: OutboxWorker = None  # type: ignore[assignment]
+    profiles: Any = None  # bot.profiles.ProfileWorker: customers' WeCom profiles
     events: EventLog = None  # type: ignore[assignment]
     tracker: Tracker = None  # type: ignore[assignment]
     links: ShareResolver = None  # type: ignore[assignment]
@@ -117,6 +118,9 @@ class Runtime:
         rt.inbox_store = InboxStore(rt.writer)
         rt.inbox = InboxWorker(rt)
         rt.outbox = OutboxWorker(rt, lease_s=settings.inbox.outbox_lease_s)
+        from bot.profiles import ProfileWorker
+
+        rt.profiles = ProfileWorker(rt)
         rt.events = EventLog(engine)
         batch, budget_s = BATCH_BUDGET.get(engine.dialect.name, BATCH_BUDGET["sqlite"])
         rt.tracker = Tracker(rt, batch=batch, max_batch_s=budget_s)
@@ -171,6 +175,7 @@ class Runtime:
             for n in range(self.settings.inbox.workers):
                 self.spawn(self.inbox.run(), f"inbox-worker-{n}")
             self.spawn(self.outbox.run(), "outbox-worker")
+            self.spawn(self.profiles.run(), "profile-worker")
             if self.tracker.runs_here():
                 self.spawn(self.tracker.run(), "tracker")
             else:
@@ -214,7 +219,7 @@ class Runtime:
         await self.writer.close()
         await self.events.close()
         flushed = clock()
-        for worker in (self.inbox, self.outbox, self.tracker, self.checkpointer):
+        for worker in (self.inbox, self.outbox, self.profiles, self.tracker, self.checkpointer):
             if worker is not None:
                 worker.request_stop()
         if self.cross_wake is not None:

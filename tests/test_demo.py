@@ -31,6 +31,10 @@ def test_demo_plays_the_scenario(tmp_path: Path) -> None:
     breakdown = [line for line in out.splitlines() if "《" in line and re.search(r"[+-]\d", line)]
     assert any("预约演示" in line and line.rstrip().endswith("+30") for line in breakdown), breakdown
     assert all(len(re.findall(r"(?<![\w.])[+-]\d+(?:\.\d+)?", line)) == 1 for line in breakdown), breakdown
+    # The customer met through the share is named from his WeCom profile before the alert names him.
+    assert "it fetched his WeCom profile: 陈总, 副总经理 @ 华东精密制造有限公司" in out
+    assert "alert card: 陈总：点击「预约演示」" in out
+    assert re.search(r"task #\d+: 跟进 MQL：陈总", out), out
     assert "Where to look" in out and f"http://127.0.0.1:{port}/healthz" in out
     assert db.exists()
     shutil.rmtree(tmp_path / "state")

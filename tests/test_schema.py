@@ -249,3 +249,53 @@ def test_0011_fills_reach_from_the_stage_and_its_history_on_postgres() -> None:
     with empty_pg_database("beacon_reach") as url:
         reach = asyncio.run(_reach_after_0011(url))
     assert reach == {cid: want for cid, _, _, want in _REACH_CASES}
+
+
+# (contact, external_userid, name, merged into, erased) -> whether 0015 marks its WeCom profile due
+_DUE_CASES = [
+    (1, "wmKnownById", "", None, False, True),  # met through a share before Beacon fetched profiles
+    (2, "wmNamed", "王总", None, False, False),  # the contact-added callback named it
+    (3, None, "", None, False, False),  # a web visitor: no WeCom id to ask about
+    (4, "wmMerged", "", 1, False, False),
+    (5, "wmErased", "", None, True, False),
+]
+
+
+async def _due_after_0015(url: str) -> dict[int, bool]:
+    from sqlalchemy import text
+
+    from bot.db import migrate
+
+    await migrate(url, "0014")
+    engine = create_async_engine(url)
+    at = dt.datetime(2026, 1, 1)
+    try:
+        async with engine.begin() as conn:
+            for cid, external, name, merged, erased, _ in _DUE_CASES:
+                await conn.execute(text(
+                    "INSERT INTO contacts (id, external_userid, name, company, title, region, industry, company_size, persona, "
+                    "stage, temperature, score, profile, merged_into_id, erased_at, created_at, updated_at) VALUES (:id, :ext, "
+                    ":name, '', '', '', '', '', '', 'new', 'cold', 0, '{}', :merged, :erased, :at, :at)"),
+                    {"id": cid, "ext": external, "name": name, "merged": merged, "erased": at if erased else None, "at": at})  # fmt: skip
+        await migrate(url)
+        async with engine.connect() as conn:
+            due = (await conn.execute(text("SELECT id, profile_due_at FROM contacts"))).all()
+        return {cid: value is not None for cid, value in due}
+    finally:
+        await engine.dispose()
+
+
+async def test_0015_marks_the_contacts_known_only_by_their_wecom_id_on_sqlite(tmp_path: Path) -> None:
+    due = await _due_after_0015(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    assert due == {cid: want for cid, *_, want in _DUE_CASES}
+
+
+@pytest.mark.postgres
+def test_0015_marks_the_contacts_known_only_by_their_wecom_id_on_postgres() -> None:
+    import asyncio
+
+    from tests.conftest import empty_pg_database
+
+    with empty_pg_database("beacon_due") as url:
+        due = asyncio.run(_due_after_0015(url))
+    assert due == {cid: want for cid, *_, want in _DUE_CASES}

@@ -124,7 +124,7 @@ async def test_stop_is_bounded_when_another_connection_holds_the_lease_rows(
 
     async def lease_held() -> bool:
         async with rt.read_sessions() as session:
-            return await session.scalar(select(func.count()).select_from(Lease)) == 1
+            return await session.scalar(select(func.count()).select_from(Lease).where(Lease.name == "tracker")) == 1
 
     await wait_for(lease_held)
 

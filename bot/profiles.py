@@ -1,0 +1,130 @@
+"""Customers' WeCom profiles for the contacts Beacon first saw by their external_userid alone.
+
+The contact-added callback fetches the customer's profile (`externalcontact/get`: name, company,
+title, unionid) before it stores the contact. Every other way Beacon meets a customer first (a share
+made through the API, the sidebar or a chat command, a kf conversation, a link opened after OAuth, a
+deletion of a customer added before Beacon ran) knows only the id: `contact_for_external_userid`
+marks such a contact due (`profile_due_at`), and this worker fetches the profile shortly after, so
+alerts, to-do lists and digests name 陈总 rather than `wmXXXX`. Migration 0015 marked the contacts
+already known by their id alone, so the worker names those too.
+
+One process works at a time (the `profiles` lease), oldest due contact first, one WeCom call at a
+time, outside any transaction; each answer is written in a short transaction of its own:
+- a profile: empty fields filled (never overwriting what a rep or a form set), a unionid already
+  known for another contact merges that one in (`apply_profile`, as for the callback), no longer due;
+- WeCom has no such customer for the corp (84061, or an id it calls invalid): no longer due;
+- anything else (WeCom down or busy, rate-limited, the app not allowed to read customer contacts):
+  the contact stays due and the worker pauses, growing from PAUSE_MIN_S to PAUSE_MAX_S, so a corp
+  whose app lacks the permission gets its customers named once an administrator grants it, without
+  a call a second meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from bot.contact_changes import GET_CONTACT, WeComProfile, apply_profile
+from bot.leases import hold_lease
+from bot.models import Contact
+from bot.outbox import TRANSIENT_ERRCODES
+from bot.wecom.client import WeComError, WeComUnavailable
+from bot.worker import PollingWorker
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger("beacon.profiles")
+
+LEASE = "profiles"
+NO_SUCH_CUSTOMER = (84061, 40096)  # not a customer of the corp's members; not a valid external_userid
+PAUSE_MIN_S = 5.0
+PAUSE_MAX_S = 900.0
+
+
+def due_contacts(limit: int) -> Any:
+    """The `limit` contacts due longest, by the partial index that holds only due contacts."""
+    c = Contact.__table__.c
+    return (select(c.id, c.external_userid).where(c.profile_due_at.is_not(None))
+            .order_by(c.profile_due_at, c.id).limit(limit))
+
+
+class ProfileWorker(PollingWorker):
+    """Fetches the WeCom profiles of due contacts (see the module docstring)."""
+
+    name = "profiles"
+    poll_s = 2.0
+
+    def __init__(self, runtime: "Runtime", *, batch: int = 20, lease_s: float = 60.0) -> None:
+        super().__init__(runtime)
+        self.batch = batch
+        self.lease_s = lease_s
+        self.pause_s = 0.0  # the current pause after a failed call; 0 when the last call answered
+        self.resume_at = 0.0  # loop time before which no call is made
+        self.fetched = 0  # profiles written by this process (for tests and logs)
+
+    async def drain(self) -> int:
+        loop = asyncio.get_running_loop()
+        rt = self.rt
+        if not rt.settings.wecom.corp_id or loop.time() < self.resume_at:
+            return 0
+        if not await hold_lease(rt, LEASE, self.lease_s):
+            return 0
+        async with rt.read_sessions() as session:
+            due = (await session.execute(due_contacts(self.batch))).all()
+        handled = 0
+        for contact_id, external_userid in due:
+            if self.stopping:
+                break
+            answer: WeComProfile | bool | None = False  # no id left to ask about (merged away): no longer due
+            if external_userid:
+                ok, answer = await self.unless_stopping(self._fetch(external_userid))
+                if not ok or answer is None:
+                    break  # stopping, or paused: the contact stays due
+            await self._write(contact_id, external_userid, answer)
+            handled += 1
+        return handled
+
+    async def _fetch(self, external_userid: str) -> WeComProfile | bool | None:
+        """The profile; False when WeCom has no such customer; None when it could not say (paused)."""
+        try:
+            answer = await self.rt.wecom.get(GET_CONTACT, {"external_userid": external_userid})
+        except WeComError as exc:
+            if not isinstance(exc, WeComUnavailable) and exc.errcode in NO_SUCH_CUSTOMER:
+                self.pause_s = 0.0
+                return False
+            self._pause(exc)
+            return None
+        self.pause_s = 0.0
+        data: dict[str, Any] = answer.get("external_contact") or {}
+        return WeComProfile(name=str(data.get("name") or ""), company=str(data.get("corp_name") or ""),
+                            title=str(data.get("position") or ""), unionid=str(data.get("unionid") or ""))
+
+    def _pause(self, exc: WeComError) -> None:
+        transient = isinstance(exc, WeComUnavailable) or exc.errcode in TRANSIENT_ERRCODES
+        first = self.pause_s == 0.0
+        self.pause_s = min(PAUSE_MAX_S, self.pause_s * 2 if self.pause_s else PAUSE_MIN_S)
+        if not transient:
+            self.pause_s = PAUSE_MAX_S  # the app may lack the permission: not worth asking every few seconds
+        self.resume_at = asyncio.get_running_loop().time() + self.pause_s
+        if first or not transient:
+            log.warning("customer profiles paused %.0f s: %s", self.pause_s, exc)
+
+    async def _write(self, contact_id: int, external_userid: str, answer: WeComProfile | bool) -> None:
+        rt = self.rt
+        now = rt.clock.now()
+        async with rt.sessions() as session, session.begin():
+            contact = await session.get(Contact, contact_id, with_for_update=True)
+            if contact is None or contact.profile_due_at is None:
+                return  # erased, or the callback named it meanwhile
+            if isinstance(answer, WeComProfile) and contact.merged_into_id is None and contact.erased_at is None:
+                await apply_profile(session, contact, answer, now=now)
+                contact.updated_at = now
+                self.fetched += 1
+            contact.profile_due_at = None
+        if answer is False:
+            log.info("contact %s: WeCom has no customer %s for the corp; left unnamed", contact_id, external_userid)

@@ -1,0 +1,234 @@
+"""Customers' WeCom profiles for contacts Beacon first met by their external_userid alone (bot/profiles.py):
+a share made through the API names its customer shortly after, through the simulator's
+`externalcontact/get`, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+import bot.profiles
+from bot.contact_changes import GET_CONTACT
+from bot.models import Contact, ContactMerge, Identity, Lease
+from content.importer import import_library
+from tests.helpers import ROOT
+
+LIBRARY = ROOT / "content" / "library"
+AUTH = {"Authorization": "Bearer test-admin-token"}
+ITEM = "case-auto-parts-oee"
+
+
+@pytest.fixture
+async def lib(beacon: Any, tmp_path: Path) -> Path:
+    folder = tmp_path / "library"
+    shutil.copytree(LIBRARY, folder)
+    async with beacon.rt.sessions() as session, session.begin():
+        await import_library(session, folder, now=beacon.clock.now())
+    return folder
+
+
+async def share_to(beacon: Any, external_userid: str) -> None:
+    resp = await beacon.client.post("/api/shares", json={"content": ITEM, "rep": "rep1", "contact": external_userid, "channel": None},
+                                    headers=AUTH)
+    assert resp.status == 201, await resp.text()
+
+
+async def contact_of(beacon: Any, external_userid: str) -> Contact:
+    async with beacon.rt.sessions() as session:
+        return (await session.scalars(select(Contact).where(Contact.external_userid == external_userid))).one()
+
+
+def calls(beacon: Any) -> int:
+    return len(beacon.sim.state.received_for(GET_CONTACT))
+
+
+async def test_a_customer_first_met_through_a_share_is_named_from_wecom(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmChen01", "陈总", corp_name="华东精密制造有限公司", position="副总经理",
+                                                  follow_user=["rep1"])
+    await share_to(beacon, "wmChen01")
+    contact = await contact_of(beacon, "wmChen01")
+    assert contact.name == "" and contact.profile_due_at == beacon.clock.now()
+
+    assert await beacon.rt.profiles.drain() == 1
+    contact = await contact_of(beacon, "wmChen01")
+    assert (contact.name, contact.company, contact.title, contact.profile_due_at) == ("陈总", "华东精密制造有限公司", "副总经理", None)
+    resp = await beacon.client.get("/api/contacts/wmChen01", headers=AUTH)
+    assert (await resp.json())["name"] == "陈总"
+
+    # Named once: no further calls, and another share to him does not make him due again.
+    await share_to(beacon, "wmChen01")
+    assert await beacon.rt.profiles.drain() == 0
+    assert calls(beacon) == 1
+
+
+async def test_what_a_rep_or_a_form_set_is_kept(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmLi02", "李工", corp_name="苏州某机械", position="设备主管")
+    await share_to(beacon, "wmLi02")
+    async with beacon.rt.sessions() as session, session.begin():
+        contact = (await session.scalars(select(Contact).where(Contact.external_userid == "wmLi02"))).one()
+        contact.name = "李建国"  # a gate form gave his full name first
+    await beacon.rt.profiles.drain()
+    contact = await contact_of(beacon, "wmLi02")
+    assert (contact.name, contact.company, contact.title) == ("李建国", "苏州某机械", "设备主管")
+
+
+async def test_an_id_wecom_does_not_know_is_asked_once(beacon: Any, lib: Path) -> None:
+    await share_to(beacon, "wmNobody")  # no such customer in the simulator: errcode 84061
+    assert await beacon.rt.profiles.drain() == 1
+    contact = await contact_of(beacon, "wmNobody")
+    assert (contact.name, contact.profile_due_at) == ("", None)
+    assert await beacon.rt.profiles.drain() == 0
+    assert calls(beacon) == 1
+
+
+@pytest.fixture
+def no_client_sleep(beacon: Any) -> list[float]:
+    """The API client's own retry pauses are recorded, not slept."""
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    beacon.rt.wecom._sleep = record
+    return slept
+
+
+async def test_a_busy_wecom_pauses_the_worker_and_loses_nothing(beacon: Any, lib: Path, no_client_sleep: list[float],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bot.profiles, "PAUSE_MIN_S", 0.2)
+    beacon.sim.state.add_external_contact_profile("wmZhou03", "周总", corp_name="宁波某电子")
+    beacon.sim.state.fail_next(GET_CONTACT, 45009, times=4)  # rate-limited through the client's own three retries
+    await share_to(beacon, "wmZhou03")
+
+    assert await beacon.rt.profiles.drain() == 0
+    assert (await contact_of(beacon, "wmZhou03")).profile_due_at is not None
+    assert calls(beacon) == 4 and len(no_client_sleep) == 3
+    assert await beacon.rt.profiles.drain() == 0  # paused: not asked again at once
+    assert calls(beacon) == 4
+
+    await asyncio.sleep(0.25)
+    assert await beacon.rt.profiles.drain() == 1
+    contact = await contact_of(beacon, "wmZhou03")
+    assert (contact.name, contact.profile_due_at) == ("周总", None)
+    assert beacon.rt.profiles.pause_s == 0.0
+
+
+async def test_an_app_without_the_permission_waits_long_and_keeps_contacts_due(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmWu04", "吴总")
+    beacon.sim.state.fail_next(GET_CONTACT, 48002)  # API forbidden: the app may not read customer contacts
+    await share_to(beacon, "wmWu04")
+    assert await beacon.rt.profiles.drain() == 0
+    assert beacon.rt.profiles.pause_s == bot.profiles.PAUSE_MAX_S
+    assert (await contact_of(beacon, "wmWu04")).profile_due_at is not None
+    assert await beacon.rt.profiles.drain() == 0
+    assert calls(beacon) == 1
+
+
+async def test_the_profiles_unionid_merges_a_contact_known_from_elsewhere(beacon: Any, lib: Path) -> None:
+    now = beacon.clock.now()
+    async with beacon.rt.sessions() as session, session.begin():
+        earlier = Contact(name="", phone="13800138000", created_at=now, updated_at=now)  # left details on a gate form
+        session.add(earlier)
+        await session.flush()
+        session.add(Identity(contact_id=earlier.id, kind="unionid", value="oUnionSun"))
+        earlier_id = earlier.id
+    beacon.sim.state.add_external_contact_profile("wmSun05", "孙经理", unionid="oUnionSun")
+    await share_to(beacon, "wmSun05")
+    await beacon.rt.profiles.drain()
+    contact = await contact_of(beacon, "wmSun05")
+    assert (contact.name, contact.phone) == ("孙经理", "13800138000")
+    async with beacon.rt.sessions() as session:
+        (merge,) = (await session.scalars(select(ContactMerge))).all()
+    assert (merge.from_contact_id, merge.into_contact_id) == (earlier_id, contact.id)
+
+
+async def test_an_erased_contact_is_not_asked_about(beacon: Any, lib: Path) -> None:
+    from bot.privacy import erase_contact
+
+    beacon.sim.state.add_external_contact_profile("wmFeng08", "冯总")
+    await share_to(beacon, "wmFeng08")
+    async with beacon.rt.sessions() as session, session.begin():
+        contact = (await session.scalars(select(Contact).where(Contact.external_userid == "wmFeng08"))).one()
+        await erase_contact(session, contact, now=beacon.clock.now())
+        erased_id = contact.id
+    assert await beacon.rt.profiles.drain() == 0
+    assert calls(beacon) == 0
+    async with beacon.rt.sessions() as session:
+        contact = await session.get(Contact, erased_id)
+    assert (contact.name, contact.profile_due_at) == ("", None)
+
+
+async def test_the_contact_added_callback_names_the_contact_itself(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmZheng06", "郑总", corp_name="杭州某仪表")
+    await beacon.driver.add_external_contact("rep1", "wmZheng06")
+    await beacon.process()
+    contact = await contact_of(beacon, "wmZheng06")
+    assert (contact.name, contact.profile_due_at) == ("郑总", None)
+    assert await beacon.rt.profiles.drain() == 0
+    assert calls(beacon) == 1  # the callback's own
+
+
+async def test_one_process_fetches_at_a_time(beacon: Any, lib: Path) -> None:
+    async with beacon.rt.sessions() as session, session.begin():  # another process holds the lease
+        session.add(Lease(name=bot.profiles.LEASE, owner="other-host:1:abc", locked_until=beacon.clock.now() + dt.timedelta(seconds=60)))
+    beacon.sim.state.add_external_contact_profile("wmQian07", "钱总")
+    await share_to(beacon, "wmQian07")
+    assert await beacon.rt.profiles.drain() == 0
+    assert calls(beacon) == 0 and (await contact_of(beacon, "wmQian07")).profile_due_at is not None
+
+
+# ---- importing the reps' existing customers (`python -m bot contact sync`) ------------------------
+
+
+async def test_contact_sync_imports_each_reps_customers_owned_and_named(tmp_path: Path, aiohttp_server: Any) -> None:
+    import sqlite3
+
+    from bot.wecom.simulator import SimState, create_simulator_app
+    from tests.conftest import AGENT_ID, CORP_ID, CORP_SECRET
+    from tests.helpers import run_cli, write_config
+
+    state = SimState(CORP_ID, CORP_SECRET, AGENT_ID)
+    for n in range(1, 8):  # rep1's customers; the first two are rep2's too
+        state.add_external_contact_profile(f"wmOld{n}", f"客户{n}", corp_name=f"公司{n}", position="经理",
+                                           follow_user=["rep1", "rep2"] if n <= 2 else ["rep1"])
+    state.add_external_contact_profile("wmRep2Only", "李总", follow_user=["rep2"])
+    state.add_member("rep3", "王五")  # no customers: WeCom answers 84061
+    sim = await aiohttp_server(create_simulator_app(state))
+    db = tmp_path / "beacon.db"
+    extra = '[[team.members]]\nuserid = "rep2"\nname = "李四"\n[[team.members]]\nuserid = "rep3"\nname = "王五"\n'
+    config = write_config(tmp_path / "b.toml", db_url=f"sqlite+aiosqlite:///{db}", api_base=str(sim.make_url("")).rstrip("/"), port=1,
+                          extra=extra)
+
+    async def cli(*args: str) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: run_cli("--config", str(config), *args))
+
+    assert (await cli("migrate")).returncode == 0
+    with sqlite3.connect(db) as con:  # known already: met through a share, no owner, no name yet
+        con.execute("INSERT INTO contacts (external_userid, name, company, title, region, industry, company_size, persona, stage, "
+                    "temperature, score, profile, created_at, updated_at, reach) VALUES ('wmOld3', '', '', '', '', '', '', '', 'new', "
+                    "'cold', 0, '{}', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 0)")
+    done = await cli("contact", "sync")
+    assert done.returncode == 0, done.stderr
+    assert "3 reps, 8 customers in WeCom: 7 new contacts, 1 known contacts given an owner, 8 named" in done.stdout
+    assert "customer profiles" in done.stderr  # the progress bar
+    with sqlite3.connect(db) as con:
+        rows = {ext: (name, company, owner, due) for ext, name, company, owner, due in con.execute(
+            "SELECT external_userid, name, company, owner_userid, profile_due_at FROM contacts")}
+        identities = con.execute("SELECT count(*) FROM identities WHERE kind = 'external_userid'").fetchone()[0]
+    assert rows["wmOld1"] == ("客户1", "公司1", "rep1", None)  # the first rep in the team's order owns a shared customer
+    assert rows["wmRep2Only"] == ("李总", "", "rep2", None)
+    assert rows["wmOld3"] == ("客户3", "公司3", "rep1", None)  # given an owner, and named
+    assert len(rows) == 8 and identities == 7
+
+    again = await cli("contact", "sync", "--reps", "rep2")
+    assert again.returncode == 0, again.stderr
+    assert "1 reps, 3 customers in WeCom: 0 new contacts, 0 known contacts given an owner" in again.stdout
+
+    unknown = await cli("contact", "sync", "--reps", "nobody")
+    assert unknown.returncode == 2 and "not in [team] members: nobody" in unknown.stderr
