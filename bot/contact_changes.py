@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.channels import channel_by_state
@@ -19,7 +20,8 @@ from bot.context import Context
 from bot.customer_text import clip, text
 from bot.errors import NotShareable
 from bot.identity import add_identity, contact_for_external_userid, find_by_identity, merge_contacts
-from bot.models import Channel, Contact, ContentItem, Rep
+from bot.lifecycle import STAGE_LABELS
+from bot.models import Channel, Contact, ContentItem, Rep, Task
 from bot.shares import create_share
 from bot.team import ensure_rep
 from bot.tracking import add_event
@@ -42,6 +44,21 @@ class WeComProfile:
     company: str = ""
     title: str = ""
     unionid: str = ""
+    followers: tuple[str, ...] = ()  # the members who have the customer now, the longest-standing first
+
+
+def profile_from(answer: dict[str, Any]) -> WeComProfile:
+    """The profile in an `externalcontact/get` answer."""
+    data: dict[str, Any] = answer.get("external_contact") or {}
+    follow = [f for f in answer.get("follow_user") or [] if isinstance(f, dict) and f.get("userid")]
+    follow.sort(key=lambda f: int(f.get("createtime") or 0))
+    return WeComProfile(
+        name=str(data.get("name") or ""),
+        company=str(data.get("corp_name") or ""),
+        title=str(data.get("position") or ""),
+        unionid=str(data.get("unionid") or ""),
+        followers=tuple(str(f["userid"]) for f in follow),
+    )
 
 
 def event_time(msg: Inbound, fallback: dt.datetime) -> dt.datetime:
@@ -56,13 +73,7 @@ async def fetch_profile(ctx: Context, external_userid: str) -> WeComProfile | No
     except WeComError as exc:
         log.warning("no profile for %s: %s", external_userid, exc)
         return None
-    data: dict[str, Any] = answer.get("external_contact") or {}
-    return WeComProfile(
-        name=str(data.get("name") or ""),
-        company=str(data.get("corp_name") or ""),
-        title=str(data.get("position") or ""),
-        unionid=str(data.get("unionid") or ""),
-    )
+    return profile_from(answer)
 
 
 async def apply_profile(session: AsyncSession, contact: Contact, profile: WeComProfile, *, now: dt.datetime) -> None:
@@ -99,6 +110,10 @@ async def contact_added(ctx: Context, msg: Inbound) -> None:
         contact.profile_due_at = None
     if contact.owner_userid is None:
         contact.owner_userid = userid
+    elif contact.owner_userid != userid and profile is not None and contact.owner_userid not in profile.followers:
+        # The owner no longer has the customer (a transfer, 在职/离职继承, or the owner deleted them):
+        # the rep who has the customer now follows them up.
+        await take_over(ctx, contact, userid, external)
     state = msg.get("State")
     channel = await channel_by_state(session, state)
     if channel is not None and contact.channel_id is None:
@@ -160,6 +175,7 @@ async def contact_deleted(ctx: Context, msg: Inbound, *, by: str) -> None:
     if by == "rep" and msg.get("Source") == "DELETE_BY_TRANSFER":
         # A transfer to another rep removes the old relation; the customer is not lost.
         log.info("contact %s transferred away from %s; not a deletion", external, userid)
+        await transferred_away(ctx, userid, external)
         return
     session, now = ctx.session, ctx.clock.now()
     rep = await ensure_rep(session, userid)
@@ -174,3 +190,46 @@ async def contact_deleted(ctx: Context, msg: Inbound, *, by: str) -> None:
     who = text("you", lang) if owner == userid else (rep.name or userid)
     notice = "notice_deleted_by_customer" if by == "customer" else "notice_deleted_by_rep"
     ctx.send_text(owner, text(notice, lang, name=contact.name or external, who=who), key=f"{ctx.origin}:notice")
+
+
+async def transferred_away(ctx: Context, userid: str, external: str) -> None:
+    """Rep `userid` lost the customer to a transfer. If they owned the contact, the member who has the
+    customer now (the newest follower in WeCom's answer) takes it over; when WeCom does not list one
+    yet, the takeover's own add_external_contact moves it (see contact_added)."""
+    session = ctx.session
+    contact = await session.scalar(select(Contact).where(Contact.external_userid == external))
+    if contact is None or contact.owner_userid != userid:
+        return
+    contact_id = contact.id
+    if not (session.new or session.dirty or session.deleted):
+        await session.commit()  # no transaction held during the WeCom call (as in contact_added)
+    profile = await fetch_profile(ctx, external)
+    successors = [f for f in (profile.followers if profile else ()) if f != userid]
+    if not successors:
+        return
+    contact = await session.get(Contact, contact_id)
+    if contact is None or contact.owner_userid != userid:
+        return  # moved meanwhile
+    await ensure_rep(session, successors[-1])
+    await session.flush()
+    await take_over(ctx, contact, successors[-1], external)
+
+
+async def take_over(ctx: Context, contact: Contact, new_owner: str, external: str) -> None:
+    """`new_owner` follows the contact up from now: it owns the contact and the former owner's open
+    tasks for it, and is told what it takes over."""
+    session, old_owner = ctx.session, contact.owner_userid
+    moved = (await session.execute(
+        update(Task).where(Task.contact_id == contact.id, Task.owner_userid == old_owner, Task.status == "open")
+        .values(owner_userid=new_owner).execution_options(synchronize_session=False)
+    )).rowcount or 0  # fmt: skip
+    contact.owner_userid = new_owner
+    contact.updated_at = ctx.clock.now()
+    former = await session.get(Rep, old_owner) if old_owner else None
+    log.info("contact %s: owner %s -> %s (%d open tasks moved)", contact.id, old_owner, new_owner, moved)
+    lang = "zh"
+    tasks = text("taken_over_tasks", lang, n=moved) if moved else ""
+    ctx.send_text(new_owner, text("notice_taken_over", lang, name=contact.name or external,
+                                  former=(former.name or former.userid) if former else text("nobody", lang),
+                                  stage=STAGE_LABELS.get(contact.stage, contact.stage), score=contact.score, tasks=tasks),
+                  key=f"{ctx.origin}:taken_over:{new_owner}")

@@ -40,6 +40,12 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "notice_deleted_by_rep": {"zh": "{who}已删除客户「{name}」。", "en": "{who} deleted customer {name}."},
     "you": {"zh": "你", "en": "you"},
+    "notice_taken_over": {
+        "zh": "你已接替{former}跟进客户「{name}」：{stage}，{score:g} 分{tasks}。",
+        "en": "You now follow up customer {name}, taken over from {former}: {stage}, {score:g} points{tasks}.",
+    },
+    "taken_over_tasks": {"zh": "，{n} 项待办已转给你", "en": "; {n} open tasks moved to you"},
+    "nobody": {"zh": "（无负责人）", "en": "(no owner)"},
 }
 LABELS: dict[str, dict[str, str]] = {
     "kind": {

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from bot.contact_changes import GET_CONTACT, WeComProfile, apply_profile
+from bot.contact_changes import GET_CONTACT, WeComProfile, apply_profile, profile_from
 from bot.leases import hold_lease
 from bot.models import Contact
 from bot.outbox import TRANSIENT_ERRCODES
@@ -100,9 +100,7 @@ class ProfileWorker(PollingWorker):
             self._pause(exc)
             return None
         self.pause_s = 0.0
-        data: dict[str, Any] = answer.get("external_contact") or {}
-        return WeComProfile(name=str(data.get("name") or ""), company=str(data.get("corp_name") or ""),
-                            title=str(data.get("position") or ""), unionid=str(data.get("unionid") or ""))
+        return profile_from(answer)
 
     def _pause(self, exc: WeComError) -> None:
         transient = isinstance(exc, WeComUnavailable) or exc.errcode in TRANSIENT_ERRCODES

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from bot.models import Channel, Contact, ContactMerge, ContentItem, Event, Identity, OutboxItem, Share
+from bot.models import Channel, Contact, ContactMerge, ContentItem, Event, Identity, OutboxItem, Share, Task
 from content.importer import import_library
 from tests.conftest import AGENT_ID, CORP_ID, CORP_SECRET
 from tests.helpers import run_cli, write_config
@@ -304,3 +304,64 @@ async def test_deleted_contact_event_time_comes_from_the_callback(beacon: Any, l
     await beacon.process()
     (added,) = await rows(beacon, Event, Event.type == "contact_added")
     assert added.occurred_at == beacon.clock.now() - dt.timedelta(seconds=30)
+
+
+# ---- transfers (在职继承 / 离职继承) --------------------------------------------------------------
+
+
+async def open_task(beacon: Any, external_userid: str, rep: str = "rep1") -> int:
+    resp = await beacon.client.post("/api/tasks", json={"rep": rep, "contact": external_userid, "title": "回访报价"}, headers=AUTH)
+    assert resp.status == 201, await resp.text()
+    return int((await resp.json())["id"])
+
+
+async def test_a_transferred_customer_moves_to_the_rep_who_took_over_with_its_open_tasks(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmHan12", "韩总", corp_name="无锡某装备")
+    await beacon.driver.add_external_contact("rep1", "wmHan12")
+    await beacon.process()
+    task_id = await open_task(beacon, "wmHan12")
+
+    # WeCom completes the takeover: rep2 has the customer, rep1's relation is removed by the transfer.
+    beacon.sim.state.link_contact("rep2", "wmHan12")
+    await beacon.driver.del_external_contact("rep1", "wmHan12", source="DELETE_BY_TRANSFER")
+    await beacon.process()
+
+    contact = await contact_of(beacon, "wmHan12")
+    assert contact.owner_userid == "rep2"
+    (task,) = await rows(beacon, Task, Task.id == task_id)
+    assert task.owner_userid == "rep2"
+    assert await rows(beacon, Event, Event.type == "contact_deleted") == []  # a transfer is no loss
+    (notice,) = [m.payload["text"]["content"] for m in beacon.sim.state.messages_to("rep2")]
+    assert notice == "你已接替张三跟进客户「韩总」：新线索，0 分，1 项待办已转给你。"
+    assert beacon.sim.state.messages_to("rep1") == []
+
+    # The takeover's own add_external_contact, arriving afterwards, changes nothing more.
+    await beacon.driver.add_external_contact("rep2", "wmHan12", with_welcome_code=False)
+    await beacon.process()
+    assert (await contact_of(beacon, "wmHan12")).owner_userid == "rep2"
+    assert len(beacon.sim.state.messages_to("rep2")) == 1
+
+
+async def test_the_takeovers_add_moves_the_customer_when_wecom_listed_no_successor_at_the_transfer(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmYang13", "杨总")
+    await beacon.driver.add_external_contact("rep1", "wmYang13")
+    await beacon.process()
+    await beacon.driver.del_external_contact("rep1", "wmYang13", source="DELETE_BY_TRANSFER")  # rep2 not listed yet
+    await beacon.process()
+    assert (await contact_of(beacon, "wmYang13")).owner_userid == "rep1"
+
+    await beacon.driver.add_external_contact("rep2", "wmYang13", with_welcome_code=False)
+    await beacon.process()
+    assert (await contact_of(beacon, "wmYang13")).owner_userid == "rep2"
+    (notice,) = [m.payload["text"]["content"] for m in beacon.sim.state.messages_to("rep2")]
+    assert notice.startswith("你已接替张三跟进客户「杨总」")
+
+
+async def test_a_colleague_adding_the_customer_does_not_take_it_from_its_owner(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmXu14", "徐总")
+    await beacon.driver.add_external_contact("rep1", "wmXu14")
+    await beacon.process()
+    await beacon.driver.add_external_contact("rep2", "wmXu14")  # rep1 still has the customer
+    await beacon.process()
+    assert (await contact_of(beacon, "wmXu14")).owner_userid == "rep1"
+    assert beacon.sim.state.messages_to("rep2") == []
