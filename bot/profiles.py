@@ -12,7 +12,9 @@ One process works at a time (the `profiles` lease), oldest due contact first, on
 time, outside any transaction; each answer is written in a short transaction of its own:
 - a profile: empty fields filled (never overwriting what a rep or a form set), a unionid already
   known for another contact merges that one in (`apply_profile`, as for the callback), no longer due;
-- WeCom has no such customer for the corp (84061, or an id it calls invalid): no longer due;
+- WeCom has no such customer for the corp (84061, or an id it calls invalid): a WeChat user who
+  only talked to the kf account (the contact has a kf identity) is named by their WeChat nickname
+  (`kf/customer/batchget`); otherwise no longer due;
 - anything else (WeCom down or busy, rate-limited, the app not allowed to read customer contacts):
   the contact stays due and the worker pauses, growing from PAUSE_MIN_S to PAUSE_MAX_S, so a corp
   whose app lacks the permission gets its customers named once an administrator grants it, without
@@ -30,7 +32,7 @@ from sqlalchemy import select
 
 from bot.contact_changes import GET_CONTACT, WeComProfile, apply_profile, profile_from
 from bot.leases import hold_lease
-from bot.models import Contact
+from bot.models import Contact, Identity
 from bot.outbox import TRANSIENT_ERRCODES
 from bot.wecom.client import WeComError, WeComUnavailable
 from bot.worker import PollingWorker
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("beacon.profiles")
 
 LEASE = "profiles"
+KF_CUSTOMERS = "/cgi-bin/kf/customer/batchget"
 NO_SUCH_CUSTOMER = (84061, 40096)  # not a customer of the corp's members; not a valid external_userid
 PAUSE_MIN_S = 5.0
 PAUSE_MAX_S = 900.0
@@ -49,7 +52,8 @@ PAUSE_MAX_S = 900.0
 def due_contacts(limit: int) -> Any:
     """The `limit` contacts due longest, by the partial index that holds only due contacts."""
     c = Contact.__table__.c
-    return (select(c.id, c.external_userid).where(c.profile_due_at.is_not(None))
+    kf = select(Identity.id).where(Identity.kind == "kf", Identity.value == c.external_userid).exists()
+    return (select(c.id, c.external_userid, kf.label("kf")).where(c.profile_due_at.is_not(None))
             .order_by(c.profile_due_at, c.id).limit(limit))
 
 
@@ -77,30 +81,47 @@ class ProfileWorker(PollingWorker):
         async with rt.read_sessions() as session:
             due = (await session.execute(due_contacts(self.batch))).all()
         handled = 0
-        for contact_id, external_userid in due:
+        for contact_id, external_userid, kf in due:
             if self.stopping:
                 break
             answer: WeComProfile | bool | None = False  # no id left to ask about (merged away): no longer due
             if external_userid:
-                ok, answer = await self.unless_stopping(self._fetch(external_userid))
+                ok, answer = await self.unless_stopping(self._fetch(external_userid, kf=bool(kf)))
                 if not ok or answer is None:
                     break  # stopping, or paused: the contact stays due
             await self._write(contact_id, external_userid, answer)
             handled += 1
         return handled
 
-    async def _fetch(self, external_userid: str) -> WeComProfile | bool | None:
+    async def _fetch(self, external_userid: str, *, kf: bool = False) -> WeComProfile | bool | None:
         """The profile; False when WeCom has no such customer; None when it could not say (paused)."""
         try:
             answer = await self.rt.wecom.get(GET_CONTACT, {"external_userid": external_userid})
         except WeComError as exc:
             if not isinstance(exc, WeComUnavailable) and exc.errcode in NO_SUCH_CUSTOMER:
                 self.pause_s = 0.0
-                return False
+                return await self._kf_customer(external_userid) if kf else False
             self._pause(exc)
             return None
         self.pause_s = 0.0
         return profile_from(answer)
+
+    async def _kf_customer(self, external_userid: str) -> WeComProfile | bool | None:
+        """A WeChat user who talked to the corp's kf account without adding a rep: their WeChat nickname
+        (and unionid) from kf/customer/batchget. False when kf does not know them either, or refuses
+        (the app not allowed to call kf: not worth pausing customer profiles)."""
+        try:
+            answer = await self.rt.wecom.post(KF_CUSTOMERS, {"external_userid_list": [external_userid], "need_enter_session_context": 0})
+        except WeComError as exc:
+            if isinstance(exc, WeComUnavailable) or exc.errcode in TRANSIENT_ERRCODES:
+                self._pause(exc)
+                return None
+            log.info("kf customer %s: %s", external_userid, exc)
+            return False
+        for item in answer.get("customer_list") or []:
+            if isinstance(item, dict) and item.get("external_userid") == external_userid:
+                return WeComProfile(name=str(item.get("nickname") or ""), unionid=str(item.get("unionid") or ""))
+        return False
 
     def _pause(self, exc: WeComError) -> None:
         transient = isinstance(exc, WeComUnavailable) or exc.errcode in TRANSIENT_ERRCODES

@@ -164,6 +164,32 @@ async def test_an_erased_contact_is_not_asked_about(beacon: Any, lib: Path) -> N
     assert (contact.name, contact.profile_due_at) == ("", None)
 
 
+async def test_a_kf_customer_who_added_no_rep_is_named_by_their_wechat_nickname(beacon: Any, lib: Path) -> None:
+    kf = "wkBeaconKf0001"
+    beacon.sim.state.add_kf_customer("wmKfLin09", "小林（采购）", unionid="oUnionLin")
+    beacon.sim.state.add_kf_message(kf, "wmKfLin09", content="你好")
+    beacon.sim.state.add_kf_message(kf, "wmKfGone10", content="在吗")  # kf no longer knows this one
+    await beacon.driver.kf_event(kf)
+    await beacon.process()
+    assert (await contact_of(beacon, "wmKfLin09")).profile_due_at is not None
+
+    assert await beacon.rt.profiles.drain() == 2
+    lin = await contact_of(beacon, "wmKfLin09")
+    assert (lin.name, lin.profile_due_at) == ("小林（采购）", None)
+    async with beacon.rt.sessions() as session:
+        kinds = set((await session.execute(select(Identity.kind, Identity.value).where(Identity.contact_id == lin.id))).all())
+    assert ("unionid", "oUnionLin") in kinds
+    gone = await contact_of(beacon, "wmKfGone10")
+    assert (gone.name, gone.profile_due_at) == ("", None)
+    assert len(beacon.sim.state.received_for(bot.profiles.KF_CUSTOMERS)) == 2
+
+
+async def test_a_share_to_an_unknown_id_does_not_ask_kf(beacon: Any, lib: Path) -> None:
+    await share_to(beacon, "wmNoKf11")
+    assert await beacon.rt.profiles.drain() == 1
+    assert beacon.sim.state.received_for(bot.profiles.KF_CUSTOMERS) == []
+
+
 async def test_the_contact_added_callback_names_the_contact_itself(beacon: Any, lib: Path) -> None:
     beacon.sim.state.add_external_contact_profile("wmZheng06", "郑总", corp_name="杭州某仪表")
     await beacon.driver.add_external_contact("rep1", "wmZheng06")

@@ -439,6 +439,14 @@ def _known_kf(state: SimState, open_kfid: Any) -> str:
     return str(open_kfid)
 
 
+def kf_customer_batchget(state: SimState, call: ApiCall) -> dict[str, Any]:
+    ids = call.payload.get("external_userid_list")
+    if not isinstance(ids, list) or not 1 <= len(ids) <= 100:
+        raise ApiError(INVALID_PARAM, "external_userid_list must hold 1..100 ids")
+    known = [dict(state.kf_customers[x]) for x in ids if x in state.kf_customers]
+    return {"customer_list": known, "invalid_external_userid": [x for x in ids if x not in state.kf_customers]}
+
+
 def kf_sync_msg(state: SimState, call: ApiCall) -> dict[str, Any]:
     payload = call.payload
     token = payload.get("token")
@@ -556,6 +564,7 @@ ENDPOINTS: list[tuple[str, str, Endpoint]] = [
     ("POST", "/cgi-bin/externalcontact/add_contact_way", add_contact_way),
     ("POST", "/cgi-bin/externalcontact/add_msg_template", add_msg_template),
     ("POST", "/cgi-bin/kf/sync_msg", kf_sync_msg),
+    ("POST", "/cgi-bin/kf/customer/batchget", kf_customer_batchget),
     ("POST", "/cgi-bin/kf/send_msg", kf_send_msg),
     ("POST", "/cgi-bin/kf/send_msg_on_event", kf_send_msg_on_event),
     ("POST", "/cgi-bin/kf/service_state/trans", kf_service_state_trans),

@@ -268,6 +268,7 @@ class SimState:
         self.kf_service_state: dict[tuple[str, str], int] = {}  # (open_kfid, external_userid) -> state
         self.kf_sends_since_customer: dict[tuple[str, str], int] = {}  # the 5-per-customer-message quota
         self.kf_empty_pages = 0
+        self.kf_customers: dict[str, dict[str, Any]] = {}  # external_userid -> kf/customer/batchget's item
         self.tickets: list[tuple[str, str, float]] = []  # (kind, ticket, issued_at)
         self.oauth_codes: dict[str, tuple[dict[str, str], float]] = {}
         self.menus: dict[int, dict[str, Any]] = {}
@@ -456,6 +457,13 @@ class SimState:
         """Register a kf account (also done implicitly by add_kf_message)."""
         self.kf_accounts.setdefault(open_kfid, name or open_kfid)
         self.kf_log.setdefault(open_kfid, [])
+
+    def add_kf_customer(self, external_userid: str, nickname: str, *, unionid: str | None = None, gender: int = 0) -> None:
+        """A WeChat user who has talked to a kf account (kf/customer/batchget knows them)."""
+        item: dict[str, Any] = {"external_userid": external_userid, "nickname": nickname, "avatar": "", "gender": gender}
+        if unionid is not None:
+            item["unionid"] = unionid
+        self.kf_customers[external_userid] = item
 
     def issue_kf_token(self) -> str:
         """The Token a kf_msg_or_event callback carries (valid 10 min for sync_msg)."""
