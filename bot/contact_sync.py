@@ -1,100 +1,185 @@
 """`python -m bot contact sync`: the team's existing WeCom customers into Beacon, owned and named.
 
 A company that installs Beacon has customers already: each rep's WeCom holds them, and no
-contact-added callback will ever come for them. This command asks WeCom for each rep's customers
-(`externalcontact/list?userid=`), stores the ones Beacon does not know yet as contacts owned by
-their rep (the first in the team's order when several reps have the customer), gives an owner to
-known contacts that had none, and then fetches the profiles of every contact still unnamed (name, company, title;
-bot/profiles.py, under its lease) with a progress bar. Contacts are written set-based, CHUNK ids to
-a transaction. Running it again adds only what is new.
-
-If the serving process is fetching profiles (it holds the `profiles` lease), or WeCom stops
-answering, the command says how many customers are still to be named: the serving process names
-them. Exit status: 0 done; 1 WeCom refused every rep's list, or the database failed; 2 an unknown rep.
+contact-added callback will ever come for them. This command pages through the reps' customers with
+their profiles (`externalcontact/batch/get_by_user`: up to 100 reps a call, 100 relations a page, so
+a million customers cost some ten thousand calls, not a call each) and, CHUNK customers a
+transaction, set-based:
+- stores the customers Beacon does not know as contacts named from their profile (name, company,
+  title) and owned by the rep who has had them longest (the team's order breaks a tie);
+- fills the empty fields of known contacts (never what a rep or a form set) and gives an owner to
+  those without one;
+- records each unionid as the contact's identity. A unionid already known for another contact (a
+  web visitor who left a form, say) leaves the contact due for its profile: the profile worker's
+  merge (bot/profiles.py) joins the two. Then the command works through what is due, with progress,
+  unless the serving process holds the profiles lease (it names them) or `--no-profiles` is given.
+Running it again changes only what is new. Exit status: 0 done; 1 WeCom refused every rep, or the
+database failed; 2 an unknown rep.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 
 import click
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 
 from bot.config import Settings
+from bot.contact_changes import WeComProfile, profile_from
 from bot.models import Contact, Identity
 from bot.wecom.client import WeComError
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
 
-LIST_CUSTOMERS = "/cgi-bin/externalcontact/list"
-NO_CUSTOMERS = 84061  # WeCom's answer for a member without customers
-CHUNK = 500
+BATCH_GET = "/cgi-bin/externalcontact/batch/get_by_user"
+REPS_PER_CALL = 100  # WeCom's most userids a call
+PAGE = 100  # and relations a page
+CHUNK = 500  # customers a transaction
+T = TypeVar("T")
+
+
+@dataclass
+class Customer:
+    profile: WeComProfile
+    followers: list[tuple[int, int, str]] = field(default_factory=list)  # (since, team order, userid)
+
+    @property
+    def owner(self) -> str:
+        return min(self.followers)[2]
 
 
 @dataclass
 class SyncReport:
     reps: int = 0
-    listed: int = 0  # distinct customers across the reps' lists
+    listed: int = 0  # distinct customers across the reps
     new: int = 0
     owned: int = 0  # known contacts without an owner that got one
-    named: int = 0
+    named: int = 0  # contacts of the listed customers that had no name before and have one now
     still_due: int = 0
     refused: dict[str, str] = field(default_factory=dict)  # rep: WeCom's error
 
 
-async def list_customers(rt: "Runtime", userid: str) -> list[str]:
-    """The external_userids of `userid`'s customers."""
-    try:
-        answer = await rt.wecom.get(LIST_CUSTOMERS, {"userid": userid})
-    except WeComError as exc:
-        if exc.errcode == NO_CUSTOMERS:
-            return []
-        raise
-    return [str(x) for x in answer.get("external_userid") or [] if x]
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
-async def store_customers(rt: "Runtime", owner_of: dict[str, str], now: dt.datetime) -> tuple[int, int]:
-    """Contacts for the customers Beacon does not know (owned by their rep, their profile due), and
-    owners for known live contacts without one; CHUNK ids a transaction. Returns (new, owned)."""
-    new = owned = 0
+async def fetch_customers(rt: "Runtime", reps: list[str], report: SyncReport) -> dict[str, Customer]:
+    """Every customer of `reps` with its profile and followers among them, with progress."""
+    order = {userid: n for n, userid in enumerate(reps)}
+    customers: dict[str, Customer] = {}
+    with click.progressbar(length=len(reps), label="customers of the reps", file=sys.stderr,
+                           item_show_func=lambda n: f"{n:,} customers" if n is not None else None) as bar:
+        for group in chunks(reps, REPS_PER_CALL):
+            cursor = ""
+            while True:
+                try:
+                    answer = await rt.wecom.post(BATCH_GET, {"userid_list": list(group), "cursor": cursor, "limit": PAGE})
+                except WeComError as exc:
+                    report.refused.update((userid, str(exc)) for userid in group)
+                    break
+                for item in answer.get("external_contact_list") or []:
+                    contact, follow = item.get("external_contact") or {}, item.get("follow_info") or {}
+                    external_userid, userid = contact.get("external_userid"), follow.get("userid")
+                    if not external_userid or userid not in order:
+                        continue
+                    customer = customers.get(external_userid)
+                    if customer is None:
+                        customer = customers[external_userid] = Customer(profile_from({"external_contact": contact}))
+                    customer.followers.append((int(follow.get("createtime") or 0), order[userid], userid))
+                bar.update(0, len(customers))
+                cursor = str(answer.get("next_cursor") or "")
+                if not cursor:
+                    break
+            bar.update(len(group), len(customers))
+    return customers
+
+
+_FILL = (
+    update(Contact.__table__)
+    .where(Contact.__table__.c.id == bindparam("b_id"))
+    .values(
+        name=case((Contact.__table__.c.name == "", bindparam("b_name")), else_=Contact.__table__.c.name),
+        company=case((Contact.__table__.c.company == "", bindparam("b_company")), else_=Contact.__table__.c.company),
+        title=case((Contact.__table__.c.title == "", bindparam("b_title")), else_=Contact.__table__.c.title),
+        owner_userid=func.coalesce(Contact.__table__.c.owner_userid, bindparam("b_owner")),
+        profile_due_at=bindparam("b_due", type_=Contact.__table__.c.profile_due_at.type),
+        updated_at=bindparam("b_now", type_=Contact.__table__.c.updated_at.type),
+    )
+)
+
+
+async def store_customers(rt: "Runtime", customers: dict[str, Customer], now: dt.datetime, report: SyncReport) -> list[str]:
+    """The customers into contacts and identities, CHUNK a transaction (see the module docstring).
+    Returns the customers whose contact had no name before (the new ones included)."""
+    unnamed: list[str] = []
     c = Contact.__table__.c
-    ids = list(owner_of)
-    for chunk in (ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)):
-        async with rt.sessions() as session, session.begin():
-            known = set((await session.scalars(select(c.external_userid).where(c.external_userid.in_(chunk)))).all())
-            known |= set((await session.scalars(select(Identity.value).where(Identity.kind == "external_userid",
-                                                                              Identity.value.in_(chunk)))).all())
-            fresh = [x for x in chunk if x not in known]
-            if fresh:
-                await session.execute(insert(Contact), [
-                    {"external_userid": x, "owner_userid": owner_of[x], "created_at": now, "updated_at": now, "profile_due_at": now}
-                    for x in fresh
-                ])
-                made = (await session.execute(select(c.id, c.external_userid).where(c.external_userid.in_(fresh)))).all()
-                await session.execute(insert(Identity), [
-                    {"contact_id": cid, "kind": "external_userid", "value": x, "created_at": now} for cid, x in made
-                ])
-                new += len(fresh)
-            unowned = (await session.execute(select(c.id, c.external_userid).where(
-                c.external_userid.in_([x for x in chunk if x in known]), c.owner_userid.is_(None),
-                c.merged_into_id.is_(None), c.erased_at.is_(None),
-            ))).all()  # fmt: skip
-            # Known by their id alone (met through a share, say, and WeCom has not been asked yet): named too.
-            await session.execute(update(Contact).where(
-                c.external_userid.in_([x for x in chunk if x in known]), c.name == "", c.profile_due_at.is_(None),
-                c.merged_into_id.is_(None), c.erased_at.is_(None),
-            ).values(profile_due_at=now))  # fmt: skip
-            by_owner: dict[str, list[int]] = {}
-            for cid, x in unowned:
-                by_owner.setdefault(owner_of[x], []).append(cid)
-            for owner, ids in by_owner.items():
-                await session.execute(update(Contact).where(Contact.id.in_(ids)).values(owner_userid=owner, updated_at=now))
-                owned += len(ids)
-    return new, owned
+    ids = list(customers)
+    with click.progressbar(length=len(ids), label="contacts", file=sys.stderr) as bar:
+        for chunk in chunks(ids, CHUNK):
+            async with rt.sessions() as session, session.begin():
+                live = {x: (cid, name, owner, due) for cid, x, name, owner, due in (await session.execute(
+                    select(c.id, c.external_userid, c.name, c.owner_userid, c.profile_due_at)
+                    .where(c.external_userid.in_(chunk), c.merged_into_id.is_(None), c.erased_at.is_(None))
+                )).all()}  # fmt: skip
+                known = set((await session.scalars(select(c.external_userid).where(c.external_userid.in_(chunk)))).all())
+                known |= set((await session.scalars(select(Identity.value).where(
+                    Identity.kind == "external_userid", Identity.value.in_(chunk)))).all())  # fmt: skip
+                unionids = {customers[x].profile.unionid: x for x in chunk if customers[x].profile.unionid}
+                taken = dict((await session.execute(select(Identity.value, Identity.contact_id).where(
+                    Identity.kind == "unionid", Identity.value.in_(list(unionids))))).all())  # fmt: skip
+                fresh = [x for x in chunk if x not in known]
+                if fresh:
+                    await session.execute(insert(Contact), [_new_contact(x, customers[x], taken, now) for x in fresh])
+                    made = dict((await session.execute(select(c.external_userid, c.id).where(c.external_userid.in_(fresh)))).all())
+                    live.update({x: (made[x], "", customers[x].owner, None) for x in fresh})
+                    await session.execute(insert(Identity), [
+                        {"contact_id": made[x], "kind": "external_userid", "value": x, "created_at": now} for x in fresh])
+                    report.new += len(fresh)
+                    unnamed.extend(fresh)
+                fill = []
+                for x in chunk:
+                    if x not in live or x in fresh:
+                        continue
+                    cid, name, owner, due = live[x]
+                    profile = customers[x].profile
+                    merge_pending = bool(profile.unionid) and taken.get(profile.unionid, cid) != cid
+                    fill.append({"b_id": cid, "b_name": profile.name[:128], "b_company": profile.company[:128],
+                                 "b_title": profile.title[:128], "b_owner": customers[x].owner, "b_now": now,
+                                 "b_due": (due or now) if merge_pending else None})
+                    report.owned += owner is None
+                    if not name:
+                        unnamed.append(x)
+                if fill:
+                    await session.execute(_FILL, fill)
+                new_unionids = [(live[x][0], u) for u, x in unionids.items() if u not in taken and x in live]
+                if new_unionids:
+                    await session.execute(insert(Identity), [
+                        {"contact_id": cid, "kind": "unionid", "value": u, "created_at": now} for cid, u in new_unionids])
+            bar.update(len(chunk))
+    return unnamed
+
+
+async def count_named(rt: "Runtime", external_userids: list[str]) -> int:
+    c = Contact.__table__.c
+    named = 0
+    async with rt.read_sessions() as session:
+        for chunk in chunks(external_userids, CHUNK):
+            named += int(await session.scalar(select(func.count()).where(c.external_userid.in_(chunk), c.name != "")) or 0)
+    return named
+
+
+def _new_contact(external_userid: str, customer: Customer, taken: dict[str, int], now: dt.datetime) -> dict[str, Any]:
+    profile = customer.profile
+    merge_pending = bool(profile.unionid) and profile.unionid in taken  # another contact has it: the profile worker merges
+    return {"external_userid": external_userid, "name": profile.name[:128], "company": profile.company[:128],
+            "title": profile.title[:128], "owner_userid": customer.owner, "created_at": now, "updated_at": now,
+            "profile_due_at": now if merge_pending else None}
 
 
 async def due_count(rt: "Runtime") -> int:
@@ -104,27 +189,15 @@ async def due_count(rt: "Runtime") -> int:
 
 async def sync(rt: "Runtime", reps: list[str], *, profiles: bool = True) -> SyncReport:
     report = SyncReport(reps=len(reps))
-    owner_of: dict[str, str] = {}
-    with click.progressbar(reps, label="customers of each rep", file=click.get_text_stream("stderr")) as bar:
-        for userid in bar:
-            try:
-                for external_userid in await list_customers(rt, userid):
-                    owner_of.setdefault(external_userid, userid)
-            except WeComError as exc:
-                report.refused[userid] = str(exc)
-    report.listed = len(owner_of)
-    report.new, report.owned = await store_customers(rt, owner_of, rt.clock.now())
+    customers = await fetch_customers(rt, reps, report)
+    report.listed = len(customers)
+    unnamed = await store_customers(rt, customers, rt.clock.now(), report)
     due = await due_count(rt)
     if profiles and due:
-        worker = rt.profiles
-        with click.progressbar(length=due, label="customer profiles", file=click.get_text_stream("stderr")) as bar:
-            while True:
-                before = worker.fetched
-                handled = await worker.drain()
-                report.named += worker.fetched - before
+        with click.progressbar(length=due, label="customer profiles", file=sys.stderr) as bar:
+            while handled := await rt.profiles.drain():
                 bar.update(handled)
-                if not handled:
-                    break
+    report.named = await count_named(rt, unnamed)
     report.still_due = await due_count(rt)
     return report
 
@@ -135,12 +208,12 @@ def run_sync(settings: Settings, reps: tuple[str, ...], profiles: bool) -> int:
 
     from bot.runtime import Runtime
 
-    team = [m.userid for m in settings.team.members if m.role in ("rep", "manager")]
-    unknown = [r for r in reps if r not in {m.userid for m in settings.team.members}]
+    members = {m.userid for m in settings.team.members}
+    unknown = [r for r in reps if r not in members]
     if unknown:
         click.echo(f"error: not in [team] members: {', '.join(unknown)}", err=True)
         return 2
-    chosen = list(reps) or team
+    chosen = list(reps) or [m.userid for m in settings.team.members if m.role in ("rep", "manager")]
     if not chosen:
         click.echo("error: no reps to sync: [team] members lists none", err=True)
         return 2
@@ -162,7 +235,7 @@ def run_sync(settings: Settings, reps: tuple[str, ...], profiles: bool) -> int:
     for userid, error in report.refused.items():
         click.echo(f"WeCom refused the customers of {userid}: {error}", err=True)
     click.echo(f"{report.reps} reps, {report.listed} customers in WeCom: {report.new} new contacts, "
-               f"{report.owned} known contacts given an owner, {report.named} named from their WeCom profile")
+               f"{report.owned} known contacts given an owner, {report.named} named from WeCom")
     if report.still_due:
         click.echo(f"{report.still_due} contacts still to be named: the serving process names them "
                    "(it fetches profiles itself, or WeCom did not answer: see the log)")

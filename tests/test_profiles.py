@@ -215,7 +215,8 @@ async def test_one_process_fetches_at_a_time(beacon: Any, lib: Path) -> None:
 async def test_contact_sync_imports_each_reps_customers_owned_and_named(tmp_path: Path, aiohttp_server: Any) -> None:
     import sqlite3
 
-    from bot.wecom.simulator import SimState, create_simulator_app
+    from bot.contact_sync import BATCH_GET
+    from bot.wecom.simulator import FollowUser, SimState, create_simulator_app
     from tests.conftest import AGENT_ID, CORP_ID, CORP_SECRET
     from tests.helpers import run_cli, write_config
 
@@ -223,11 +224,16 @@ async def test_contact_sync_imports_each_reps_customers_owned_and_named(tmp_path
     for n in range(1, 8):  # rep1's customers; the first two are rep2's too
         state.add_external_contact_profile(f"wmOld{n}", f"客户{n}", corp_name=f"公司{n}", position="经理",
                                            follow_user=["rep1", "rep2"] if n <= 2 else ["rep1"])
+    # rep2 has had this one longer than rep1: rep2 owns it
+    state.add_external_contact_profile("wmLonger", "周总", follow_user=[FollowUser("rep1", 2000), FollowUser("rep2", 1000)])
     state.add_external_contact_profile("wmRep2Only", "李总", follow_user=["rep2"])
-    state.add_member("rep3", "王五")  # no customers: WeCom answers 84061
+    state.add_external_contact_profile("wmVisitor", "赵总", unionid="oUnionVisitor", follow_user=["rep2"])
+    for n in range(150):  # enough relations for two pages
+        state.add_external_contact_profile(f"wmBulk{n:03d}", f"批量客户{n}", follow_user=["rep3"])
+    state.add_member("rep4", "钱七")  # no customers
     sim = await aiohttp_server(create_simulator_app(state))
     db = tmp_path / "beacon.db"
-    extra = '[[team.members]]\nuserid = "rep2"\nname = "李四"\n[[team.members]]\nuserid = "rep3"\nname = "王五"\n'
+    extra = "".join(f'[[team.members]]\nuserid = "{u}"\nname = "{n}"\n' for u, n in (("rep2", "李四"), ("rep3", "王五"), ("rep4", "钱七")))
     config = write_config(tmp_path / "b.toml", db_url=f"sqlite+aiosqlite:///{db}", api_base=str(sim.make_url("")).rstrip("/"), port=1,
                           extra=extra)
 
@@ -235,26 +241,56 @@ async def test_contact_sync_imports_each_reps_customers_owned_and_named(tmp_path
         return await asyncio.get_running_loop().run_in_executor(None, lambda: run_cli("--config", str(config), *args))
 
     assert (await cli("migrate")).returncode == 0
-    with sqlite3.connect(db) as con:  # known already: met through a share, no owner, no name yet
-        con.execute("INSERT INTO contacts (external_userid, name, company, title, region, industry, company_size, persona, stage, "
-                    "temperature, score, profile, created_at, updated_at, reach) VALUES ('wmOld3', '', '', '', '', '', '', '', 'new', "
-                    "'cold', 0, '{}', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 0)")
+    with sqlite3.connect(db) as con:
+        insert = ("INSERT INTO contacts (id, external_userid, name, company, title, region, industry, company_size, persona, stage, "
+                  "temperature, score, profile, created_at, updated_at, reach) VALUES (?, ?, ?, '', '', '', '', '', '', 'new', 'cold', "
+                  "0, '{}', '2026-01-01 00:00:00', '2026-01-01 00:00:00', 0)")
+        con.execute(insert, (1, "wmOld3", ""))  # met through a share: no owner, no name yet
+        con.execute(insert, (2, "wmOld4", "吴建国"))  # a gate form gave his full name
+        con.execute(insert, (3, None, ""))  # a web visitor who left a form with his WeChat unionid
+        con.execute("INSERT INTO identities (contact_id, kind, value, created_at) VALUES (3, 'unionid', 'oUnionVisitor', "
+                    "'2026-01-01 00:00:00')")
     done = await cli("contact", "sync")
     assert done.returncode == 0, done.stderr
-    assert "3 reps, 8 customers in WeCom: 7 new contacts, 1 known contacts given an owner, 8 named" in done.stdout
-    assert "customer profiles" in done.stderr  # the progress bar
+    assert "4 reps, 160 customers in WeCom: 158 new contacts, 2 known contacts given an owner, 159 named from WeCom" in done.stdout
+    assert "customers of the reps" in done.stderr and "customer profiles" in done.stderr  # the progress bars
+    assert len(state.received_for(BATCH_GET)) == 2  # 164 relations: two pages of 100, not a call a customer
+    (asked,) = state.received_for(GET_CONTACT)  # only the profile that merges the visitor in
+    assert "external_userid=wmVisitor" in asked.path_qs
     with sqlite3.connect(db) as con:
         rows = {ext: (name, company, owner, due) for ext, name, company, owner, due in con.execute(
-            "SELECT external_userid, name, company, owner_userid, profile_due_at FROM contacts")}
+            "SELECT external_userid, name, company, owner_userid, profile_due_at FROM contacts WHERE merged_into_id IS NULL")}
+        merged = con.execute("SELECT merged_into_id FROM contacts WHERE id = 3").fetchone()[0]
         identities = con.execute("SELECT count(*) FROM identities WHERE kind = 'external_userid'").fetchone()[0]
-    assert rows["wmOld1"] == ("客户1", "公司1", "rep1", None)  # the first rep in the team's order owns a shared customer
-    assert rows["wmRep2Only"] == ("李总", "", "rep2", None)
+    assert rows["wmOld1"] == ("客户1", "公司1", "rep1", None)  # the team's order breaks a tie
+    assert rows["wmLonger"][2] == "rep2"
     assert rows["wmOld3"] == ("客户3", "公司3", "rep1", None)  # given an owner, and named
-    assert len(rows) == 8 and identities == 7
+    assert rows["wmOld4"] == ("吴建国", "公司4", "rep1", None)  # what the form set is kept
+    assert rows["wmVisitor"] == ("赵总", "", "rep2", None) and merged is not None  # the visitor merged into the customer
+    assert rows["wmBulk149"] == ("批量客户149", "", "rep3", None)
+    assert len(rows) == 160 and identities == 158  # one for each new contact
 
     again = await cli("contact", "sync", "--reps", "rep2")
     assert again.returncode == 0, again.stderr
-    assert "1 reps, 3 customers in WeCom: 0 new contacts, 0 known contacts given an owner" in again.stdout
+    assert "1 reps, 5 customers in WeCom: 0 new contacts, 0 known contacts given an owner, 0 named from WeCom" in again.stdout
 
     unknown = await cli("contact", "sync", "--reps", "nobody")
     assert unknown.returncode == 2 and "not in [team] members: nobody" in unknown.stderr
+
+
+async def test_sync_on_both_databases(beacon: Any, lib: Path) -> None:
+    from bot.contact_sync import sync
+
+    state = beacon.sim.state
+    state.add_external_contact_profile("wmBoth1", "甲总", corp_name="甲公司", follow_user=["rep2", "rep1"])
+    state.add_external_contact_profile("wmBoth2", "乙总", unionid="oUnionB", follow_user=["rep2"])
+    await share_to(beacon, "wmBoth1")  # known by id alone, owned by nobody yet
+    report = await sync(beacon.rt, ["rep1", "rep2"])
+    assert (report.listed, report.new, report.owned, report.named, report.still_due, report.refused) == (2, 1, 1, 2, 0, {})
+    one, two = await contact_of(beacon, "wmBoth1"), await contact_of(beacon, "wmBoth2")
+    assert (one.name, one.company, one.owner_userid, one.profile_due_at) == ("甲总", "甲公司", "rep1", None)
+    assert (two.name, two.owner_userid) == ("乙总", "rep2")
+    async with beacon.rt.sessions() as session:
+        (owner_of_union,) = (await session.scalars(select(Identity.contact_id).where(Identity.value == "oUnionB"))).all()
+    assert owner_of_union == two.id
+    assert beacon.sim.state.received_for(GET_CONTACT) == []

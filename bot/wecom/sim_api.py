@@ -294,6 +294,33 @@ def externalcontact_get(state: SimState, call: ApiCall) -> dict[str, Any]:
     return _contact_json(state, external_userid)
 
 
+def externalcontact_batch_get_by_user(state: SimState, call: ApiCall) -> dict[str, Any]:
+    """Every relation of the listed members with their customers, a page at a time: each item the
+    customer's profile and that member's follow_info."""
+    userids = call.payload.get("userid_list")
+    if not isinstance(userids, list) or not 1 <= len(userids) <= 100:
+        raise ApiError(INVALID_PARAM, "userid_list must hold 1..100 userids")
+    limit = call.payload.get("limit") or 50
+    if not isinstance(limit, int) or limit < 1:
+        raise ApiError(INVALID_PARAM, "limit")
+    limit = min(limit, 100)  # WeCom takes the maximum for a larger limit
+    cursor = str(call.payload.get("cursor") or "")
+    start = int(cursor[len("sim:"):]) if cursor.startswith("sim:") and cursor[len("sim:"):].isdigit() else 0
+    if cursor and not cursor.startswith("sim:"):
+        raise ApiError(INVALID_PARAM, "cursor")
+    wanted = set(userids)
+    relations = [(c.external_userid, f) for c in state.contacts.values() for f in c.follow_user if f.userid in wanted]
+    page = relations[start:start + limit]
+    items = []
+    for external_userid, f in page:
+        whole = _contact_json(state, external_userid)
+        follow = next(item for item in whole["follow_user"] if item["userid"] == f.userid)
+        follow["tag_id"] = [tag["tag_id"] for tag in follow.pop("tags")]
+        items.append({"external_contact": whole["external_contact"], "follow_info": follow})
+    more = start + limit < len(relations)
+    return {"external_contact_list": items, "next_cursor": f"sim:{start + limit}" if more else ""}
+
+
 def externalcontact_list(state: SimState, call: ApiCall) -> dict[str, Any]:
     userid = call.query.get("userid", "")
     ids = [c.external_userid for c in state.contacts.values() if any(f.userid == userid for f in c.follow_user)]
@@ -557,6 +584,7 @@ ENDPOINTS: list[tuple[str, str, Endpoint]] = [
     ("POST", "/cgi-bin/message/update_template_card", update_template_card),
     ("GET", "/cgi-bin/externalcontact/get", externalcontact_get),
     ("GET", "/cgi-bin/externalcontact/list", externalcontact_list),
+    ("POST", "/cgi-bin/externalcontact/batch/get_by_user", externalcontact_batch_get_by_user),
     ("POST", "/cgi-bin/externalcontact/send_welcome_msg", send_welcome_msg),
     ("POST", "/cgi-bin/externalcontact/mark_tag", mark_tag),
     ("POST", "/cgi-bin/externalcontact/get_corp_tag_list", get_corp_tag_list),
