@@ -19,7 +19,7 @@ from bot.channels import channel_by_state
 from bot.context import Context
 from bot.customer_text import clip, text
 from bot.errors import NotShareable
-from bot.identity import add_identity, contact_for_external_userid, find_by_identity, merge_contacts
+from bot.identity import add_identity, contact_for_external_userid, find_by_identity, merge_contacts, normalize_phone
 from bot.lifecycle import STAGE_LABELS
 from bot.models import Channel, Contact, ContentItem, Rep, Task
 from bot.shares import create_share
@@ -45,19 +45,26 @@ class WeComProfile:
     title: str = ""
     unionid: str = ""
     followers: tuple[str, ...] = ()  # the members who have the customer now, the longest-standing first
+    mobiles: tuple[str, ...] = ()  # the mobile numbers the reps noted for the customer (remark_mobiles), normalized
 
 
-def profile_from(answer: dict[str, Any]) -> WeComProfile:
-    """The profile in an `externalcontact/get` answer."""
+def profile_from(answer: dict[str, Any], follow_user: list[dict[str, Any]] | None = None) -> WeComProfile:
+    """The profile in an `externalcontact/get` answer (or a batch item's profile with `follow_user`,
+    its follow_info). A customer's WeChat profile carries no company for a personal WeChat user: the
+    company a rep noted (remark_corp_name) stands in then."""
     data: dict[str, Any] = answer.get("external_contact") or {}
-    follow = [f for f in answer.get("follow_user") or [] if isinstance(f, dict) and f.get("userid")]
+    follow = [f for f in (answer.get("follow_user") if follow_user is None else follow_user) or []
+              if isinstance(f, dict) and f.get("userid")]
     follow.sort(key=lambda f: int(f.get("createtime") or 0))
+    noted = next((str(f["remark_corp_name"]) for f in follow if f.get("remark_corp_name")), "")
+    mobiles = dict.fromkeys(m for f in follow for raw in f.get("remark_mobiles") or [] if (m := normalize_phone(str(raw))))
     return WeComProfile(
         name=str(data.get("name") or ""),
-        company=str(data.get("corp_name") or ""),
+        company=str(data.get("corp_name") or "") or noted,
         title=str(data.get("position") or ""),
         unionid=str(data.get("unionid") or ""),
         followers=tuple(str(f["userid"]) for f in follow),
+        mobiles=tuple(mobiles),
     )
 
 
@@ -77,17 +84,24 @@ async def fetch_profile(ctx: Context, external_userid: str) -> WeComProfile | No
 
 
 async def apply_profile(session: AsyncSession, contact: Contact, profile: WeComProfile, *, now: dt.datetime) -> None:
-    """Fill empty fields from WeCom; a unionid already known for another contact merges that one in."""
+    """Fill empty fields from WeCom. A unionid, or a mobile number a rep noted, already known for another
+    contact (a web visitor who left it on a gate form, say) merges that one in: its history and
+    score join the customer's. A number known for another WeCom customer merges nothing."""
     for name in ("name", "company", "title"):
         value = getattr(profile, name)
         if value and not getattr(contact, name):
             setattr(contact, name, value[:128])
-    if not profile.unionid:
-        return
-    other = await find_by_identity(session, "unionid", profile.unionid)
-    if other is not None and other.id != contact.id:
-        await merge_contacts(session, other.id, contact.id, reason="same unionid", now=now)
-    await add_identity(session, contact, "unionid", profile.unionid)
+    if profile.mobiles and not contact.phone:
+        contact.phone = profile.mobiles[0]
+    known = [("unionid", profile.unionid, "same unionid")] if profile.unionid else []
+    known += [("phone", mobile, "same mobile (noted in WeCom)") for mobile in profile.mobiles]
+    for kind, value, reason in known:
+        other = await find_by_identity(session, kind, value)
+        if other is not None and other.id != contact.id:
+            if kind == "phone" and other.external_userid is not None:
+                continue  # another WeCom customer with the number a rep noted (an assistant's?): not the same person
+            await merge_contacts(session, other.id, contact.id, reason=reason, now=now)
+        await add_identity(session, contact, kind, value)
 
 
 async def contact_added(ctx: Context, msg: Inbound) -> None:

@@ -9,9 +9,10 @@ transaction, set-based:
   title) and owned by the rep who has had them longest (the team's order breaks a tie);
 - fills the empty fields of known contacts (never what a rep or a form set) and gives an owner to
   those without one;
-- records each unionid as the contact's identity. A unionid already known for another contact (a
-  web visitor who left a form, say) leaves the contact due for its profile: the profile worker's
-  merge (bot/profiles.py) joins the two. Then the command works through what is due, with progress,
+- records each unionid, and each mobile number a rep noted for the customer (remark_mobiles), as the
+  contact's identity. One already known for another contact (a web visitor who left it on a gate
+  form, say) leaves the contact due for its profile: the profile worker (bot/profiles.py,
+  `apply_profile`) merges the two, unless the other is a WeCom customer too (a number only). Then the command works through what is due, with progress,
   unless the serving process holds the profiles lease (it names them) or `--no-profiles` is given.
 Running it again changes only what is new. Exit status: 0 done; 1 WeCom refused every rep, or the
 database failed; 2 an unknown rep.
@@ -45,12 +46,25 @@ T = TypeVar("T")
 
 @dataclass
 class Customer:
-    profile: WeComProfile
+    contact: dict[str, Any]  # the batch's external_contact
+    follows: list[dict[str, Any]] = field(default_factory=list)  # its follow_info for each of the reps
     followers: list[tuple[int, int, str]] = field(default_factory=list)  # (since, team order, userid)
+    _profile: WeComProfile | None = None
 
     @property
     def owner(self) -> str:
         return min(self.followers)[2]
+
+    @property
+    def profile(self) -> WeComProfile:
+        if self._profile is None:
+            self._profile = profile_from({"external_contact": self.contact}, self.follows)
+        return self._profile
+
+    def identities(self) -> list[tuple[str, str]]:
+        """The identities the customer's profile gives: its unionid and the mobiles its reps noted."""
+        unionid = [("unionid", self.profile.unionid)] if self.profile.unionid else []
+        return unionid + [("phone", mobile) for mobile in self.profile.mobiles]
 
 
 @dataclass
@@ -90,7 +104,8 @@ async def fetch_customers(rt: "Runtime", reps: list[str], report: SyncReport) ->
                         continue
                     customer = customers.get(external_userid)
                     if customer is None:
-                        customer = customers[external_userid] = Customer(profile_from({"external_contact": contact}))
+                        customer = customers[external_userid] = Customer(contact)
+                    customer.follows.append(follow)
                     customer.followers.append((int(follow.get("createtime") or 0), order[userid], userid))
                 bar.update(0, len(customers))
                 cursor = str(answer.get("next_cursor") or "")
@@ -107,6 +122,7 @@ _FILL = (
         name=case((Contact.__table__.c.name == "", bindparam("b_name")), else_=Contact.__table__.c.name),
         company=case((Contact.__table__.c.company == "", bindparam("b_company")), else_=Contact.__table__.c.company),
         title=case((Contact.__table__.c.title == "", bindparam("b_title")), else_=Contact.__table__.c.title),
+        phone=func.coalesce(Contact.__table__.c.phone, bindparam("b_phone")),
         owner_userid=func.coalesce(Contact.__table__.c.owner_userid, bindparam("b_owner")),
         profile_due_at=bindparam("b_due", type_=Contact.__table__.c.profile_due_at.type),
         updated_at=bindparam("b_now", type_=Contact.__table__.c.updated_at.type),
@@ -130,12 +146,16 @@ async def store_customers(rt: "Runtime", customers: dict[str, Customer], now: dt
                 known = set((await session.scalars(select(c.external_userid).where(c.external_userid.in_(chunk)))).all())
                 known |= set((await session.scalars(select(Identity.value).where(
                     Identity.kind == "external_userid", Identity.value.in_(chunk)))).all())  # fmt: skip
-                unionids = {customers[x].profile.unionid: x for x in chunk if customers[x].profile.unionid}
-                taken = dict((await session.execute(select(Identity.value, Identity.contact_id).where(
-                    Identity.kind == "unionid", Identity.value.in_(list(unionids))))).all())  # fmt: skip
+                wanted = {x: customers[x].identities() for x in chunk}
+                taken: dict[tuple[str, str], int] = {}
+                for kind in ("unionid", "phone"):
+                    values = list({value for pairs in wanted.values() for k, value in pairs if k == kind})
+                    taken.update(((kind, value), cid) for value, cid in (await session.execute(
+                        select(Identity.value, Identity.contact_id).where(Identity.kind == kind, Identity.value.in_(values))
+                    )).all())  # fmt: skip
                 fresh = [x for x in chunk if x not in known]
                 if fresh:
-                    await session.execute(insert(Contact), [_new_contact(x, customers[x], taken, now) for x in fresh])
+                    await session.execute(insert(Contact), [_new_contact(x, customers[x], wanted[x], taken, now) for x in fresh])
                     made = dict((await session.execute(select(c.external_userid, c.id).where(c.external_userid.in_(fresh)))).all())
                     live.update({x: (made[x], "", customers[x].owner, None) for x in fresh})
                     await session.execute(insert(Identity), [
@@ -148,19 +168,25 @@ async def store_customers(rt: "Runtime", customers: dict[str, Customer], now: dt
                         continue
                     cid, name, owner, due = live[x]
                     profile = customers[x].profile
-                    merge_pending = bool(profile.unionid) and taken.get(profile.unionid, cid) != cid
+                    merge_pending = any(taken.get(pair, cid) != cid for pair in wanted[x])
                     fill.append({"b_id": cid, "b_name": profile.name[:128], "b_company": profile.company[:128],
                                  "b_title": profile.title[:128], "b_owner": customers[x].owner, "b_now": now,
+                                 "b_phone": profile.mobiles[0] if profile.mobiles else None,
                                  "b_due": (due or now) if merge_pending else None})
                     report.owned += owner is None
                     if not name:
                         unnamed.append(x)
                 if fill:
                     await session.execute(_FILL, fill)
-                new_unionids = [(live[x][0], u) for u, x in unionids.items() if u not in taken and x in live]
-                if new_unionids:
+                # Identities nobody has yet, once each (two customers whose reps noted one number: the first).
+                claimed: dict[tuple[str, str], int] = {}
+                for x in chunk:
+                    for pair in wanted[x]:
+                        if x in live and pair not in taken:
+                            claimed.setdefault(pair, live[x][0])
+                if claimed:
                     await session.execute(insert(Identity), [
-                        {"contact_id": cid, "kind": "unionid", "value": u, "created_at": now} for cid, u in new_unionids])
+                        {"contact_id": cid, "kind": kind, "value": value, "created_at": now} for (kind, value), cid in claimed.items()])
             bar.update(len(chunk))
     return unnamed
 
@@ -174,11 +200,13 @@ async def count_named(rt: "Runtime", external_userids: list[str]) -> int:
     return named
 
 
-def _new_contact(external_userid: str, customer: Customer, taken: dict[str, int], now: dt.datetime) -> dict[str, Any]:
+def _new_contact(external_userid: str, customer: Customer, wanted: list[tuple[str, str]], taken: dict[tuple[str, str], int],
+                 now: dt.datetime) -> dict[str, Any]:
     profile = customer.profile
-    merge_pending = bool(profile.unionid) and profile.unionid in taken  # another contact has it: the profile worker merges
+    merge_pending = any(pair in taken for pair in wanted)  # another contact has one: the profile worker merges (or not)
     return {"external_userid": external_userid, "name": profile.name[:128], "company": profile.company[:128],
-            "title": profile.title[:128], "owner_userid": customer.owner, "created_at": now, "updated_at": now,
+            "title": profile.title[:128], "phone": profile.mobiles[0] if profile.mobiles else None,
+            "owner_userid": customer.owner, "created_at": now, "updated_at": now,
             "profile_due_at": now if merge_pending else None}
 
 

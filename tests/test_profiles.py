@@ -190,6 +190,47 @@ async def test_a_share_to_an_unknown_id_does_not_ask_kf(beacon: Any, lib: Path) 
     assert beacon.sim.state.received_for(bot.profiles.KF_CUSTOMERS) == []
 
 
+async def visitor_with_phone(beacon: Any, phone: str, external_userid: str | None = None) -> int:
+    """A contact who left `phone` on a gate form (a web visitor, or another WeCom customer)."""
+    now = beacon.clock.now()
+    async with beacon.rt.sessions() as session, session.begin():
+        visitor = Contact(external_userid=external_userid, name="", phone=phone, created_at=now, updated_at=now)
+        session.add(visitor)
+        await session.flush()
+        session.add(Identity(contact_id=visitor.id, kind="phone", value=phone))
+        return visitor.id
+
+
+async def test_a_mobile_a_rep_noted_merges_the_gate_form_lead_into_the_customer(beacon: Any, lib: Path) -> None:
+    from bot.wecom.simulator import FollowUser
+
+    lead = await visitor_with_phone(beacon, "13800138000")
+    beacon.sim.state.add_external_contact_profile("wmMob12", "Alex🌊", follow_user=[
+        FollowUser("rep1", 1000, remark_corp_name="常州某精密", remark_mobiles=["+86 138-0013-8000", "not a number"])])
+    await share_to(beacon, "wmMob12")
+    await beacon.rt.profiles.drain()
+    contact = await contact_of(beacon, "wmMob12")
+    assert (contact.name, contact.company, contact.phone) == ("Alex🌊", "常州某精密", "13800138000")
+    async with beacon.rt.sessions() as session:
+        (merge,) = (await session.scalars(select(ContactMerge))).all()
+        phones = (await session.scalars(select(Identity.contact_id).where(Identity.kind == "phone"))).all()
+    assert (merge.from_contact_id, merge.into_contact_id, merge.reason) == (lead, contact.id, "same mobile (noted in WeCom)")
+    assert phones == [contact.id]
+
+
+async def test_a_mobile_known_for_another_wecom_customer_merges_nothing(beacon: Any, lib: Path) -> None:
+    from bot.wecom.simulator import FollowUser
+
+    other = await visitor_with_phone(beacon, "13900139000", external_userid="wmAssistant")
+    beacon.sim.state.add_external_contact_profile("wmBoss13", "郑董", follow_user=[FollowUser("rep1", 1000, remark_mobiles=["13900139000"])])
+    await share_to(beacon, "wmBoss13")
+    await beacon.rt.profiles.drain()
+    async with beacon.rt.sessions() as session:
+        assert (await session.scalars(select(ContactMerge))).all() == []
+        (owner_of_phone,) = (await session.scalars(select(Identity.contact_id).where(Identity.value == "13900139000"))).all()
+    assert owner_of_phone == other
+
+
 async def test_the_contact_added_callback_names_the_contact_itself(beacon: Any, lib: Path) -> None:
     beacon.sim.state.add_external_contact_profile("wmZheng06", "郑总", corp_name="杭州某仪表")
     await beacon.driver.add_external_contact("rep1", "wmZheng06")
@@ -280,17 +321,29 @@ async def test_contact_sync_imports_each_reps_customers_owned_and_named(tmp_path
 
 async def test_sync_on_both_databases(beacon: Any, lib: Path) -> None:
     from bot.contact_sync import sync
+    from bot.wecom.simulator import FollowUser
 
     state = beacon.sim.state
     state.add_external_contact_profile("wmBoth1", "甲总", corp_name="甲公司", follow_user=["rep2", "rep1"])
     state.add_external_contact_profile("wmBoth2", "乙总", unionid="oUnionB", follow_user=["rep2"])
+    state.add_external_contact_profile("wmBoth3", "丙总", follow_user=[FollowUser("rep1", 1000, remark_mobiles=["13700137000"])])
+    state.add_external_contact_profile("wmBoth4", "丁总", follow_user=[FollowUser("rep1", 1000, remark_mobiles=["13600136000"])])
+    lead = await visitor_with_phone(beacon, "13700137000")  # left the number on a gate form
     await share_to(beacon, "wmBoth1")  # known by id alone, owned by nobody yet
     report = await sync(beacon.rt, ["rep1", "rep2"])
-    assert (report.listed, report.new, report.owned, report.named, report.still_due, report.refused) == (2, 1, 1, 2, 0, {})
+    assert (report.listed, report.new, report.owned, report.named, report.still_due, report.refused) == (4, 3, 1, 4, 0, {})
+    three, four = await contact_of(beacon, "wmBoth3"), await contact_of(beacon, "wmBoth4")
+    assert (three.phone, four.phone) == ("13700137000", "13600136000")
+    async with beacon.rt.sessions() as session:
+        (merge,) = (await session.scalars(select(ContactMerge))).all()
+        (owner_of_new_phone,) = (await session.scalars(select(Identity.contact_id).where(Identity.value == "13600136000"))).all()
+    assert (merge.from_contact_id, merge.into_contact_id) == (lead, three.id)
+    assert owner_of_new_phone == four.id
     one, two = await contact_of(beacon, "wmBoth1"), await contact_of(beacon, "wmBoth2")
     assert (one.name, one.company, one.owner_userid, one.profile_due_at) == ("甲总", "甲公司", "rep1", None)
     assert (two.name, two.owner_userid) == ("乙总", "rep2")
     async with beacon.rt.sessions() as session:
         (owner_of_union,) = (await session.scalars(select(Identity.contact_id).where(Identity.value == "oUnionB"))).all()
     assert owner_of_union == two.id
-    assert beacon.sim.state.received_for(GET_CONTACT) == []
+    (asked,) = beacon.sim.state.received_for(GET_CONTACT)  # only to merge the lead in
+    assert "external_userid=wmBoth3" in asked.path_qs

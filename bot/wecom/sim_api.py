@@ -280,6 +280,8 @@ def _contact_json(state: SimState, external_userid: str) -> dict[str, Any]:
             "tags": tags,
             "add_way": f.add_way,
             "oper_userid": f.userid,
+            "remark_corp_name": f.remark_corp_name,
+            "remark_mobiles": list(f.remark_mobiles),
         }
         if f.state is not None:
             item["state"] = f.state

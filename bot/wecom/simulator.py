@@ -150,6 +150,8 @@ class FollowUser:
     description: str = ""
     add_way: int = 1
     tags: list[str] = field(default_factory=list)  # tag ids
+    remark_corp_name: str = ""  # the company the rep noted for the customer
+    remark_mobiles: list[str] = field(default_factory=list)  # the phone numbers the rep noted
 
 
 @dataclass
