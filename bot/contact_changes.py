@@ -206,6 +206,23 @@ async def contact_deleted(ctx: Context, msg: Inbound, *, by: str) -> None:
     ctx.send_text(owner, text(notice, lang, name=contact.name or external, who=who), key=f"{ctx.origin}:notice")
 
 
+async def contact_edited(ctx: Context, msg: Inbound) -> None:
+    """Rep `UserID` edited what they note about the customer: its profile is due again (the profile
+    worker reads it outside this transaction). A customer Beacon did not know yet is stored, owned by
+    the rep if nobody owns them."""
+    userid, external = msg.get("UserID"), msg.get("ExternalUserID")
+    if not userid or not external:
+        log.warning("%s without UserID/ExternalUserID; ignored", msg.kind)
+        return
+    session, now = ctx.session, ctx.clock.now()
+    await ensure_rep(session, userid)
+    await session.flush()
+    contact = await contact_for_external_userid(session, external, now=now)
+    contact.profile_due_at = now
+    if contact.owner_userid is None:
+        contact.owner_userid = userid
+
+
 async def transferred_away(ctx: Context, userid: str, external: str) -> None:
     """Rep `userid` lost the customer to a transfer. If they owned the contact, the member who has the
     customer now (the newest follower in WeCom's answer) takes it over; when WeCom does not list one

@@ -1,8 +1,8 @@
-"""Customer-contact changes (`change_external_contact`): adds through channel QR codes, and deletions."""
+"""Customer-contact changes (`change_external_contact`): adds through channel QR codes, edits, deletions."""
 
 from __future__ import annotations
 
-from bot.contact_changes import contact_added, contact_deleted
+from bot.contact_changes import contact_added, contact_deleted, contact_edited
 from bot.context import Context
 from bot.router import ContactChange, Router
 from bot.wecom.inbound import Inbound
@@ -16,6 +16,14 @@ async def on_contact_added(msg: Inbound, ctx: Context) -> None:
     if there is none, stores the WeCom profile and records `contact_added`. Sends the channel's welcome
     (text + tracked link to its starter item) with `send_welcome_msg` when a WelcomeCode came along."""
     await contact_added(ctx, msg)
+
+
+@router.on(ContactChange("edit_external_contact"))
+async def on_contact_edited(msg: Inbound, ctx: Context) -> None:
+    """The rep edited the customer's remark, description, company or mobile numbers: the profile is read
+    again shortly after (bot/profiles.py), so a mobile number noted now merges the gate-form lead who
+    left it."""
+    await contact_edited(ctx, msg)
 
 
 @router.on(ContactChange("del_external_contact"))

@@ -231,6 +231,25 @@ async def test_a_mobile_known_for_another_wecom_customer_merges_nothing(beacon: 
     assert owner_of_phone == other
 
 
+async def test_a_mobile_noted_later_merges_the_lead_after_the_edit_callback(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmEdit14", "钱总")
+    await beacon.driver.add_external_contact("rep1", "wmEdit14")
+    await beacon.process()
+    lead = await visitor_with_phone(beacon, "13500135000")
+    assert await beacon.rt.profiles.drain() == 0  # named by the callback: nothing due
+
+    # After a call the rep notes the customer's mobile in WeCom; WeCom tells Beacon of the edit.
+    beacon.sim.state.follow_of("rep1", "wmEdit14").remark_mobiles.append("13500135000")
+    await beacon.driver.edit_external_contact("rep1", "wmEdit14")
+    await beacon.process()
+    assert await beacon.rt.profiles.drain() == 1
+    contact = await contact_of(beacon, "wmEdit14")
+    assert (contact.phone, contact.profile_due_at) == ("13500135000", None)
+    async with beacon.rt.sessions() as session:
+        (merge,) = (await session.scalars(select(ContactMerge))).all()
+    assert (merge.from_contact_id, merge.into_contact_id) == (lead, contact.id)
+
+
 async def test_the_contact_added_callback_names_the_contact_itself(beacon: Any, lib: Path) -> None:
     beacon.sim.state.add_external_contact_profile("wmZheng06", "郑总", corp_name="杭州某仪表")
     await beacon.driver.add_external_contact("rep1", "wmZheng06")
