@@ -20,7 +20,7 @@ from bot.context import Context
 from bot.customer_text import clip, text
 from bot.errors import NotShareable
 from bot.identity import add_identity, contact_for_external_userid, find_by_identity, merge_contacts, normalize_phone
-from bot.lifecycle import STAGE_LABELS
+from bot.lifecycle import STAGE_LABELS, rescore_after_merge
 from bot.models import Channel, Contact, ContentItem, Rep, Task
 from bot.shares import create_share
 from bot.team import ensure_rep
@@ -83,10 +83,11 @@ async def fetch_profile(ctx: Context, external_userid: str) -> WeComProfile | No
     return profile_from(answer)
 
 
-async def apply_profile(session: AsyncSession, contact: Contact, profile: WeComProfile, *, now: dt.datetime) -> None:
+async def apply_profile(session: AsyncSession, contact: Contact, profile: WeComProfile, *, now: dt.datetime) -> bool:
     """Fill empty fields from WeCom. A unionid, or a mobile number a rep noted, already known for another
     contact (a web visitor who left it on a gate form, say) merges that one in: its history and
-    score join the customer's. A number known for another WeCom customer merges nothing."""
+    score join the customer's (the caller rescores it: `lifecycle.rescore_after_merge`). A number
+    known for another WeCom customer merges nothing. Returns whether a contact was merged in."""
     for name in ("name", "company", "title"):
         value = getattr(profile, name)
         if value and not getattr(contact, name):
@@ -95,13 +96,16 @@ async def apply_profile(session: AsyncSession, contact: Contact, profile: WeComP
         contact.phone = profile.mobiles[0]
     known = [("unionid", profile.unionid, "same unionid")] if profile.unionid else []
     known += [("phone", mobile, "same mobile (noted in WeCom)") for mobile in profile.mobiles]
+    merged = False
     for kind, value, reason in known:
         other = await find_by_identity(session, kind, value)
         if other is not None and other.id != contact.id:
             if kind == "phone" and other.external_userid is not None:
                 continue  # another WeCom customer with the number a rep noted (an assistant's?): not the same person
             await merge_contacts(session, other.id, contact.id, reason=reason, now=now)
+            merged = True
         await add_identity(session, contact, kind, value)
+    return merged
 
 
 async def contact_added(ctx: Context, msg: Inbound) -> None:
@@ -120,7 +124,8 @@ async def contact_added(ctx: Context, msg: Inbound) -> None:
     await session.flush()
     contact = await contact_for_external_userid(session, external, now=now)
     if profile is not None:
-        await apply_profile(session, contact, profile, now=now)
+        if await apply_profile(session, contact, profile, now=now):
+            await rescore_after_merge(ctx.runtime, session, contact, now)
         contact.profile_due_at = None
     if contact.owner_userid is None:
         contact.owner_userid = userid

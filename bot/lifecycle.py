@@ -181,6 +181,25 @@ async def after_scoring(rt: "Runtime", session: AsyncSession, contact: Contact, 
     await mirror_tags(rt, session, contact)
 
 
+async def rescore_after_merge(rt: "Runtime", session: AsyncSession, contact: Contact, now: dt.datetime) -> None:
+    """`contact` took over another contact's history outside the tracker (its WeCom profile named a
+    unionid or a mobile number a lead had): its log is replayed into a new ledger now, and its score,
+    temperature and stage follow, as after a scored event. The tracker's process, if another, sees the
+    new score and replays its cached state (ScoringService.check)."""
+    from bot.scoring.service import rescore_contact
+
+    scoring = rt.services["scoring"]
+    await rescore_contact(scoring, session, contact, now)
+    model = scoring.model(contact)
+    contact.score = scoring.score(contact.id)
+    contact.temperature = "hot" if recently_reactivated(contact, now) else temperature(contact.score, model)
+    target = stage_for_score(contact.stage, contact.score, model)
+    if target is not None:
+        threshold = {"nurturing": model.nurturing_at, "mql": model.mql_at, "sql": model.sql_at}.get(target, 0)
+        await move_stage(rt, session, contact, target, by="rule:score", reason=f"评分 {contact.score:g} ≥ {threshold:g}", now=now)
+    await mirror_tags(rt, session, contact)
+
+
 REACTIVATION_HOT_DAYS = 7
 
 

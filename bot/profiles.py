@@ -32,6 +32,7 @@ from sqlalchemy import select
 
 from bot.contact_changes import GET_CONTACT, WeComProfile, apply_profile, profile_from
 from bot.leases import hold_lease
+from bot.lifecycle import rescore_after_merge
 from bot.models import Contact, Identity
 from bot.outbox import TRANSIENT_ERRCODES
 from bot.wecom.client import WeComError, WeComUnavailable
@@ -141,7 +142,8 @@ class ProfileWorker(PollingWorker):
             if contact is None or contact.profile_due_at is None:
                 return  # erased, or the callback named it meanwhile
             if isinstance(answer, WeComProfile) and contact.merged_into_id is None and contact.erased_at is None:
-                await apply_profile(session, contact, answer, now=now)
+                if await apply_profile(session, contact, answer, now=now):
+                    await rescore_after_merge(rt, session, contact, now)
                 contact.updated_at = now
                 self.fetched += 1
             contact.profile_due_at = None

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 import bot.profiles
 from bot.contact_changes import GET_CONTACT
-from bot.models import Contact, ContactMerge, Identity, Lease
+from bot.models import Contact, ContactMerge, Identity, Lease, Task
 from content.importer import import_library
 from tests.helpers import ROOT
 
@@ -248,6 +248,39 @@ async def test_a_mobile_noted_later_merges_the_lead_after_the_edit_callback(beac
     async with beacon.rt.sessions() as session:
         (merge,) = (await session.scalars(select(ContactMerge))).all()
     assert (merge.from_contact_id, merge.into_contact_id) == (lead, contact.id)
+
+
+async def test_the_merged_leads_history_is_scored_into_the_customer(beacon: Any, lib: Path) -> None:
+    from bot.models import ScoreEntry, StageChange
+    from bot.tracking import add_event
+
+    beacon.sim.state.add_external_contact_profile("wmRich15", "冯总")
+    await beacon.driver.add_external_contact("rep1", "wmRich15")
+    await beacon.process()
+    lead = await visitor_with_phone(beacon, "13300133000")
+    async with beacon.rt.sessions() as session, session.begin():  # the lead booked a demo on the website
+        await add_event(session, "demo_request", contact_id=lead, at=beacon.clock.now(), key="lead-demo")
+    await beacon.rt.tracker.drain()
+    before = await contact_of(beacon, "wmRich15")
+    async with beacon.rt.sessions() as session:
+        lead_score = (await session.get(Contact, lead)).score
+    assert lead_score > 0 and before.stage == "new"
+
+    beacon.sim.state.follow_of("rep1", "wmRich15").remark_mobiles.append("13300133000")
+    await beacon.driver.edit_external_contact("rep1", "wmRich15")
+    await beacon.process()
+    await beacon.rt.profiles.drain()
+
+    after = await contact_of(beacon, "wmRich15")
+    async with beacon.rt.sessions() as session:
+        ledger = (await session.execute(select(ScoreEntry.rule, ScoreEntry.points).where(ScoreEntry.contact_id == after.id))).all()
+        moves = (await session.execute(select(StageChange.to_stage, StageChange.by).where(StageChange.contact_id == after.id))).all()
+    assert after.score == round(sum(points for _, points in ledger), 2) == round(before.score + lead_score, 2)
+    assert "demo_request" in {rule for rule, _ in ledger}
+    assert moves == [("mql", "rule:score")] and after.stage == "mql"  # the demo the lead booked makes the customer an MQL
+    async with beacon.rt.sessions() as session:
+        tasks = (await session.execute(select(Task.kind, Task.owner_userid, Task.title).where(Task.contact_id == after.id))).all()
+    assert ("follow_up", "rep1", "跟进 MQL：冯总") in tasks, tasks  # the MQL hand-off, as after a scored event
 
 
 async def test_the_contact_added_callback_names_the_contact_itself(beacon: Any, lib: Path) -> None:
