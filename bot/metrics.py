@@ -27,6 +27,7 @@ class Metrics:
         )
         self.inbox_depth = Gauge("beacon_inbox_depth", "Inbox items waiting", ["status"], registry=r)
         self.outbox_depth = Gauge("beacon_outbox_depth", "Outbox items waiting", ["status"], registry=r)
+        self.profiles_due = Gauge("beacon_profiles_due", "Contacts waiting for their WeCom profile (counted up to 10,000)", registry=r)
         self.tracker_backlog = Gauge("beacon_tracker_backlog", "Events not yet attributed and scored", registry=r)
         self.tracker_lag = Gauge("beacon_tracker_lag_seconds", "How long the oldest unprocessed event has waited", registry=r)
         self.tracker_gave_way = Counter(

@@ -28,7 +28,7 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bot.contact_changes import GET_CONTACT, WeComProfile, apply_profile, profile_from
 from bot.leases import hold_lease
@@ -56,6 +56,17 @@ def due_contacts(limit: int) -> Any:
     kf = select(Identity.id).where(Identity.kind == "kf", Identity.value == c.external_userid).exists()
     return (select(c.id, c.external_userid, kf.label("kf")).where(c.profile_due_at.is_not(None))
             .order_by(c.profile_due_at, c.id).limit(limit))
+
+
+DUE_COUNT_CAP = 10_000  # /healthz and /metrics count due contacts up to this many (a read of the partial index)
+
+
+async def due_count(session: Any) -> int:
+    """How many contacts wait for their WeCom profile, counted up to DUE_COUNT_CAP: many more than a
+    few dozen for long means WeCom does not answer (see the warning in the log; often a permission)."""
+    c = Contact.__table__.c
+    capped = select(c.id).where(c.profile_due_at.is_not(None)).limit(DUE_COUNT_CAP).subquery()
+    return int(await session.scalar(select(func.count()).select_from(capped)) or 0)
 
 
 class ProfileWorker(PollingWorker):

@@ -11,6 +11,7 @@ from bot.app import RUNTIME
 from bot.db import unavailable_reason
 from bot.inbox import inbox_counts
 from bot.outbox import outbox_counts
+from bot.profiles import due_count
 from bot.tracker import backlog
 
 routes = web.RouteTableDef()
@@ -26,6 +27,7 @@ async def handle_healthz(request: web.Request) -> web.Response:
         counts = await inbox_counts(session)
         tracker = await backlog(session, rt.clock.now())
         outbox = await outbox_counts(session)
+        profiles_due = await due_count(session)
     return web.json_response(
         {
             "status": "ok",
@@ -34,6 +36,7 @@ async def handle_healthz(request: web.Request) -> web.Response:
             "inbox": counts,
             "outbox": outbox,
             "tracker": tracker,
+            "profiles_due": profiles_due,  # customers waiting for their WeCom profile (bot/profiles.py), up to 10,000
             "wecom_configured": rt.settings.wecom.configured,
             "pid": os.getpid(),  # which process answered (`serve --workers N` runs several on one port)
         }
@@ -55,6 +58,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
                 rt.metrics.tracker_lag.set(tracker["lag_s"])
                 for status, count in (await outbox_counts(session)).items():
                     rt.metrics.outbox_depth.labels(status=status).set(count)
+                rt.metrics.profiles_due.set(await due_count(session))
     except Exception as exc:
         if unavailable_reason(exc) is None:
             raise

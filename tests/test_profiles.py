@@ -54,6 +54,8 @@ async def test_a_customer_first_met_through_a_share_is_named_from_wecom(beacon: 
     await share_to(beacon, "wmChen01")
     contact = await contact_of(beacon, "wmChen01")
     assert contact.name == "" and contact.profile_due_at == beacon.clock.now()
+    assert (await (await beacon.client.get("/healthz")).json())["profiles_due"] == 1
+    assert "beacon_profiles_due 1.0" in await (await beacon.client.get("/metrics")).text()
 
     assert await beacon.rt.profiles.drain() == 1
     contact = await contact_of(beacon, "wmChen01")
@@ -62,6 +64,9 @@ async def test_a_customer_first_met_through_a_share_is_named_from_wecom(beacon: 
     assert (await resp.json())["name"] == "陈总"
 
     # Named once: no further calls, and another share to him does not make him due again.
+    health = await (await beacon.client.get("/healthz")).json()
+    assert health["profiles_due"] == 0
+    assert "beacon_profiles_due 0.0" in await (await beacon.client.get("/metrics")).text()
     await share_to(beacon, "wmChen01")
     assert await beacon.rt.profiles.drain() == 0
     assert calls(beacon) == 1
