@@ -46,6 +46,16 @@ class WeComProfile:
     unionid: str = ""
     followers: tuple[str, ...] = ()  # the members who have the customer now, the longest-standing first
     mobiles: tuple[str, ...] = ()  # the mobile numbers the reps noted for the customer (remark_mobiles), normalized
+    remarks: tuple[tuple[str, str], ...] = ()  # (userid, remark): the name each rep gave the customer in WeCom
+
+    def display_name(self, owner: str | None) -> str:
+        """What the reps call the customer: the owner's remark (备注), else the longest-standing rep's,
+        else the WeChat name. A rep's client shows the remark, so alerts and digests name the customer
+        as the rep knows them (陈建国-华东精密, not a nickname)."""
+        remarks = dict(self.remarks)
+        if owner and remarks.get(owner):
+            return remarks[owner]
+        return next((remark for _, remark in self.remarks if remark), self.name)
 
 
 def profile_from(answer: dict[str, Any], follow_user: list[dict[str, Any]] | None = None) -> WeComProfile:
@@ -65,6 +75,7 @@ def profile_from(answer: dict[str, Any], follow_user: list[dict[str, Any]] | Non
         unionid=str(data.get("unionid") or ""),
         followers=tuple(str(f["userid"]) for f in follow),
         mobiles=tuple(mobiles),
+        remarks=tuple((str(f["userid"]), str(f.get("remark") or "").strip()) for f in follow),
     )
 
 
@@ -88,7 +99,13 @@ async def apply_profile(session: AsyncSession, contact: Contact, profile: WeComP
     contact (a web visitor who left it on a gate form, say) merges that one in: its history and
     score join the customer's (the caller rescores it: `lifecycle.rescore_after_merge`). A number
     known for another WeCom customer merges nothing. Returns whether a contact was merged in."""
-    for name in ("name", "company", "title"):
+    # The name: what the reps call the customer. One Beacon took from WeCom before follows a rep's
+    # later remark; one a rep or a form set stays.
+    preferred = profile.display_name(contact.owner_userid)[:128]
+    if preferred and (not contact.name or (contact.profile or {}).get("name_from") == "wecom"):
+        contact.name = preferred
+        contact.profile = {**(contact.profile or {}), "name_from": "wecom"}
+    for name in ("company", "title"):
         value = getattr(profile, name)
         if value and not getattr(contact, name):
             setattr(contact, name, value[:128])

@@ -5,8 +5,9 @@ contact-added callback will ever come for them. This command pages through the r
 their profiles (`externalcontact/batch/get_by_user`: up to 100 reps a call, 100 relations a page, so
 a million customers cost some ten thousand calls, not a call each) and, CHUNK customers a
 transaction, set-based:
-- stores the customers Beacon does not know as contacts named from their profile (name, company,
-  title) and owned by the rep who has had them longest (the team's order breaks a tie);
+- stores the customers Beacon does not know as contacts named as their rep calls them (the owner's
+  remark, else the WeChat name; see `WeComProfile.display_name`), with company and title, owned by
+  the rep who has had them longest (the team's order breaks a tie);
 - fills the empty fields of known contacts (never what a rep or a form set) and gives an owner to
   those without one;
 - records each unionid, and each mobile number a rep noted for the customer (remark_mobiles), as the
@@ -169,7 +170,8 @@ async def store_customers(rt: "Runtime", customers: dict[str, Customer], now: dt
                     cid, name, owner, due = live[x]
                     profile = customers[x].profile
                     merge_pending = any(taken.get(pair, cid) != cid for pair in wanted[x])
-                    fill.append({"b_id": cid, "b_name": profile.name[:128], "b_company": profile.company[:128],
+                    fill.append({"b_id": cid, "b_name": profile.display_name(owner or customers[x].owner)[:128],
+                                 "b_company": profile.company[:128],
                                  "b_title": profile.title[:128], "b_owner": customers[x].owner, "b_now": now,
                                  "b_phone": profile.mobiles[0] if profile.mobiles else None,
                                  "b_due": (due or now) if merge_pending else None})
@@ -204,7 +206,9 @@ def _new_contact(external_userid: str, customer: Customer, wanted: list[tuple[st
                  now: dt.datetime) -> dict[str, Any]:
     profile = customer.profile
     merge_pending = any(pair in taken for pair in wanted)  # another contact has one: the profile worker merges (or not)
-    return {"external_userid": external_userid, "name": profile.name[:128], "company": profile.company[:128],
+    name = profile.display_name(customer.owner)[:128]
+    return {"external_userid": external_userid, "name": name, "profile": {"name_from": "wecom"} if name else {},
+            "company": profile.company[:128],
             "title": profile.title[:128], "phone": profile.mobiles[0] if profile.mobiles else None,
             "owner_userid": customer.owner, "created_at": now, "updated_at": now,
             "profile_due_at": now if merge_pending else None}

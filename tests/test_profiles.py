@@ -288,6 +288,30 @@ async def test_the_merged_leads_history_is_scored_into_the_customer(beacon: Any,
     assert ("follow_up", "rep1", "跟进 MQL：冯总") in tasks, tasks  # the MQL hand-off, as after a scored event
 
 
+async def test_the_customer_is_named_as_the_rep_calls_them_and_follows_a_later_remark(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmNick16", "Alex🌊", corp_name="华东精密")
+    await beacon.driver.add_external_contact("rep1", "wmNick16")
+    await beacon.process()
+    assert (await contact_of(beacon, "wmNick16")).name == "Alex🌊"  # no remark yet: the WeChat name
+
+    # The rep notes who he is; WeCom tells Beacon of the edit; the alert cards will say so from now on.
+    beacon.sim.state.follow_of("rep1", "wmNick16").remark = "陈建国-华东精密"
+    await beacon.driver.edit_external_contact("rep1", "wmNick16")
+    await beacon.process()
+    await beacon.rt.profiles.drain()
+    assert (await contact_of(beacon, "wmNick16")).name == "陈建国-华东精密"
+
+    # A name a rep or a form set is the contact's own: a remark does not replace it.
+    beacon.sim.state.add_external_contact_profile("wmForm17", "Lily")
+    await share_to(beacon, "wmForm17")
+    async with beacon.rt.sessions() as session, session.begin():
+        contact = (await session.scalars(select(Contact).where(Contact.external_userid == "wmForm17"))).one()
+        contact.name = "林莉"
+    beacon.sim.state.link_contact("rep1", "wmForm17").remark = "林总"
+    await beacon.rt.profiles.drain()
+    assert (await contact_of(beacon, "wmForm17")).name == "林莉"
+
+
 async def test_the_contact_added_callback_names_the_contact_itself(beacon: Any, lib: Path) -> None:
     beacon.sim.state.add_external_contact_profile("wmZheng06", "郑总", corp_name="杭州某仪表")
     await beacon.driver.add_external_contact("rep1", "wmZheng06")
@@ -384,13 +408,13 @@ async def test_sync_on_both_databases(beacon: Any, lib: Path) -> None:
     state.add_external_contact_profile("wmBoth1", "甲总", corp_name="甲公司", follow_user=["rep2", "rep1"])
     state.add_external_contact_profile("wmBoth2", "乙总", unionid="oUnionB", follow_user=["rep2"])
     state.add_external_contact_profile("wmBoth3", "丙总", follow_user=[FollowUser("rep1", 1000, remark_mobiles=["13700137000"])])
-    state.add_external_contact_profile("wmBoth4", "丁总", follow_user=[FollowUser("rep1", 1000, remark_mobiles=["13600136000"])])
+    state.add_external_contact_profile("wmBoth4", "Ding", follow_user=[FollowUser("rep1", 1000, remark="丁总", remark_mobiles=["13600136000"])])
     lead = await visitor_with_phone(beacon, "13700137000")  # left the number on a gate form
     await share_to(beacon, "wmBoth1")  # known by id alone, owned by nobody yet
     report = await sync(beacon.rt, ["rep1", "rep2"])
     assert (report.listed, report.new, report.owned, report.named, report.still_due, report.refused) == (4, 3, 1, 4, 0, {})
     three, four = await contact_of(beacon, "wmBoth3"), await contact_of(beacon, "wmBoth4")
-    assert (three.phone, four.phone) == ("13700137000", "13600136000")
+    assert (three.phone, four.phone, four.name) == ("13700137000", "13600136000", "丁总")  # named as the rep calls him
     async with beacon.rt.sessions() as session:
         (merge,) = (await session.scalars(select(ContactMerge))).all()
         (owner_of_new_phone,) = (await session.scalars(select(Identity.contact_id).where(Identity.value == "13600136000"))).all()
