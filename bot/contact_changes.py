@@ -21,7 +21,7 @@ from bot.customer_text import clip, text
 from bot.errors import NotShareable
 from bot.identity import add_identity, contact_for_external_userid, find_by_identity, merge_contacts, normalize_phone
 from bot.lifecycle import STAGE_LABELS, rescore_after_merge
-from bot.models import Channel, Contact, ContentItem, Rep, Task
+from bot.models import Channel, Contact, ContentItem, Event, Rep, Task
 from bot.shares import create_share
 from bot.team import ensure_rep
 from bot.tracking import add_event
@@ -146,9 +146,10 @@ async def contact_added(ctx: Context, msg: Inbound) -> None:
         contact.profile_due_at = None
     if contact.owner_userid is None:
         contact.owner_userid = userid
-    elif contact.owner_userid != userid and profile is not None and contact.owner_userid not in profile.followers:
-        # The owner no longer has the customer (a transfer, 在职/离职继承, or the owner deleted them):
-        # the rep who has the customer now follows them up.
+    elif (contact.owner_userid != userid and profile is not None and contact.owner_userid not in profile.followers
+          and await owner_let_go(session, contact)):
+        # The owner had the customer and no longer has them (a transfer whose successor WeCom did not
+        # list yet, or the owner deleted them): the rep who has the customer now follows them up.
         await take_over(ctx, contact, userid, external)
     state = msg.get("State")
     channel = await channel_by_state(session, state)
@@ -258,14 +259,26 @@ async def transferred_away(ctx: Context, userid: str, external: str) -> None:
         await session.commit()  # no transaction held during the WeCom call (as in contact_added)
     profile = await fetch_profile(ctx, external)
     successors = [f for f in (profile.followers if profile else ()) if f != userid]
-    if not successors:
-        return
     contact = await session.get(Contact, contact_id)
     if contact is None or contact.owner_userid != userid:
         return  # moved meanwhile
+    if not successors:  # WeCom does not list the takeover yet: its add_external_contact moves the contact
+        contact.profile = {**(contact.profile or {}), "transferred_from": userid}
+        return
     await ensure_rep(session, successors[-1])
     await session.flush()
     await take_over(ctx, contact, successors[-1], external)
+
+
+async def owner_let_go(session: AsyncSession, contact: Contact) -> bool:
+    """Whether the contact's owner had the customer in WeCom and gave them up: a transfer away from
+    them was seen, or they deleted the customer. An owner who never had the customer in WeCom (one
+    the MQL hand-off chose, say) keeps the contact when a colleague's add arrives."""
+    owner = contact.owner_userid
+    if (contact.profile or {}).get("transferred_from") == owner:
+        return True
+    deleted = select(Event.id).where(Event.contact_id == contact.id, Event.type == "contact_deleted", Event.rep_userid == owner)
+    return await session.scalar(deleted.limit(1)) is not None
 
 
 async def take_over(ctx: Context, contact: Contact, new_owner: str, external: str) -> None:
@@ -278,6 +291,8 @@ async def take_over(ctx: Context, contact: Contact, new_owner: str, external: st
     )).rowcount or 0  # fmt: skip
     contact.owner_userid = new_owner
     contact.updated_at = ctx.clock.now()
+    if "transferred_from" in (contact.profile or {}):
+        contact.profile = {k: v for k, v in contact.profile.items() if k != "transferred_from"}
     former = await session.get(Rep, old_owner) if old_owner else None
     log.info("contact %s: owner %s -> %s (%d open tasks moved)", contact.id, old_owner, new_owner, moved)
     lang = "zh"

@@ -54,7 +54,7 @@ def due_contacts(limit: int) -> Any:
     """The `limit` contacts due longest, by the partial index that holds only due contacts."""
     c = Contact.__table__.c
     kf = select(Identity.id).where(Identity.kind == "kf", Identity.value == c.external_userid).exists()
-    return (select(c.id, c.external_userid, kf.label("kf")).where(c.profile_due_at.is_not(None))
+    return (select(c.id, c.external_userid, c.profile_due_at, kf.label("kf")).where(c.profile_due_at.is_not(None))
             .order_by(c.profile_due_at, c.id).limit(limit))
 
 
@@ -93,7 +93,7 @@ class ProfileWorker(PollingWorker):
         async with rt.read_sessions() as session:
             due = (await session.execute(due_contacts(self.batch))).all()
         handled = 0
-        for contact_id, external_userid, kf in due:
+        for contact_id, external_userid, due_at, kf in due:
             if self.stopping:
                 break
             answer: WeComProfile | bool | None = False  # no id left to ask about (merged away): no longer due
@@ -101,7 +101,7 @@ class ProfileWorker(PollingWorker):
                 ok, answer = await self.unless_stopping(self._fetch(external_userid, kf=bool(kf)))
                 if not ok or answer is None:
                     break  # stopping, or paused: the contact stays due
-            await self._write(contact_id, external_userid, answer)
+            await self._write(contact_id, external_userid, due_at, answer)
             handled += 1
         return handled
 
@@ -145,7 +145,9 @@ class ProfileWorker(PollingWorker):
         if first or not transient:
             log.warning("customer profiles paused %.0f s: %s", self.pause_s, exc)
 
-    async def _write(self, contact_id: int, external_userid: str, answer: WeComProfile | bool) -> None:
+    async def _write(self, contact_id: int, external_userid: str, due_at: dt.datetime, answer: WeComProfile | bool) -> None:
+        """The answer into the contact; it stays due if it was marked again after `due_at` (a rep's
+        edit while WeCom was asked: the answer may predate it)."""
         rt = self.rt
         now = rt.clock.now()
         async with rt.sessions() as session, session.begin():
@@ -157,6 +159,7 @@ class ProfileWorker(PollingWorker):
                     await rescore_after_merge(rt, session, contact, now)
                 contact.updated_at = now
                 self.fetched += 1
-            contact.profile_due_at = None
+            if contact.profile_due_at <= due_at:
+                contact.profile_due_at = None
         if answer is False:
             log.info("contact %s: WeCom has no customer %s for the corp; left unnamed", contact_id, external_userid)

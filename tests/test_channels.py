@@ -365,3 +365,27 @@ async def test_a_colleague_adding_the_customer_does_not_take_it_from_its_owner(b
     await beacon.process()
     assert (await contact_of(beacon, "wmXu14")).owner_userid == "rep1"
     assert beacon.sim.state.messages_to("rep2") == []
+
+
+async def test_an_owner_who_never_had_the_customer_in_wecom_keeps_them_when_a_colleague_adds_them(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmWei15", "魏总")
+    resp = await beacon.client.post("/api/shares", json={"content": STARTER, "rep": "rep1", "contact": "wmWei15", "channel": None},
+                                    headers=AUTH)
+    assert resp.status == 201
+    async with beacon.rt.sessions() as session, session.begin():  # the MQL hand-off made rep1 the owner
+        contact = (await session.scalars(select(Contact).where(Contact.external_userid == "wmWei15"))).one()
+        contact.owner_userid = "rep1"
+    await beacon.driver.add_external_contact("rep2", "wmWei15")
+    await beacon.process()
+    assert (await contact_of(beacon, "wmWei15")).owner_userid == "rep1"
+
+
+async def test_a_rep_who_deleted_the_customer_loses_them_to_the_next_rep_they_add(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmJiang16", "蒋总")
+    await beacon.driver.add_external_contact("rep1", "wmJiang16")
+    await beacon.process()
+    await beacon.driver.del_external_contact("rep1", "wmJiang16")
+    await beacon.process()
+    await beacon.driver.add_external_contact("rep2", "wmJiang16")
+    await beacon.process()
+    assert (await contact_of(beacon, "wmJiang16")).owner_userid == "rep2"

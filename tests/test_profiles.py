@@ -312,6 +312,22 @@ async def test_the_customer_is_named_as_the_rep_calls_them_and_follows_a_later_r
     assert (await contact_of(beacon, "wmForm17")).name == "林莉"
 
 
+async def test_an_edit_while_wecom_is_asked_leaves_the_contact_due(beacon: Any, lib: Path) -> None:
+    beacon.sim.state.add_external_contact_profile("wmRace18", "褚总", follow_user=["rep1"])
+    await share_to(beacon, "wmRace18")
+    beacon.sim.state.delay_next(GET_CONTACT, 0.5)  # WeCom is slow to answer
+    fetching = asyncio.ensure_future(beacon.rt.profiles.drain())
+    await asyncio.sleep(0.1)
+    beacon.clock.advance(seconds=5)
+    await beacon.driver.edit_external_contact("rep1", "wmRace18")  # the rep edits meanwhile
+    await beacon.process()
+    assert await fetching == 1
+    contact = await contact_of(beacon, "wmRace18")
+    assert contact.name == "褚总" and contact.profile_due_at == beacon.clock.now()  # asked again at the next pass
+    assert await beacon.rt.profiles.drain() == 1
+    assert (await contact_of(beacon, "wmRace18")).profile_due_at is None
+
+
 async def test_the_contact_added_callback_names_the_contact_itself(beacon: Any, lib: Path) -> None:
     beacon.sim.state.add_external_contact_profile("wmZheng06", "郑总", corp_name="杭州某仪表")
     await beacon.driver.add_external_contact("rep1", "wmZheng06")
