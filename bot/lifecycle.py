@@ -173,6 +173,11 @@ async def after_scoring(rt: "Runtime", session: AsyncSession, contact: Contact, 
         await wake_dormant(rt, session, contact, event, now)
     if event.type not in NOT_ENGAGEMENT:  # the scorer's quiet clock, so the nightly decay picks the same contacts
         contact.last_activity_at = max(filter(None, [contact.last_activity_at, event.occurred_at]))
+    await _follow_score(rt, session, contact, model, now)
+
+
+async def _follow_score(rt: "Runtime", session: AsyncSession, contact: Contact, model: Any, now: dt.datetime) -> None:
+    """Temperature, stage (by the model's thresholds) and WeCom tags after the contact's score changed."""
     contact.temperature = "hot" if recently_reactivated(contact, now) else temperature(contact.score, model)
     target = stage_for_score(contact.stage, contact.score, model)
     if target is not None:
@@ -190,14 +195,8 @@ async def rescore_after_merge(rt: "Runtime", session: AsyncSession, contact: Con
 
     scoring = rt.services["scoring"]
     await rescore_contact(scoring, session, contact, now)
-    model = scoring.model(contact)
     contact.score = scoring.score(contact.id)
-    contact.temperature = "hot" if recently_reactivated(contact, now) else temperature(contact.score, model)
-    target = stage_for_score(contact.stage, contact.score, model)
-    if target is not None:
-        threshold = {"nurturing": model.nurturing_at, "mql": model.mql_at, "sql": model.sql_at}.get(target, 0)
-        await move_stage(rt, session, contact, target, by="rule:score", reason=f"评分 {contact.score:g} ≥ {threshold:g}", now=now)
-    await mirror_tags(rt, session, contact)
+    await _follow_score(rt, session, contact, scoring.model(contact), now)
 
 
 REACTIVATION_HOT_DAYS = 7
