@@ -26,6 +26,7 @@ from bot.auth import Viewer
 from bot.errors import NotShareable
 from bot.identity import contact_for_external_userid
 from bot.jsapi import agent_config_signature, page_url_for_signature, tickets
+from bot.customer_text import LABELS
 from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
 from bot.models import Contact
 from bot.shares import create_share
@@ -113,7 +114,7 @@ async def handle_sidebar(request: web.Request) -> web.Response:
         "sim": sim, "customer": request.query.get("customer", ""), "external": external, "jssdk_url": rt.settings.pages.jssdk_url,
         "kinds": [(k, ALL_KIND_LABELS.get(k, k)) for k in KINDS], "stages": [(s, JOURNEY_LABELS[s]) for s in STAGES],
         "kind_labels": ALL_KIND_LABELS, "journey_labels": JOURNEY_LABELS, "stage_labels": STAGE_LABELS,
-        "temperature_labels": TEMPERATURE_LABELS, "filters": _filters(request), "panel": None,
+        "temperature_labels": TEMPERATURE_LABELS, "industry_labels": LABELS["industry"], "filters": _filters(request), "panel": None,
     }  # fmt: skip
     headers = {} if sim else {"Content-Security-Policy": _real_mode_csp(rt.settings.pages.jssdk_url)}
     if external:

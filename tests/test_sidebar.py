@@ -117,6 +117,12 @@ async def test_panel_shows_score_reasons_activity_recommendations_and_library(be
     assert set(re.findall(r'data-send="([^"]+)"', re.search(r'id="library">(.*?)</ul>', html, re.DOTALL).group(1))) >= {ITEM}
     status, html, _ = await rep1.get("/sidebar?contact=wmC1&kind=poem")
     assert status == 400 and "kind" in html
+    # The industry filter speaks the rep's language; the values stay the library's identifiers.
+    status, html, _ = await rep1.get("/sidebar?contact=wmC1&industry=automotive")
+    industries = dict(re.findall(r'<option value="([a-z_]+)"[^>]*>([^<]+)</option>', re.search(r'<select name="industry".*?</select>',
+                                                                                             html, re.DOTALL).group(0)))
+    assert industries["automotive"] == "汽车" and industries["manufacturing"] == "制造业" and industries["chemicals"] == "化工"
+    assert '<option value="automotive" selected>汽车</option>' in html
 
 
 async def test_send_creates_the_tracked_link_for_this_customer(beacon: Any, rep1: PageUser, seeded: dict[str, int]) -> None:
