@@ -152,8 +152,21 @@ def _at(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
+_HIDDEN_PROPS = frozenset({"ua", "user_agent", "pageview"})  # plumbing, not behavior
+_PROP_TEXT: dict[str, Any] = {
+    "depth": lambda v: f"读到 {v}%",
+    "seconds": lambda v: f"停留 {v} 秒",
+    "cta": lambda v: {"demo": "预约演示", "contact": "联系销售"}.get(str(v), f"按钮 {v}"),
+    "by": lambda v: {"rep": "销售删除", "customer": "客户删除"}.get(str(v), f"by={v}"),
+    "channel": lambda v: f"渠道 {v}",
+}
+
+
 def _props_text(props: dict[str, Any]) -> str:
-    return "，".join(f"{k}={v}" for k, v in sorted(props.items()) if k not in ("ua", "user_agent"))[:200]
+    """An event's properties as a manager reads them: known ones in words (读到 75%, 停留 95 秒, 预约演示),
+    the rest as key=value, plumbing left out."""
+    parts = [_PROP_TEXT[k](v) if k in _PROP_TEXT else f"{k}={v}" for k, v in sorted(props.items()) if k not in _HIDDEN_PROPS]
+    return "，".join(parts)[:200]
 
 
 async def _contact_tables(session: Any, contact_id: int, view: dict[str, Any]) -> list[Table]:

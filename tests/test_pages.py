@@ -281,6 +281,8 @@ async def test_contact_page_permissions_and_tables(beacon: Any, users: Any, seed
     assert status == 404 and "没有这个客户" in html and "wmNobody" in html
     timeline = await rep1.csv("/dashboard/contacts/wmC1?format=csv&table=timeline")
     assert sorted(r["type"] for r in timeline) == ["cta", "open", "read"]
+    details = {r["type"]: r["details"] for r in timeline}
+    assert (details["cta"], details["read"]) == ("预约演示", "读到 100%")  # in words, not cta=demo or depth=100
     stages = await rep1.csv("/dashboard/contacts/wmC1?format=csv&table=stages")
     assert [(r["from"], r["to"]) for r in stages] == [("可培养", "MQL"), ("新线索", "可培养")]
     tasks = await rep1.csv("/dashboard/contacts/wmC1?format=csv&table=tasks")
