@@ -66,17 +66,22 @@ def profile_from(answer: dict[str, Any], follow_user: list[dict[str, Any]] | Non
     follow = [f for f in (answer.get("follow_user") if follow_user is None else follow_user) or []
               if isinstance(f, dict) and f.get("userid")]
     follow.sort(key=lambda f: int(f.get("createtime") or 0))
-    noted = next((str(f["remark_corp_name"]) for f in follow if f.get("remark_corp_name")), "")
+    noted = next((one_line(f["remark_corp_name"]) for f in follow if f.get("remark_corp_name")), "")
     mobiles = dict.fromkeys(m for f in follow for raw in f.get("remark_mobiles") or [] if (m := normalize_phone(str(raw))))
     return WeComProfile(
-        name=str(data.get("name") or ""),
-        company=str(data.get("corp_name") or "") or noted,
-        title=str(data.get("position") or ""),
+        name=one_line(data.get("name")),
+        company=one_line(data.get("corp_name")) or noted,
+        title=one_line(data.get("position")),
         unionid=str(data.get("unionid") or ""),
         followers=tuple(str(f["userid"]) for f in follow),
         mobiles=tuple(mobiles),
-        remarks=tuple((str(f["userid"]), str(f.get("remark") or "").strip()) for f in follow),
+        remarks=tuple((str(f["userid"]), one_line(f.get("remark"))) for f in follow),
     )
+
+
+def one_line(value: Any) -> str:
+    """A name as WeCom gave it, on one line: it goes into card rows, markdown lines and table cells."""
+    return " ".join(str(value or "").split())
 
 
 def event_time(msg: Inbound, fallback: dt.datetime) -> dt.datetime:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from bot.contact_changes import GET_CONTACT, WeComProfile, apply_profile, profile_from
+from bot.contact_changes import GET_CONTACT, WeComProfile, apply_profile, one_line, profile_from
 from bot.leases import hold_lease
 from bot.lifecycle import rescore_after_merge
 from bot.models import Contact, Identity
@@ -132,7 +132,7 @@ class ProfileWorker(PollingWorker):
             return False
         for item in answer.get("customer_list") or []:
             if isinstance(item, dict) and item.get("external_userid") == external_userid:
-                return WeComProfile(name=str(item.get("nickname") or ""), unionid=str(item.get("unionid") or ""))
+                return WeComProfile(name=one_line(item.get("nickname")), unionid=str(item.get("unionid") or ""))
         return False
 
     def _pause(self, exc: WeComError) -> None:

@@ -171,7 +171,7 @@ async def test_an_erased_contact_is_not_asked_about(beacon: Any, lib: Path) -> N
 
 async def test_a_kf_customer_who_added_no_rep_is_named_by_their_wechat_nickname(beacon: Any, lib: Path) -> None:
     kf = "wkBeaconKf0001"
-    beacon.sim.state.add_kf_customer("wmKfLin09", "小林（采购）", unionid="oUnionLin")
+    beacon.sim.state.add_kf_customer("wmKfLin09", "小林\n（采购）", unionid="oUnionLin")  # one line as a name
     beacon.sim.state.add_kf_message(kf, "wmKfLin09", content="你好")
     beacon.sim.state.add_kf_message(kf, "wmKfGone10", content="在吗")  # kf no longer knows this one
     await beacon.driver.kf_event(kf)
@@ -180,7 +180,7 @@ async def test_a_kf_customer_who_added_no_rep_is_named_by_their_wechat_nickname(
 
     assert await beacon.rt.profiles.drain() == 2
     lin = await contact_of(beacon, "wmKfLin09")
-    assert (lin.name, lin.profile_due_at) == ("小林（采购）", None)
+    assert (lin.name, lin.profile_due_at) == ("小林 （采购）", None)
     async with beacon.rt.sessions() as session:
         kinds = set((await session.execute(select(Identity.kind, Identity.value).where(Identity.contact_id == lin.id))).all())
     assert ("unionid", "oUnionLin") in kinds
@@ -295,7 +295,7 @@ async def test_the_customer_is_named_as_the_rep_calls_them_and_follows_a_later_r
     assert (await contact_of(beacon, "wmNick16")).name == "Alex🌊"  # no remark yet: the WeChat name
 
     # The rep notes who he is; WeCom tells Beacon of the edit; the alert cards will say so from now on.
-    beacon.sim.state.follow_of("rep1", "wmNick16").remark = "陈建国-华东精密"
+    beacon.sim.state.follow_of("rep1", "wmNick16").remark = "陈建国-华东精密\n  "
     await beacon.driver.edit_external_contact("rep1", "wmNick16")
     await beacon.process()
     await beacon.rt.profiles.drain()
