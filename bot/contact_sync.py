@@ -22,8 +22,9 @@ database failed; 2 an unknown rep.
 from __future__ import annotations
 
 import asyncio
-import sys
 import datetime as dt
+import logging
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 
@@ -36,7 +37,10 @@ from bot.models import Contact, Identity
 from bot.wecom.client import WeComError
 
 if TYPE_CHECKING:
+    from bot.context import Context
     from bot.runtime import Runtime
+
+log = logging.getLogger("beacon.contacts.sync")
 
 BATCH_GET = "/cgi-bin/externalcontact/batch/get_by_user"
 REPS_PER_CALL = 100  # WeCom's most userids a call
@@ -84,11 +88,12 @@ def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start:start + size]
 
 
-async def fetch_customers(rt: "Runtime", reps: list[str], report: SyncReport) -> dict[str, Customer]:
-    """Every customer of `reps` with its profile and followers among them, with progress."""
+async def fetch_customers(rt: "Runtime", reps: list[str], report: SyncReport, *, progress: bool = True) -> dict[str, Customer]:
+    """Every customer of `reps` with its profile and followers among them (with a progress bar on
+    stderr unless `progress` is false)."""
     order = {userid: n for n, userid in enumerate(reps)}
     customers: dict[str, Customer] = {}
-    with click.progressbar(length=len(reps), label="customers of the reps", file=sys.stderr,
+    with click.progressbar(length=len(reps), label="customers of the reps", file=sys.stderr, hidden=not progress,
                            item_show_func=lambda n: f"{n:,} customers" if n is not None else None) as bar:
         for group in chunks(reps, REPS_PER_CALL):
             cursor = ""
@@ -131,13 +136,14 @@ _FILL = (
 )
 
 
-async def store_customers(rt: "Runtime", customers: dict[str, Customer], now: dt.datetime, report: SyncReport) -> list[str]:
+async def store_customers(rt: "Runtime", customers: dict[str, Customer], now: dt.datetime, report: SyncReport, *,
+                          progress: bool = True) -> list[str]:
     """The customers into contacts and identities, CHUNK a transaction (see the module docstring).
     Returns the customers whose contact had no name before (the new ones included)."""
     unnamed: list[str] = []
     c = Contact.__table__.c
     ids = list(customers)
-    with click.progressbar(length=len(ids), label="contacts", file=sys.stderr) as bar:
+    with click.progressbar(length=len(ids), label="contacts", file=sys.stderr, hidden=not progress) as bar:
         for chunk in chunks(ids, CHUNK):
             async with rt.sessions() as session, session.begin():
                 live = {x: (cid, name, owner, due) for cid, x, name, owner, due in (await session.execute(
@@ -234,6 +240,30 @@ async def sync(rt: "Runtime", reps: list[str], *, profiles: bool = True) -> Sync
     return report
 
 
+def team_reps(settings: Settings) -> list[str]:
+    """The members whose customers Beacon keeps: every rep and manager in [team]."""
+    return [m.userid for m in settings.team.members if m.role in ("rep", "manager")]
+
+
+async def sync_customers(ctx: "Context") -> None:
+    """The weekly `sync-customers` job: the same import, without progress bars, its profiles left to
+    the profile worker. Customers added while callbacks did not reach Beacon (a wrong callback URL, an
+    app without the customer-contact permission for a while) get their contacts this way. A run in
+    which WeCom refused every rep fails (its `job_runs` row says why)."""
+    rt = ctx.runtime
+    reps = team_reps(rt.settings)
+    if not reps:
+        return
+    report = SyncReport(reps=len(reps))
+    customers = await fetch_customers(rt, reps, report, progress=False)
+    report.listed = len(customers)
+    await store_customers(rt, customers, ctx.clock.now(), report, progress=False)
+    log.info("sync-customers: %d reps, %d customers in WeCom: %d new contacts, %d given an owner, %d reps refused",
+             report.reps, report.listed, report.new, report.owned, len(report.refused))
+    if len(report.refused) == len(reps):
+        raise RuntimeError(f"WeCom refused every rep's customers: {next(iter(report.refused.values()))}")
+
+
 def run_sync(settings: Settings, reps: tuple[str, ...], profiles: bool) -> int:
     """The CLI edge: prints the report; returns the exit status."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -245,7 +275,7 @@ def run_sync(settings: Settings, reps: tuple[str, ...], profiles: bool) -> int:
     if unknown:
         click.echo(f"error: not in [team] members: {', '.join(unknown)}", err=True)
         return 2
-    chosen = list(reps) or [m.userid for m in settings.team.members if m.role in ("rep", "manager")]
+    chosen = list(reps) or team_reps(settings)
     if not chosen:
         click.echo("error: no reps to sync: [team] members lists none", err=True)
         return 2

@@ -171,6 +171,7 @@ def default_jobs(tz: str, settings: "Settings | None" = None) -> list:
 
     from bot.alert_jobs import escalate_overdue, send_due_alerts
     from bot.config import Settings
+    from bot.contact_sync import sync_customers
     from bot.digest.jobs import digest_managers, digest_reps
     from bot.scoring.jobs import decay_scores, mark_dormant_customers
     from bot.sop.jobs import sop_quiet_check, sop_tick
@@ -183,6 +184,7 @@ def default_jobs(tz: str, settings: "Settings | None" = None) -> list:
         ("purge-inbox", purge_inbox, CronTrigger(hour=3, minute=30, timezone=tz), daily_key),
         ("purge-outbox", purge_outbox, CronTrigger(hour=3, minute=40, timezone=tz), daily_key),
         ("purge-job-runs", purge_job_runs, CronTrigger(hour=3, minute=45, timezone=tz), daily_key),
+        ("sync-customers", sync_customers, CronTrigger(day_of_week="sun", hour=4, minute=0, timezone=tz), daily_key),
         ("sop-tick", sop_tick, CronTrigger(minute="*", timezone=tz), minute_key),
         ("sop-quiet-check", sop_quiet_check, daily_at(s.sop.quiet_check_at, tz), daily_key),
         ("digest-reps", digest_reps, daily_at(s.digest.reps_at, tz), daily_key),

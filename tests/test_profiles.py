@@ -22,6 +22,7 @@ from tests.helpers import ROOT
 LIBRARY = ROOT / "content" / "library"
 AUTH = {"Authorization": "Bearer test-admin-token"}
 ITEM = "case-auto-parts-oee"
+BATCH = "/cgi-bin/externalcontact/batch/get_by_user"
 
 
 @pytest.fixture
@@ -444,3 +445,22 @@ async def test_sync_on_both_databases(beacon: Any, lib: Path) -> None:
     assert owner_of_union == two.id
     (asked,) = beacon.sim.state.received_for(GET_CONTACT)  # only to merge the lead in
     assert "external_userid=wmBoth3" in asked.path_qs
+
+
+async def test_the_weekly_sync_job_stores_customers_the_callbacks_missed(beacon: Any, lib: Path) -> None:
+    from bot.contact_sync import sync_customers
+    from bot.models import JobRun
+    from bot.scheduler import default_jobs, run_job
+
+    assert "sync-customers" in [job_id for job_id, *_ in default_jobs("Asia/Shanghai")]
+    # 王总 added rep2 while the callback URL was wrong: no add_external_contact ever reached Beacon.
+    beacon.sim.state.add_external_contact_profile("wmMissed19", "王总", corp_name="合肥某电气", follow_user=["rep2"])
+    assert await run_job(beacon.rt, "sync-customers", sync_customers, "sync-customers:w1")
+    contact = await contact_of(beacon, "wmMissed19")
+    assert (contact.name, contact.company, contact.owner_userid) == ("王总", "合肥某电气", "rep2")
+
+    beacon.sim.state.fail_next(BATCH, 48002, times=3)  # every call refused (the app lost its permission)
+    assert await run_job(beacon.rt, "sync-customers", sync_customers, "sync-customers:w2")
+    async with beacon.rt.sessions() as session:
+        run = await session.get(JobRun, "sync-customers:w2")
+    assert run is not None and "refused every rep" in (run.error or "")
