@@ -3,20 +3,23 @@
 A company that installs Beacon has customers already: each rep's WeCom holds them, and no
 contact-added callback will ever come for them. This command pages through the reps' customers with
 their profiles (`externalcontact/batch/get_by_user`: up to 100 reps a call, 100 relations a page, so
-a million customers cost some ten thousand calls, not a call each) and, CHUNK customers a
-transaction, set-based:
-- stores the customers Beacon does not know as contacts named as their rep calls them (the owner's
-  remark, else the WeChat name; see `WeComProfile.display_name`), with company and title, owned by
-  the rep who has had them longest (the team's order breaks a tie);
-- fills the empty fields of known contacts (never what a rep or a form set) and gives an owner to
-  those without one;
-- records each unionid, and each mobile number a rep noted for the customer (remark_mobiles), as the
+a million customers cost some ten thousand calls, not a call each). Each page is written as it
+comes, CHUNK customers a transaction, set-based; only each customer's longest-standing rep is kept
+across pages (a small tuple each), never all the customers:
+- customers Beacon does not know become contacts named as their rep calls them (the owner's remark,
+  else the WeChat name; see `WeComProfile.display_name`), with company and title, owned by the rep
+  who has had them longest (the team's order breaks a tie; a rep seen on a later page who has had
+  the customer longer takes over at the end: `move_owners`);
+- known contacts get their empty fields filled (never what a rep or a form set), and an owner if
+  they had none;
+- each unionid, and each mobile number a rep noted for the customer (remark_mobiles), becomes the
   contact's identity. One already known for another contact (a web visitor who left it on a gate
   form, say) leaves the contact due for its profile: the profile worker (bot/profiles.py,
-  `apply_profile`) merges the two, unless the other is a WeCom customer too (a number only). Then the command works through what is due, with progress,
-  unless the serving process holds the profiles lease (it names them) or `--no-profiles` is given.
-Running it again changes only what is new. Exit status: 0 done; 1 WeCom refused every rep, or the
-database failed; 2 an unknown rep.
+  `apply_profile`) merges the two, unless the other is a WeCom customer too (a number only).
+Then the command works through what is due, with progress, unless the serving process holds the
+profiles lease (it names them) or `--no-profiles` is given. The weekly `sync-customers` job runs the
+same import without progress bars. Running it again changes only what is new. Exit status: 0 done;
+1 WeCom refused every rep, or the database failed; 2 an unknown rep.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import datetime as dt
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Sequence, TypeVar
 
 import click
 from sqlalchemy import bindparam, case, func, insert, select, update
@@ -52,13 +55,9 @@ T = TypeVar("T")
 @dataclass
 class Customer:
     contact: dict[str, Any]  # the batch's external_contact
-    follows: list[dict[str, Any]] = field(default_factory=list)  # its follow_info for each of the reps
-    followers: list[tuple[int, int, str]] = field(default_factory=list)  # (since, team order, userid)
+    follows: list[dict[str, Any]] = field(default_factory=list)  # its follow_info for each rep on the page
+    owner: str = ""  # the rep who has had the customer longest, among all the pages so far
     _profile: WeComProfile | None = None
-
-    @property
-    def owner(self) -> str:
-        return min(self.followers)[2]
 
     @property
     def profile(self) -> WeComProfile:
@@ -83,16 +82,41 @@ class SyncReport:
     refused: dict[str, str] = field(default_factory=dict)  # rep: WeCom's error
 
 
+class _Owners:
+    """Across the pages of one run: each customer's longest-standing rep so far (since, team order,
+    userid), a small tuple per customer, and the owners given to the contacts this run created, so
+    that a later page naming an earlier follower can move them."""
+
+    def __init__(self, reps: list[str]) -> None:
+        self.order = {userid: n for n, userid in enumerate(reps)}
+        self.best: dict[str, tuple[int, int, str]] = {}
+        self.given: dict[str, str] = {}  # external_userid: the owner this run gave its contact (new, or unowned before)
+
+    def see(self, external_userid: str, follow: dict[str, Any]) -> None:
+        userid = str(follow["userid"])
+        seen = (int(follow.get("createtime") or 0), self.order[userid], userid)
+        if external_userid not in self.best or seen < self.best[external_userid]:
+            self.best[external_userid] = seen
+
+    def owner(self, external_userid: str) -> str:
+        return self.best[external_userid][2]
+
+    def moved(self) -> dict[str, tuple[str, str]]:
+        """The contacts this run gave an owner whose longest-standing rep turned up on a later page:
+        {external_userid: (given, now)}."""
+        return {x: (given, self.owner(x)) for x, given in self.given.items() if self.owner(x) != given}
+
+
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-async def fetch_customers(rt: "Runtime", reps: list[str], report: SyncReport, *, progress: bool = True) -> dict[str, Customer]:
-    """Every customer of `reps` with its profile and followers among them (with a progress bar on
-    stderr unless `progress` is false)."""
-    order = {userid: n for n, userid in enumerate(reps)}
-    customers: dict[str, Customer] = {}
+async def pages(rt: "Runtime", reps: list[str], owners: _Owners, report: SyncReport, *,
+                progress: bool = True) -> AsyncIterator[dict[str, Customer]]:
+    """The reps' customers a page at a time, with their profiles and the page's follow_info (a progress
+    bar on stderr unless `progress` is false). Only a page is held at once: a million customers are
+    never all in memory, only each one's longest-standing rep (`owners`)."""
     with click.progressbar(length=len(reps), label="customers of the reps", file=sys.stderr, hidden=not progress,
                            item_show_func=lambda n: f"{n:,} customers" if n is not None else None) as bar:
         for group in chunks(reps, REPS_PER_CALL):
@@ -103,22 +127,22 @@ async def fetch_customers(rt: "Runtime", reps: list[str], report: SyncReport, *,
                 except WeComError as exc:
                     report.refused.update((userid, str(exc)) for userid in group)
                     break
+                page: dict[str, Customer] = {}
                 for item in answer.get("external_contact_list") or []:
                     contact, follow = item.get("external_contact") or {}, item.get("follow_info") or {}
                     external_userid, userid = contact.get("external_userid"), follow.get("userid")
-                    if not external_userid or userid not in order:
+                    if not external_userid or userid not in owners.order:
                         continue
-                    customer = customers.get(external_userid)
-                    if customer is None:
-                        customer = customers[external_userid] = Customer(contact)
-                    customer.follows.append(follow)
-                    customer.followers.append((int(follow.get("createtime") or 0), order[userid], userid))
-                bar.update(0, len(customers))
+                    owners.see(external_userid, follow)
+                    page.setdefault(external_userid, Customer(contact)).follows.append(follow)
+                for external_userid, customer in page.items():
+                    customer.owner = owners.owner(external_userid)
+                yield page
+                bar.update(0, len(owners.best))
                 cursor = str(answer.get("next_cursor") or "")
                 if not cursor:
                     break
-            bar.update(len(group), len(customers))
-    return customers
+            bar.update(len(group), len(owners.best))
 
 
 _FILL = (
@@ -136,76 +160,78 @@ _FILL = (
 )
 
 
-async def store_customers(rt: "Runtime", customers: dict[str, Customer], now: dt.datetime, report: SyncReport, *,
-                          progress: bool = True) -> list[str]:
-    """The customers into contacts and identities, CHUNK a transaction (see the module docstring).
-    Returns the customers whose contact had no name before (the new ones included)."""
-    unnamed: list[str] = []
+async def store_customers(rt: "Runtime", customers: dict[str, Customer], now: dt.datetime, report: SyncReport,
+                          owners: _Owners) -> None:
+    """The customers into contacts and identities, CHUNK a transaction (see the module docstring)."""
     c = Contact.__table__.c
-    ids = list(customers)
-    with click.progressbar(length=len(ids), label="contacts", file=sys.stderr, hidden=not progress) as bar:
+    for chunk in chunks(list(customers), CHUNK):
+        async with rt.sessions() as session, session.begin():
+            live = {x: (cid, name, owner, due) for cid, x, name, owner, due in (await session.execute(
+                select(c.id, c.external_userid, c.name, c.owner_userid, c.profile_due_at)
+                .where(c.external_userid.in_(chunk), c.merged_into_id.is_(None), c.erased_at.is_(None))
+            )).all()}  # fmt: skip
+            known = set((await session.scalars(select(c.external_userid).where(c.external_userid.in_(chunk)))).all())
+            known |= set((await session.scalars(select(Identity.value).where(
+                Identity.kind == "external_userid", Identity.value.in_(chunk)))).all())  # fmt: skip
+            wanted = {x: customers[x].identities() for x in chunk}
+            taken: dict[tuple[str, str], int] = {}
+            for kind in ("unionid", "phone"):
+                values = list({value for pairs in wanted.values() for k, value in pairs if k == kind})
+                taken.update(((kind, value), cid) for value, cid in (await session.execute(
+                    select(Identity.value, Identity.contact_id).where(Identity.kind == kind, Identity.value.in_(values))
+                )).all())  # fmt: skip
+            fresh = [x for x in chunk if x not in known]
+            if fresh:
+                rows = [_new_contact(x, customers[x], wanted[x], taken, now) for x in fresh]
+                await session.execute(insert(Contact), rows)
+                made = dict((await session.execute(select(c.external_userid, c.id).where(c.external_userid.in_(fresh)))).all())
+                live.update({x: (made[x], row["name"], customers[x].owner, None) for x, row in zip(fresh, rows)})
+                await session.execute(insert(Identity), [
+                    {"contact_id": made[x], "kind": "external_userid", "value": x, "created_at": now} for x in fresh])
+                report.new += len(fresh)
+                report.named += sum(1 for row in rows if row["name"])
+                owners.given.update((x, customers[x].owner) for x in fresh)
+            fill = []
+            for x in chunk:
+                if x not in live or x in fresh:
+                    continue
+                cid, name, owner, due = live[x]
+                profile = customers[x].profile
+                display = profile.display_name(owner or customers[x].owner)[:128]
+                merge_pending = any(taken.get(pair, cid) != cid for pair in wanted[x])
+                fill.append({"b_id": cid, "b_name": display, "b_company": profile.company[:128], "b_title": profile.title[:128],
+                             "b_owner": customers[x].owner, "b_now": now, "b_phone": profile.mobiles[0] if profile.mobiles else None,
+                             "b_due": (due or now) if merge_pending else None})
+                if owner is None:
+                    report.owned += 1
+                    owners.given.setdefault(x, customers[x].owner)
+                report.named += not name and bool(display)
+            if fill:
+                await session.execute(_FILL, fill)
+            # Identities nobody has yet, once each (two customers whose reps noted one number: the first).
+            claimed: dict[tuple[str, str], int] = {}
+            for x in chunk:
+                for pair in wanted[x]:
+                    if x in live and pair not in taken:
+                        claimed.setdefault(pair, live[x][0])
+            if claimed:
+                await session.execute(insert(Identity), [
+                    {"contact_id": cid, "kind": kind, "value": value, "created_at": now} for (kind, value), cid in claimed.items()])
+
+
+async def move_owners(rt: "Runtime", owners: _Owners, now: dt.datetime) -> None:
+    """Contacts this run gave an owner when a later page showed a rep who has had the customer longer:
+    that rep owns them (unless someone changed the owner meanwhile)."""
+    c = Contact.__table__.c
+    moved = owners.moved()
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for x, pair in moved.items():
+        by_pair.setdefault(pair, []).append(x)
+    for (given, owner), ids in by_pair.items():
         for chunk in chunks(ids, CHUNK):
             async with rt.sessions() as session, session.begin():
-                live = {x: (cid, name, owner, due) for cid, x, name, owner, due in (await session.execute(
-                    select(c.id, c.external_userid, c.name, c.owner_userid, c.profile_due_at)
-                    .where(c.external_userid.in_(chunk), c.merged_into_id.is_(None), c.erased_at.is_(None))
-                )).all()}  # fmt: skip
-                known = set((await session.scalars(select(c.external_userid).where(c.external_userid.in_(chunk)))).all())
-                known |= set((await session.scalars(select(Identity.value).where(
-                    Identity.kind == "external_userid", Identity.value.in_(chunk)))).all())  # fmt: skip
-                wanted = {x: customers[x].identities() for x in chunk}
-                taken: dict[tuple[str, str], int] = {}
-                for kind in ("unionid", "phone"):
-                    values = list({value for pairs in wanted.values() for k, value in pairs if k == kind})
-                    taken.update(((kind, value), cid) for value, cid in (await session.execute(
-                        select(Identity.value, Identity.contact_id).where(Identity.kind == kind, Identity.value.in_(values))
-                    )).all())  # fmt: skip
-                fresh = [x for x in chunk if x not in known]
-                if fresh:
-                    await session.execute(insert(Contact), [_new_contact(x, customers[x], wanted[x], taken, now) for x in fresh])
-                    made = dict((await session.execute(select(c.external_userid, c.id).where(c.external_userid.in_(fresh)))).all())
-                    live.update({x: (made[x], "", customers[x].owner, None) for x in fresh})
-                    await session.execute(insert(Identity), [
-                        {"contact_id": made[x], "kind": "external_userid", "value": x, "created_at": now} for x in fresh])
-                    report.new += len(fresh)
-                    unnamed.extend(fresh)
-                fill = []
-                for x in chunk:
-                    if x not in live or x in fresh:
-                        continue
-                    cid, name, owner, due = live[x]
-                    profile = customers[x].profile
-                    merge_pending = any(taken.get(pair, cid) != cid for pair in wanted[x])
-                    fill.append({"b_id": cid, "b_name": profile.display_name(owner or customers[x].owner)[:128],
-                                 "b_company": profile.company[:128],
-                                 "b_title": profile.title[:128], "b_owner": customers[x].owner, "b_now": now,
-                                 "b_phone": profile.mobiles[0] if profile.mobiles else None,
-                                 "b_due": (due or now) if merge_pending else None})
-                    report.owned += owner is None
-                    if not name:
-                        unnamed.append(x)
-                if fill:
-                    await session.execute(_FILL, fill)
-                # Identities nobody has yet, once each (two customers whose reps noted one number: the first).
-                claimed: dict[tuple[str, str], int] = {}
-                for x in chunk:
-                    for pair in wanted[x]:
-                        if x in live and pair not in taken:
-                            claimed.setdefault(pair, live[x][0])
-                if claimed:
-                    await session.execute(insert(Identity), [
-                        {"contact_id": cid, "kind": kind, "value": value, "created_at": now} for (kind, value), cid in claimed.items()])
-            bar.update(len(chunk))
-    return unnamed
-
-
-async def count_named(rt: "Runtime", external_userids: list[str]) -> int:
-    c = Contact.__table__.c
-    named = 0
-    async with rt.read_sessions() as session:
-        for chunk in chunks(external_userids, CHUNK):
-            named += int(await session.scalar(select(func.count()).where(c.external_userid.in_(chunk), c.name != "")) or 0)
-    return named
+                await session.execute(update(Contact).where(c.external_userid.in_(chunk), c.owner_userid == given)
+                                      .values(owner_userid=owner, updated_at=now))
 
 
 def _new_contact(external_userid: str, customer: Customer, wanted: list[tuple[str, str]], taken: dict[tuple[str, str], int],
@@ -225,17 +251,20 @@ async def due_count(rt: "Runtime") -> int:
         return int(await session.scalar(select(func.count()).select_from(Contact).where(Contact.profile_due_at.is_not(None))) or 0)
 
 
-async def sync(rt: "Runtime", reps: list[str], *, profiles: bool = True) -> SyncReport:
+async def sync(rt: "Runtime", reps: list[str], *, profiles: bool = True, progress: bool = True) -> SyncReport:
+    """Import `reps`' customers (see the module docstring); the profile phase unless `profiles` is false."""
     report = SyncReport(reps=len(reps))
-    customers = await fetch_customers(rt, reps, report)
-    report.listed = len(customers)
-    unnamed = await store_customers(rt, customers, rt.clock.now(), report)
-    due = await due_count(rt)
-    if profiles and due:
-        with click.progressbar(length=due, label="customer profiles", file=sys.stderr) as bar:
+    owners = _Owners(reps)
+    now = rt.clock.now()
+    async for page in pages(rt, reps, owners, report, progress=progress):
+        await store_customers(rt, page, now, report, owners)
+    await move_owners(rt, owners, now)
+    report.listed = len(owners.best)
+    due = await due_count(rt) if profiles else 0
+    if due:
+        with click.progressbar(length=due, label="customer profiles", file=sys.stderr, hidden=not progress) as bar:
             while handled := await rt.profiles.drain():
                 bar.update(handled)
-    report.named = await count_named(rt, unnamed)
     report.still_due = await due_count(rt)
     return report
 
@@ -250,14 +279,10 @@ async def sync_customers(ctx: "Context") -> None:
     the profile worker. Customers added while callbacks did not reach Beacon (a wrong callback URL, an
     app without the customer-contact permission for a while) get their contacts this way. A run in
     which WeCom refused every rep fails (its `job_runs` row says why)."""
-    rt = ctx.runtime
-    reps = team_reps(rt.settings)
+    reps = team_reps(ctx.settings)
     if not reps:
         return
-    report = SyncReport(reps=len(reps))
-    customers = await fetch_customers(rt, reps, report, progress=False)
-    report.listed = len(customers)
-    await store_customers(rt, customers, ctx.clock.now(), report, progress=False)
+    report = await sync(ctx.runtime, reps, profiles=False, progress=False)
     log.info("sync-customers: %d reps, %d customers in WeCom: %d new contacts, %d given an owner, %d reps refused",
              report.reps, report.listed, report.new, report.owned, len(report.refused))
     if len(report.refused) == len(reps):

@@ -417,19 +417,25 @@ async def test_contact_sync_imports_each_reps_customers_owned_and_named(tmp_path
     assert unknown.returncode == 2 and "not in [team] members: nobody" in unknown.stderr
 
 
-async def test_sync_on_both_databases(beacon: Any, lib: Path) -> None:
+async def test_sync_on_both_databases(beacon: Any, lib: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bot.contact_sync
     from bot.contact_sync import sync
     from bot.wecom.simulator import FollowUser
+
+    monkeypatch.setattr(bot.contact_sync, "PAGE", 1)  # a relation a page: a customer's reps come on different pages
 
     state = beacon.sim.state
     state.add_external_contact_profile("wmBoth1", "甲总", corp_name="甲公司", follow_user=["rep2", "rep1"])
     state.add_external_contact_profile("wmBoth2", "乙总", unionid="oUnionB", follow_user=["rep2"])
+    # rep2's relation comes first, but rep1 has had the customer longer: rep1 owns it in the end
+    state.add_external_contact_profile("wmBoth5", "戊总", follow_user=[FollowUser("rep2", 2000), FollowUser("rep1", 1000)])
     state.add_external_contact_profile("wmBoth3", "丙总", follow_user=[FollowUser("rep1", 1000, remark_mobiles=["13700137000"])])
     state.add_external_contact_profile("wmBoth4", "Ding", follow_user=[FollowUser("rep1", 1000, remark="丁总", remark_mobiles=["13600136000"])])
     lead = await visitor_with_phone(beacon, "13700137000")  # left the number on a gate form
     await share_to(beacon, "wmBoth1")  # known by id alone, owned by nobody yet
     report = await sync(beacon.rt, ["rep1", "rep2"])
-    assert (report.listed, report.new, report.owned, report.named, report.still_due, report.refused) == (4, 3, 1, 4, 0, {})
+    assert (report.listed, report.new, report.owned, report.named, report.still_due, report.refused) == (5, 4, 1, 5, 0, {})
+    assert (await contact_of(beacon, "wmBoth5")).owner_userid == "rep1"
     three, four = await contact_of(beacon, "wmBoth3"), await contact_of(beacon, "wmBoth4")
     assert (three.phone, four.phone, four.name) == ("13700137000", "13600136000", "丁总")  # named as the rep calls him
     async with beacon.rt.sessions() as session:
