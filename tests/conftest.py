@@ -223,3 +223,30 @@ async def beacon(aiohttp_client: Any, settings: Settings, sim: Sim, clock: Froze
             state=sim.state,
         )
         yield Beacon(client, app[RUNTIME], driver, sim, clock)
+
+
+LIBRARY = Path(__file__).resolve().parent.parent / "content" / "library"
+
+
+@pytest.fixture
+async def lib(beacon: Beacon, tmp_path: Path) -> Path:
+    """The sample content library, imported into the beacon's database (a module may define its own)."""
+    from content.importer import import_library
+
+    folder = tmp_path / "library"
+    shutil.copytree(LIBRARY, folder)
+    async with beacon.rt.sessions() as session, session.begin():
+        await import_library(session, folder, now=beacon.clock.now())
+    return folder
+
+
+@pytest.fixture
+def no_client_sleep(beacon: Beacon) -> list[float]:
+    """The API client's own retry pauses are recorded, not slept (the test's clock is simulated)."""
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    beacon.rt.wecom._sleep = record
+    return slept

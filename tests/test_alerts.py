@@ -15,7 +15,7 @@ from bot.alert_jobs import escalate_overdue, send_due_alerts
 from bot.models import Alert, Contact, Rep, Task
 from bot.scheduler import run_job
 from tests.conftest import make_settings
-from tests.test_links import Browser, lib, share  # noqa: F401  (fixture re-export)
+from tests.test_links import Browser, share
 from tests.test_scoring_live import new_contact, post_event, settle
 
 ALERTS = {"delay_s": 60.0, "merge_window_s": 1800.0, "daily_cap": 20, "quiet_start": "21:00", "quiet_end": "08:00",

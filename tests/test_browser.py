@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -21,13 +20,11 @@ from sqlalchemy import select
 
 from bot.models import Contact, Event
 from bot.pages import PAGE_TEXT
-from content.importer import import_library
 from tests.conftest import REQUIRE_BROWSER
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-LIBRARY = ROOT / "content" / "library"
 # The README's screenshots are refreshed with UPDATE_SCREENSHOTS=1; otherwise they go to a temp folder,
 # so a test run leaves the working tree as it found it.
 SCREENSHOTS = (ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") == "1"
@@ -92,15 +89,6 @@ async def phone(chromium: Any) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
     yield new
     for context in contexts:
         await context.close()
-
-
-@pytest.fixture
-async def lib(beacon: Any, tmp_path: Path) -> Path:
-    folder = tmp_path / "library"
-    shutil.copytree(LIBRARY, folder)
-    async with beacon.rt.sessions() as session, session.begin():
-        await import_library(session, folder, now=beacon.clock.now())
-    return folder
 
 
 async def share(beacon: Any, content: str, contact: str | None = "wmCustomerA") -> dict[str, Any]:

@@ -15,7 +15,7 @@ from bot.models import ContentItem
 from bot.pages import Pages
 from bot.shares import ShareResolver
 from bot.sidebar import FollowCache
-from tests.test_links import lib, share  # noqa: F401  (lib: fixture)
+from tests.test_links import share
 
 
 class Reads:

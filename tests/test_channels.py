@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import pytest
 from sqlalchemy import select
 
 from bot.models import Channel, Contact, ContactMerge, ContentItem, Event, Identity, OutboxItem, Share, Task
-from content.importer import import_library
 from tests.conftest import AGENT_ID, CORP_ID, CORP_SECRET
 from tests.helpers import run_cli, write_config
 
@@ -23,15 +21,6 @@ AUTH = {"Authorization": "Bearer test-admin-token"}
 PHONE_UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148 MicroMessenger/8.0.47"
 WELCOME = "/cgi-bin/externalcontact/send_welcome_msg"
 STARTER = "manufacturing-digital-whitepaper"
-
-
-@pytest.fixture
-async def lib(beacon: Any, tmp_path: Path) -> Path:
-    folder = tmp_path / "library"
-    shutil.copytree(LIBRARY, folder)
-    async with beacon.rt.sessions() as session, session.begin():
-        await import_library(session, folder, now=beacon.clock.now())
-    return folder
 
 
 async def make_channel(beacon: Any, name: str = "2026工博会", **body: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from bot.menu import sync_menu
 from bot.models import Contact, Share
 from tests.helpers import ROOT, write_config
-from tests.test_links import AUTH, Browser, lib  # noqa: F401  (fixture re-export)
+from tests.test_links import AUTH, Browser
 from tests.test_scoring_live import new_contact, post_event, settle
 
 

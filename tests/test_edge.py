@@ -17,7 +17,7 @@ from bot.models import Event
 from bot.wecom.inbound import CallbackCrypto
 from tests.conftest import CB_AES_KEY, CB_TOKEN, CORP_ID
 from tests.test_callback import Poster, envelope, text_xml
-from tests.test_links import PHONE_UA, lib, share  # noqa: F401  (lib: fixture)
+from tests.test_links import PHONE_UA, share
 
 
 async def test_an_idle_edge_costs_no_wait() -> None:

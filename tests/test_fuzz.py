@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from bot.wecom.inbound import CallbackCrypto
 from tests.conftest import CB_AES_KEY, CB_TOKEN, CORP_ID
 from tests.test_callback import envelope
-from tests.test_links import AUTH, Browser, lib, share  # noqa: F401
+from tests.test_links import AUTH, Browser, share  # noqa: F401
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

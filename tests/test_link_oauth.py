@@ -11,7 +11,7 @@ from sqlalchemy import select
 from bot.app import RUNTIME, create_app
 from bot.models import Event, Visitor
 from tests.conftest import make_settings
-from tests.test_links import AUTH, PHONE_UA, Browser, lib, share  # noqa: F401
+from tests.test_links import AUTH, PHONE_UA, Browser, share  # noqa: F401
 from tests.test_scoring_live import new_contact
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
@@ -32,7 +32,7 @@ async def app(aiohttp_client: Any, db_url: str, sim: Any, clock: Any) -> Any:
 
 async def test_customer_identified_by_oauth(app: Any, tmp_path: Any) -> None:
     from content.importer import import_library
-    from tests.test_links import LIBRARY
+    from tests.conftest import LIBRARY
 
     async with app.rt.sessions() as session, session.begin():
         await import_library(session, LIBRARY, now=app.clock.now())
@@ -67,7 +67,7 @@ async def test_customer_identified_by_oauth(app: Any, tmp_path: Any) -> None:
 
 async def test_rep_preview_is_not_engagement_and_outside_wechat_no_oauth(app: Any) -> None:
     from content.importer import import_library
-    from tests.test_links import LIBRARY
+    from tests.conftest import LIBRARY
 
     async with app.rt.sessions() as session, session.begin():
         await import_library(session, LIBRARY, now=app.clock.now())

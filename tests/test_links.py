@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -15,8 +14,6 @@ from bot.models import Contact, ContentItem, ContentVersion, Event, Share, Visit
 from bot.shares import LinkInfo
 from content.importer import import_library
 
-ROOT = Path(__file__).resolve().parent.parent
-LIBRARY = ROOT / "content" / "library"
 AUTH = {"Authorization": "Bearer test-admin-token"}
 PHONE_UA = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -50,15 +47,6 @@ class Browser:
 
     async def close(self) -> None:
         await self.http.close()
-
-
-@pytest.fixture
-async def lib(beacon: Any, tmp_path: Path) -> Path:
-    folder = tmp_path / "library"
-    shutil.copytree(LIBRARY, folder)
-    async with beacon.rt.sessions() as session, session.begin():
-        await import_library(session, folder, now=beacon.clock.now())
-    return folder
 
 
 @pytest.fixture

@@ -22,18 +22,6 @@ def settings(db_url: str, sim: Any) -> Any:
     return make_settings(db_url, api_base=sim.url, wecom={"timeout_s": 0.3})
 
 
-@pytest.fixture
-def no_client_sleep(beacon: Any) -> list[float]:
-    """The API client's own retry pauses are recorded, not slept (the test's clock is simulated)."""
-    slept: list[float] = []
-
-    async def record(seconds: float) -> None:
-        slept.append(seconds)
-
-    beacon.rt.wecom._sleep = record
-    return slept
-
-
 async def rows(beacon: Any) -> list[OutboxItem]:
     async with beacon.rt.sessions() as session:
         return list((await session.scalars(select(OutboxItem).where(OutboxItem.path == SEND).order_by(OutboxItem.id))).all())

@@ -13,7 +13,6 @@ from sqlalchemy import select
 
 from bot.models import ContentItem, ContentVersion, Rep
 from tests.pages_seed import FUNNEL, ITEM, PageUser, csrf_of, page_settings, seed
-from tests.test_links import lib  # noqa: F401  (fixture)
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from tests.test_browser import (  # noqa: F401  (fixture)
     save_screenshot_here,
     until,
 )
-from tests.test_links import lib  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.browser
 WECOM_UA = (

@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.pages_seed import PageUser, page_settings, seed
-from tests.test_links import lib  # noqa: F401  (fixture)
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

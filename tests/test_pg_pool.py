@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot.db import PING_IDLE_S, create_engine, liveness
 from tests.conftest import make_settings
-from tests.test_links import AUTH, browsers, events, lib, share  # noqa: F401,F811  (fixtures)
+from tests.test_links import AUTH, browsers, events, share  # noqa: F401,F811  (fixtures)
 from tests.test_scaleout import _db
 
 pytestmark = pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)

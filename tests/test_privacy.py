@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from bot.models import Contact, Event, Identity, Visitor
 from bot.privacy import erase_contact, export_contact
 from tests.helpers import ROOT, run_cli
-from tests.test_links import AUTH, Browser, lib, share  # noqa: F401
+from tests.test_links import AUTH, Browser, share  # noqa: F401
 
 
 async def test_export_then_erase_keeps_aggregates(beacon: Any, lib: Any) -> None:  # noqa: F811

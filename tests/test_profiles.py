@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +15,10 @@ from sqlalchemy import select
 import bot.profiles
 from bot.contact_changes import GET_CONTACT
 from bot.models import Contact, ContactMerge, Identity, Lease, Task
-from content.importer import import_library
-from tests.helpers import ROOT
 
-LIBRARY = ROOT / "content" / "library"
 AUTH = {"Authorization": "Bearer test-admin-token"}
 ITEM = "case-auto-parts-oee"
 BATCH = "/cgi-bin/externalcontact/batch/get_by_user"
-
-
-@pytest.fixture
-async def lib(beacon: Any, tmp_path: Path) -> Path:
-    folder = tmp_path / "library"
-    shutil.copytree(LIBRARY, folder)
-    async with beacon.rt.sessions() as session, session.begin():
-        await import_library(session, folder, now=beacon.clock.now())
-    return folder
 
 
 async def share_to(beacon: Any, external_userid: str) -> None:
@@ -91,18 +78,6 @@ async def test_an_id_wecom_does_not_know_is_asked_once(beacon: Any, lib: Path) -
     assert (contact.name, contact.profile_due_at) == ("", None)
     assert await beacon.rt.profiles.drain() == 0
     assert calls(beacon) == 1
-
-
-@pytest.fixture
-def no_client_sleep(beacon: Any) -> list[float]:
-    """The API client's own retry pauses are recorded, not slept."""
-    slept: list[float] = []
-
-    async def record(seconds: float) -> None:
-        slept.append(seconds)
-
-    beacon.rt.wecom._sleep = record
-    return slept
 
 
 async def test_a_busy_wecom_pauses_the_worker_and_loses_nothing(beacon: Any, lib: Path, no_client_sleep: list[float],

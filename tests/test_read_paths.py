@@ -29,7 +29,6 @@ from sqlalchemy.engine import make_url
 from bot.models import ContentItem, Share, Task
 from tests.helpers import run_cli
 from tests.pages_seed import PageUser, page_settings, seed
-from tests.test_links import lib  # noqa: F401  (fixture)
 
 BUSY_MS = 300
 

@@ -15,7 +15,6 @@ from bot.models import Channel, Contact
 from bot.report_cache import ReportCache
 from tests.pages_seed import page_settings
 from tests.test_pages import as_admin, as_member, seeded, users  # noqa: F401  (fixtures)
-from tests.test_links import lib  # noqa: F401  (fixture)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from bot.rescore import rescore_all
 from bot.scheduler import run_job
 from bot.scoring.jobs import decay_scores, mark_dormant_customers
 from bot.scoring.stages import reach_of
-from tests.test_links import AUTH, Browser, lib, share  # noqa: F401  (fixture re-export)
+from tests.test_links import AUTH, Browser, share
 
 async def new_contact(beacon: Any, external: str, **fields: Any) -> int:
     async with beacon.rt.sessions() as session, session.begin():

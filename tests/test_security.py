@@ -8,7 +8,7 @@ import pytest
 
 from bot.app import create_app
 from tests.conftest import make_settings
-from tests.test_links import AUTH, lib, share  # noqa: F401
+from tests.test_links import AUTH, share  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 

@@ -15,7 +15,6 @@ from sqlalchemy import select
 
 from bot.models import Contact, ScoreEntry, Share
 from tests.pages_seed import ITEM, PageUser, csrf_of, page_settings, seed
-from tests.test_links import lib  # noqa: F401  (fixture)
 
 INTERNAL = "talk-track-first-call"
 WECOM_UA = "Mozilla/5.0 (iPhone) wxwork/4.1.0 MicroMessenger/7.0.1"

@@ -21,7 +21,7 @@ from bot.sop.jobs import sop_quiet_check, sop_tick
 from bot.sop.store import import_playbooks
 from tests.conftest import make_settings
 from tests.helpers import run_cli, write_config
-from tests.test_channels import AUTH, lib, make_channel  # noqa: F401  (fixture re-export)
+from tests.test_channels import AUTH, make_channel
 from tests.test_scoring_live import new_contact, post_event
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,6 @@ from sqlalchemy import select
 
 from bot.models import Task
 from tests.pages_seed import PageUser, csrf_of, page_settings, seed
-from tests.test_links import lib  # noqa: F401  (fixture)
 
 
 @pytest.fixture

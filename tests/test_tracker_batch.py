@@ -368,7 +368,8 @@ async def test_a_batch_of_forwards_inserts_them_and_binds_browsers_in_one_statem
     and forward INSERTs, and writes them with one executemany each, not one per alternation."""
     from sqlalchemy import event as sa_event
 
-    from tests.test_links import LIBRARY, share
+    from tests.conftest import LIBRARY
+    from tests.test_links import share
 
     async with beacon.rt.sessions() as session, session.begin():
         await import_library(session, LIBRARY, now=beacon.clock.now())
