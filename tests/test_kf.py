@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,8 @@ from sqlalchemy import delete, select
 from bot.config import Settings
 from bot.kf_menus import MENU_MAX, item_entry, msgmenu, page_of, parse_menu_id
 from bot.models import Contact, ContentItem, Event, Identity, InboxItem, KfCursor, OutboxItem, Share
-from content.importer import import_library
 from tests.conftest import Sim, make_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-LIBRARY = ROOT / "content" / "library"
 PHONE_UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148 MicroMessenger/8.0.47"
 KF = "wkBeaconKf0001"
 CUST = "wmKfCustomer01"
@@ -31,13 +27,10 @@ def settings(db_url: str, sim: Sim) -> Settings:
 
 
 @pytest.fixture
-async def lib(beacon: Any, tmp_path: Path) -> Path:
-    folder = tmp_path / "library"
-    shutil.copytree(LIBRARY, folder)
-    async with beacon.rt.sessions() as session, session.begin():
-        await import_library(session, folder, now=beacon.clock.now())
+async def lib(lib: Path, beacon: Any) -> Path:
+    """The sample library (conftest's `lib`), and the kf account in the simulator."""
     beacon.sim.state.add_kf_account(KF, "云桥资料助手")
-    return folder
+    return lib
 
 
 async def say(beacon: Any, content: str, menu_id: str | None = None, customer: str = CUST) -> Any:
