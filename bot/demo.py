@@ -22,9 +22,18 @@ from sqlalchemy.engine import make_url
 from bot.app import RUNTIME, create_app
 from bot.config import Settings
 from bot.db import migrate
-from bot.wecom.simulator import CallbackDriver, SimState, create_simulator_app
+from bot.contact_sync import sync, team_reps
+from bot.wecom.simulator import CallbackDriver, FollowUser, SimState, create_simulator_app
 
 LIBRARY = Path(__file__).resolve().parent.parent / "content" / "library"
+# (WeChat name, the rep's remark, company, position, rep) of customers the reps had before Beacon.
+EXISTING_CUSTOMERS = [
+    ("Leo", "刘建国-苏州精工", "苏州精工机械有限公司", "设备部经理", "rep1"),
+    ("王磊", "", "宁波海天注塑科技", "采购总监", "rep2"),
+    ("🌸Lily", "林丽-常州新能源", "", "", "rep1"),
+    ("赵志强", "赵总（合肥电气）", "合肥某电气股份", "副总经理", "rep2"),
+    ("孙伟", "", "无锡华光化工", "生产总监", "rep1"),
+]
 PHONE_UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.47"
 
 
@@ -62,6 +71,11 @@ class Demo:
             "wmDemoCustomer01", "陈总", corp_name="华东精密制造有限公司", position="副总经理", unionid="oDemoUnion01",
             follow_user=["rep1"],
         )
+        # Customers the reps had before Beacon came: `contact sync` brings them in (the scenario's last step).
+        for n, (wechat, remark, company, position, rep) in enumerate(EXISTING_CUSTOMERS, 2):
+            follow = FollowUser(rep, int(self.state.clock()) - 86400 * 30 * n, remark=remark)
+            self.state.add_external_contact_profile(f"wmDemoCustomer{n:02d}", wechat, corp_name=company or None,
+                                                    position=position or None, follow_user=[follow])
 
     async def scenario(self, http: aiohttp.ClientSession, app: web.Application) -> None:
         rt = app[RUNTIME]
@@ -127,6 +141,15 @@ class Demo:
             tasks = await resp.json()
         for task in tasks:
             self.say(f"task #{task['id']}: {task['title']} (due {task['due_at'][:16].replace('T', ' ')} UTC)")
+
+        self.step("The reps' customers from before Beacon come in (python -m bot contact sync)")
+        report = await sync(rt, team_reps(self.settings), progress=False)
+        self.say(f"{report.listed} customers in WeCom: {report.new} new contacts, owned by their rep, "
+                 f"named as the rep calls them")
+        for n in (2, 3):
+            async with http.get(f"{self.base}/api/contacts/wmDemoCustomer{n:02d}", headers=self.auth) as resp:
+                contact = await resp.json()
+            self.say(f"  {contact['name']} · {contact.get('company') or '—'} · owner {contact.get('owner')}")
 
     async def wait_for_contact(self, http: aiohttp.ClientSession, ready: Any, timeout: float = 10.0) -> dict[str, Any]:
         """GET /api/contacts/wmDemoCustomer01 until `ready(contact)`."""

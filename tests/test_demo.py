@@ -35,6 +35,9 @@ def test_demo_plays_the_scenario(tmp_path: Path) -> None:
     assert "it fetched his WeCom profile: 陈总, 副总经理 @ 华东精密制造有限公司" in out
     assert "alert card: 陈总：点击「预约演示」" in out
     assert re.search(r"task #\d+: 跟进 MQL：陈总", out), out
+    # The reps' customers from before Beacon: imported, owned, named as the rep calls them (the remark).
+    assert "6 customers in WeCom: 5 new contacts" in out
+    assert "刘建国-苏州精工 · 苏州精工机械有限公司 · owner rep1" in out and "王磊 · 宁波海天注塑科技 · owner rep2" in out
     assert "Where to look" in out and f"http://127.0.0.1:{port}/healthz" in out
     assert db.exists()
     shutil.rmtree(tmp_path / "state")
