@@ -240,7 +240,7 @@ def contact_group() -> None:
 @click.option("--no-profiles", is_flag=True, help="Store the customers only; the serving process fetches their profiles.")
 @click.pass_obj
 def contact_sync(settings: Settings, reps: str, no_profiles: bool) -> None:
-    """Import the reps' existing WeCom customers (externalcontact/list), owned by their rep and named."""
+    """Import the reps' existing WeCom customers (externalcontact/batch/get_by_user), owned by their rep and named."""
     from bot.contact_sync import run_sync
 
     sys.exit(run_sync(settings, tuple(r.strip() for r in reps.split(",") if r.strip()), not no_profiles))

@@ -37,6 +37,7 @@ from sqlalchemy import bindparam, case, func, insert, select, update
 from bot.config import Settings
 from bot.contact_changes import WeComProfile, profile_from
 from bot.models import Contact, Identity
+from bot.profiles import due_count
 from bot.wecom.client import WeComError
 
 if TYPE_CHECKING:
@@ -145,17 +146,18 @@ async def pages(rt: "Runtime", reps: list[str], owners: _Owners, report: SyncRep
             bar.update(len(group), len(owners.best))
 
 
+_C = Contact.__table__.c
 _FILL = (
     update(Contact.__table__)
-    .where(Contact.__table__.c.id == bindparam("b_id"))
+    .where(_C.id == bindparam("b_id"))
     .values(
-        name=case((Contact.__table__.c.name == "", bindparam("b_name")), else_=Contact.__table__.c.name),
-        company=case((Contact.__table__.c.company == "", bindparam("b_company")), else_=Contact.__table__.c.company),
-        title=case((Contact.__table__.c.title == "", bindparam("b_title")), else_=Contact.__table__.c.title),
-        phone=func.coalesce(Contact.__table__.c.phone, bindparam("b_phone")),
-        owner_userid=func.coalesce(Contact.__table__.c.owner_userid, bindparam("b_owner")),
-        profile_due_at=bindparam("b_due", type_=Contact.__table__.c.profile_due_at.type),
-        updated_at=bindparam("b_now", type_=Contact.__table__.c.updated_at.type),
+        name=case((_C.name == "", bindparam("b_name")), else_=_C.name),
+        company=case((_C.company == "", bindparam("b_company")), else_=_C.company),
+        title=case((_C.title == "", bindparam("b_title")), else_=_C.title),
+        phone=func.coalesce(_C.phone, bindparam("b_phone")),
+        owner_userid=func.coalesce(_C.owner_userid, bindparam("b_owner")),
+        profile_due_at=bindparam("b_due", type_=_C.profile_due_at.type),
+        updated_at=bindparam("b_now", type_=_C.updated_at.type),
     )
 )
 
@@ -166,11 +168,13 @@ async def store_customers(rt: "Runtime", customers: dict[str, Customer], now: dt
     c = Contact.__table__.c
     for chunk in chunks(list(customers), CHUNK):
         async with rt.sessions() as session, session.begin():
-            live = {x: (cid, name, owner, due) for cid, x, name, owner, due in (await session.execute(
-                select(c.id, c.external_userid, c.name, c.owner_userid, c.profile_due_at)
-                .where(c.external_userid.in_(chunk), c.merged_into_id.is_(None), c.erased_at.is_(None))
-            )).all()}  # fmt: skip
-            known = set((await session.scalars(select(c.external_userid).where(c.external_userid.in_(chunk)))).all())
+            rows_now = (await session.execute(
+                select(c.id, c.external_userid, c.name, c.owner_userid, c.profile_due_at, c.merged_into_id, c.erased_at)
+                .where(c.external_userid.in_(chunk))
+            )).all()  # fmt: skip
+            live = {x: (cid, name, owner, due) for cid, x, name, owner, due, merged, erased in rows_now
+                    if merged is None and erased is None}
+            known = {row.external_userid for row in rows_now}
             known |= set((await session.scalars(select(Identity.value).where(
                 Identity.kind == "external_userid", Identity.value.in_(chunk)))).all())  # fmt: skip
             wanted = {x: customers[x].identities() for x in chunk}
@@ -246,9 +250,9 @@ def _new_contact(external_userid: str, customer: Customer, wanted: list[tuple[st
             "profile_due_at": now if merge_pending else None}
 
 
-async def due_count(rt: "Runtime") -> int:
+async def _due(rt: "Runtime") -> int:
     async with rt.read_sessions() as session:
-        return int(await session.scalar(select(func.count()).select_from(Contact).where(Contact.profile_due_at.is_not(None))) or 0)
+        return await due_count(session, cap=None)
 
 
 async def sync(rt: "Runtime", reps: list[str], *, profiles: bool = True, progress: bool = True) -> SyncReport:
@@ -260,12 +264,12 @@ async def sync(rt: "Runtime", reps: list[str], *, profiles: bool = True, progres
         await store_customers(rt, page, now, report, owners)
     await move_owners(rt, owners, now)
     report.listed = len(owners.best)
-    due = await due_count(rt) if profiles else 0
+    due = await _due(rt) if profiles else 0
     if due:
         with click.progressbar(length=due, label="customer profiles", file=sys.stderr, hidden=not progress) as bar:
             while handled := await rt.profiles.drain():
                 bar.update(handled)
-    report.still_due = await due_count(rt)
+    report.still_due = await _due(rt)
     return report
 
 

@@ -8,6 +8,7 @@ sample library from content/library.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import re
 import signal
@@ -54,10 +55,13 @@ class Demo:
         click.echo(f"    {text}")
 
     async def wait_for(self, predicate: Any, timeout: float = 10.0) -> Any:
+        """Poll `predicate` (a function, or a coroutine function) until it gives something truthy."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
             if value:
                 return value
             if loop.time() > deadline:
@@ -102,7 +106,7 @@ class Demo:
         ) as resp:
             share = await resp.json()
         self.say(f"tracked link: {share['url']}")
-        contact = await self.wait_for_contact(http, lambda c: c.get("name"))
+        contact = await self.wait_for(lambda: self.named_customer(http))
         self.say(f"Beacon knew the customer only by his id; it fetched his WeCom profile: {contact['name']}, "
                  f"{contact.get('title') or ''} @ {contact.get('company') or ''}")
 
@@ -151,18 +155,11 @@ class Demo:
                 contact = await resp.json()
             self.say(f"  {contact['name']} · {contact.get('company') or '—'} · owner {contact.get('owner')}")
 
-    async def wait_for_contact(self, http: aiohttp.ClientSession, ready: Any, timeout: float = 10.0) -> dict[str, Any]:
-        """GET /api/contacts/wmDemoCustomer01 until `ready(contact)`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            async with http.get(f"{self.base}/api/contacts/wmDemoCustomer01", headers=self.auth) as resp:
-                contact: dict[str, Any] = await resp.json()
-            if ready(contact):
-                return contact
-            if loop.time() > deadline:
-                raise TimeoutError("the demo scenario did not complete in time")
-            await asyncio.sleep(0.05)
+    async def named_customer(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
+        """GET /api/contacts/wmDemoCustomer01 once it has a name (the profile worker fetched it)."""
+        async with http.get(f"{self.base}/api/contacts/wmDemoCustomer01", headers=self.auth) as resp:
+            contact: dict[str, Any] = await resp.json()
+        return contact if contact.get("name") else None
 
     def where_to_look(self) -> None:
         click.secho("\nWhere to look", bold=True)

@@ -5,7 +5,7 @@ title, unionid) before it stores the contact. Every other way Beacon meets a cus
 made through the API, the sidebar or a chat command, a kf conversation, a link opened after OAuth, a
 deletion of a customer added before Beacon ran) knows only the id: `contact_for_external_userid`
 marks such a contact due (`profile_due_at`), and this worker fetches the profile shortly after, so
-alerts, to-do lists and digests name 陈总 rather than `wmXXXX`. Migration 0015 marked the contacts
+alerts, to-do lists and digests name 陈总 rather than his external_userid. Migration 0015 marked the contacts
 already known by their id alone, so the worker names those too.
 
 One process works at a time (the `profiles` lease), oldest due contact first, one WeCom call at a
@@ -61,12 +61,13 @@ def due_contacts(limit: int) -> Any:
 DUE_COUNT_CAP = 10_000  # /healthz and /metrics count due contacts up to this many (a read of the partial index)
 
 
-async def due_count(session: Any) -> int:
-    """How many contacts wait for their WeCom profile, counted up to DUE_COUNT_CAP: many more than a
-    few dozen for long means WeCom does not answer (see the warning in the log; often a permission)."""
+async def due_count(session: Any, cap: int | None = DUE_COUNT_CAP) -> int:
+    """How many contacts wait for their WeCom profile, counted up to `cap` (None: all): many more than
+    a few dozen for long means WeCom does not answer (see the warning in the log; often a permission)."""
     c = Contact.__table__.c
-    capped = select(c.id).where(c.profile_due_at.is_not(None)).limit(DUE_COUNT_CAP).subquery()
-    return int(await session.scalar(select(func.count()).select_from(capped)) or 0)
+    due = select(c.id).where(c.profile_due_at.is_not(None))
+    counted = (due if cap is None else due.limit(cap)).subquery()
+    return int(await session.scalar(select(func.count()).select_from(counted)) or 0)
 
 
 class ProfileWorker(PollingWorker):
