@@ -19,7 +19,7 @@ from bot.channels import channel_by_state
 from bot.context import Context
 from bot.customer_text import clip, text
 from bot.errors import NotShareable
-from bot.identity import add_identity, contact_for_external_userid, find_by_identity, merge_contacts, normalize_phone
+from bot.identity import add_identity, contact_for_external_userid, find_by_identity, known_contact, merge_contacts, normalize_phone
 from bot.lifecycle import STAGE_LABELS, rescore_after_merge
 from bot.models import Channel, Contact, ContentItem, Event, Rep, Task
 from bot.shares import create_share
@@ -256,7 +256,7 @@ async def transferred_away(ctx: Context, userid: str, external: str) -> None:
     customer now (the newest follower in WeCom's answer) takes it over; when WeCom does not list one
     yet, the takeover's own add_external_contact moves it (see contact_added)."""
     session = ctx.session
-    contact = await session.scalar(select(Contact).where(Contact.external_userid == external))
+    contact = await known_contact(session, external)
     if contact is None or contact.owner_userid != userid:
         return
     contact_id = contact.id

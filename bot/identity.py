@@ -61,12 +61,19 @@ async def add_identity(session: AsyncSession, contact: Contact, kind: str, value
         session.add(Identity(contact_id=contact.id, kind=kind, value=value))
 
 
-async def contact_for_external_userid(session: AsyncSession, external_userid: str, *, now: dt.datetime) -> Contact:
-    """The contact behind a WeCom external_userid, created on first sight. A new contact is known by its
-    id alone: its WeCom profile is due (bot/profiles.py fetches it, unless the caller has it)."""
+async def known_contact(session: AsyncSession, external_userid: str) -> Contact | None:
+    """The live contact behind a WeCom external_userid, following merges (a contact merged away keeps
+    its id only as an identity of the survivor), or None if Beacon has not met it."""
     contact = await find_by_identity(session, "external_userid", external_userid)
     if contact is None:
         contact = await session.scalar(select(Contact).where(Contact.external_userid == external_userid))
+    return contact
+
+
+async def contact_for_external_userid(session: AsyncSession, external_userid: str, *, now: dt.datetime) -> Contact:
+    """The contact behind a WeCom external_userid, created on first sight. A new contact is known by its
+    id alone: its WeCom profile is due (bot/profiles.py fetches it, unless the caller has it)."""
+    contact = await known_contact(session, external_userid)
     if contact is None:
         contact = Contact(external_userid=external_userid, created_at=now, updated_at=now, profile_due_at=now)
         session.add(contact)

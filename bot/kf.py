@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.channels import channel_by_state
 from bot.context import Context
 from bot.customer_text import text
-from bot.identity import add_identity, contact_for_external_userid, find_by_identity, merge_contacts
+from bot.identity import add_identity, contact_for_external_userid, find_by_identity, known_contact, merge_contacts
 from bot.inbox import insert_ignore
 from bot.kf_menus import category_entries, msgmenu, page_of
 from bot.kf_replies import Conversation, answer
@@ -216,9 +216,7 @@ async def contact_for_kf(session: AsyncSession, external_userid: str, *, now: dt
     """The contact behind a kf customer. In one corp a kf external_userid is the customer's contact
     external_userid, so both identities point at one contact (merging two if they had split)."""
     by_kf = await find_by_identity(session, "kf", external_userid)
-    by_ext = await find_by_identity(session, "external_userid", external_userid)
-    if by_ext is None:
-        by_ext = await session.scalar(select(Contact).where(Contact.external_userid == external_userid))
+    by_ext = await known_contact(session, external_userid)
     if by_ext is None and by_kf is not None:
         contact = by_kf
         if contact.external_userid is None:

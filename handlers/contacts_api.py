@@ -11,7 +11,7 @@ from sqlalchemy import select
 from bot.app import RUNTIME
 from bot.errors import NotShareable
 from bot.event_types import EVENT_TYPE_SET, EVENT_TYPES
-from bot.identity import contact_for_external_userid, find_by_identity, live_contact
+from bot.identity import contact_for_external_userid, known_contact, live_contact
 from bot.models import Channel, Contact, ContentItem, Event, Rep, ScoreEntry, Share, StageChange
 from bot.shares import create_share
 from handlers.api import api_error, read_json
@@ -136,9 +136,7 @@ def _public_props(event: Event) -> dict[str, Any]:
 
 async def find_contact(session: Any, key: str) -> Contact | None:
     """By external_userid (the contract's key), else by Beacon's numeric id (`id:42`)."""
-    contact = await find_by_identity(session, "external_userid", key)
-    if contact is None:
-        contact = await session.scalar(select(Contact).where(Contact.external_userid == key))
+    contact = await known_contact(session, key)
     if contact is None and key.startswith("id:") and key[3:].isdigit():
         contact = await live_contact(session, int(key[3:]))
     return contact

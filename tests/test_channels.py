@@ -349,6 +349,27 @@ async def test_the_takeovers_add_moves_the_customer_when_wecom_listed_no_success
     assert notice.startswith("你已接替张三跟进客户「杨总」")
 
 
+async def test_a_transfer_follows_a_customer_merged_into_another_contact(beacon: Any, lib: Path) -> None:
+    from bot.identity import merge_contacts
+
+    beacon.sim.state.add_external_contact_profile("wmLu17", "陆总")
+    beacon.sim.state.add_external_contact_profile("wmLu17b", "陆总（小号）")
+    await beacon.driver.add_external_contact("rep1", "wmLu17")
+    await beacon.driver.add_external_contact("rep1", "wmLu17b")
+    await beacon.process()
+    survivor, merged = await contact_of(beacon, "wmLu17"), await contact_of(beacon, "wmLu17b")
+    async with beacon.rt.sessions() as session, session.begin():  # e.g. both left one phone on a gate form
+        await merge_contacts(session, merged.id, survivor.id, reason="same phone", now=beacon.clock.now())
+
+    # The merged-away id is known only as the survivor's identity: its transfer moves the survivor.
+    beacon.sim.state.link_contact("rep2", "wmLu17b")
+    await beacon.driver.del_external_contact("rep1", "wmLu17b", source="DELETE_BY_TRANSFER")
+    await beacon.process()
+    assert (await contact_of(beacon, "wmLu17")).owner_userid == "rep2"
+    (notice,) = [m.payload["text"]["content"] for m in beacon.sim.state.messages_to("rep2")]
+    assert notice.startswith("你已接替张三跟进客户「陆总」")
+
+
 async def test_a_colleague_adding_the_customer_does_not_take_it_from_its_owner(beacon: Any, lib: Path) -> None:
     beacon.sim.state.add_external_contact_profile("wmXu14", "徐总")
     await beacon.driver.add_external_contact("rep1", "wmXu14")
