@@ -4,7 +4,8 @@
 
 What it writes, all with `processed = true` where it applies, so the tracker has nothing to redo:
 - the team: R sales reps (default 2,000 per 1M contacts, at least 3) and one manager per 10 reps
-  (`syn_rep00001`, `syn_mgr0001`; rows that exist from an earlier run are reused);
+  (`syn_rep00001`, `syn_mgr0001`; rows that exist from an earlier run are reused), or, with
+  `Plan.team` (the demo's history: bot/demo.py), reps that exist already, by userid;
 - channels (QR codes), one per 20 reps (at least 3);
 - the content library: the items already imported are used; if there are none, `content/library`
   (the sample library) is imported first, exactly as `content import` does;
@@ -125,6 +126,10 @@ class Plan:
     now: dt.datetime  # the moment the synthetic company is "as of" (aware; kept in UTC)
     jobs: int = 1
     chunk: int = CHUNK
+    # The reps the contacts go to, by userid, when they exist already (the demo's configured team);
+    # empty: `reps` synthetic reps and their managers are written (`syn_rep00001`, ...).
+    team: tuple[str, ...] = ()
+    channel_prefix: str = "synth-"  # the synthetic channels' names: "synth-展会-0001"; "" names them by source alone
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None:
@@ -695,6 +700,8 @@ async def _import_library_if_empty(settings: Settings, sink: Sink, report: Repor
 
 async def _team(sink: Sink, plan: Plan) -> tuple[list[str], list[float], int]:
     rng = random.Random(f"beacon-synth-team:{plan.seed}")
+    if plan.team:
+        return list(plan.team), _rep_weights(rng, len(plan.team)), 0
     managers = max(1, math.ceil(plan.reps / 10))
     created = _pg_ts(plan.now - dt.timedelta(days=CUSTOMER_DAYS + 30))
     when = _sqlite_ts(created) if sink.dialect == "sqlite" else created
@@ -710,24 +717,29 @@ async def _team(sink: Sink, plan: Plan) -> tuple[list[str], list[float], int]:
         rows.append((userid, rng.choice(SURNAMES) + rng.choice(GIVEN), "rep", manager, REGIONS[r % len(REGIONS)], SYNTH_SOURCE, True, when))
         reps.append(userid)
     await sink.insert_ignore("reps", cols, "userid", rows)
-    # Some reps carry much more than others (a mild Zipf over a shuffled order).
-    order = list(range(len(reps)))
+    return reps, _rep_weights(rng, len(reps)), managers
+
+
+def _rep_weights(rng: random.Random, reps: int) -> list[float]:
+    """Some reps carry much more than others: a mild Zipf over a shuffled order."""
+    order = list(range(reps))
     rng.shuffle(order)
-    weights = [0.0] * len(reps)
+    weights = [0.0] * reps
     for rank, i in enumerate(order, 1):
         weights[i] = 1 / rank**0.6
-    return reps, weights, managers
+    return weights
 
 
 async def _channels(sink: Sink, plan: Plan, reps: list[str]) -> list[int]:
     rng = random.Random(f"beacon-synth-channels:{plan.seed}")
-    count = max(3, plan.reps // 20)
+    count = 4 if plan.team else max(3, plan.reps // 20)
     base = await sink.scalar("SELECT COALESCE(MAX(id), 0) FROM channels")
     created = _pg_ts(plan.now - dt.timedelta(days=CUSTOMER_DAYS + 30))
     when = _sqlite_ts(created) if sink.dialect == "sqlite" else created
     rows = []
     for n in range(1, count + 1):
-        name = f"synth-{CHANNEL_SOURCES[n % len(CHANNEL_SOURCES)]}-{n:04d}"
+        source = CHANNEL_SOURCES[n % len(CHANNEL_SOURCES)]
+        name = f"{plan.channel_prefix}{source}-{n:04d}" if plan.channel_prefix else source
         members = json.dumps(rng.sample(reps, min(3, len(reps))))
         rows.append((base + n, name, f"syn{plan.seed % 100000}ch{n:05d}", "qr", None, None, members, None, "", when))
     cols = ("id", "name", "state", "kind", "config_id", "qr_code", "reps", "welcome_item_id", "welcome_text", "created_at")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ def test_demo_plays_the_scenario(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "Sample content library imported" in out and "created 18" in out
+    # Half a year of the configured team's history, so the dashboards show a working team.
+    assert "Half a year of the team's history, so the dashboards have something to show: 400 customers and leads from 4 channels, 6,000 events" in out
     assert "answer 200: 'demo-echo-1234'" in out
     assert "bot → rep1: 我是 Beacon 销售助手" in out
     assert f"http://127.0.0.1:{port}/l/" in out
@@ -40,4 +43,12 @@ def test_demo_plays_the_scenario(tmp_path: Path) -> None:
     assert "刘建国-苏州精工 · 苏州精工机械有限公司 · owner rep1" in out and "王磊 · 宁波海天注塑科技 · owner rep2" in out
     assert "Where to look" in out and f"http://127.0.0.1:{port}/healthz" in out
     assert db.exists()
+    with sqlite3.connect(db) as con:
+        owners = dict(con.execute("SELECT owner_userid, COUNT(*) FROM contacts WHERE external_userid LIKE 'wmSyn%' GROUP BY 1"))
+        channels = [name for (name,) in con.execute("SELECT name FROM channels ORDER BY id")]
+        stages = dict(con.execute("SELECT stage, COUNT(*) FROM contacts GROUP BY 1"))
+    assert sum(owners.values()) == 400
+    assert set(owners) - {None} == {"rep1", "rep2", "rep3", "rep4"}  # the configured reps, no synthetic ones (some leads unowned)
+    assert channels == ["展会", "线下沙龙", "公众号", "直播"]
+    assert stages.get("customer", 0) > 0 and stages.get("mql", 0) > 0
     shutil.rmtree(tmp_path / "state")
