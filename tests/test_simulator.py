@@ -316,6 +316,25 @@ async def test_corp_tags_and_mark_tag(api: Api, state: SimState) -> None:
     assert (await api("GET", "/cgi-bin/externalcontact/get", external_userid="wmnobody"))["errcode"] == 84061
 
 
+async def test_batch_get_by_user_pages_through_the_listing_its_first_page_took(api: Api, state: SimState) -> None:
+    for n in range(5):
+        state.add_external_contact_profile(f"wmPage{n}", f"客户{n}", follow_user=["rep1"])
+    path = "/cgi-bin/externalcontact/batch/get_by_user"
+    first = await api("POST", path, {"userid_list": ["rep1"], "limit": 2})
+    assert [i["external_contact"]["external_userid"] for i in first["external_contact_list"]] == ["wmPage0", "wmPage1"]
+    state.add_external_contact_profile("wmPage5", "客户5", follow_user=["rep1"])  # after the first page: not in this listing
+    seen, cursor = [], first["next_cursor"]
+    while cursor:
+        page = await api("POST", path, {"userid_list": ["rep1"], "limit": 2, "cursor": cursor})
+        seen += [i["external_contact"]["external_userid"] for i in page["external_contact_list"]]
+        cursor = page["next_cursor"]
+    assert seen == ["wmPage2", "wmPage3", "wmPage4"]
+    again = await api("POST", path, {"userid_list": ["rep1"], "limit": 100})  # a new listing sees it
+    assert len(again["external_contact_list"]) == 6 and again["next_cursor"] == ""
+    for bad in ("sim:nope:2", "sim:2", "garbage"):
+        assert (await api("POST", path, {"userid_list": ["rep1"], "cursor": bad}))["errcode"] == 40035
+
+
 async def test_contact_way_and_msg_template(api: Api, state: SimState) -> None:
     way = await api(
         "POST",

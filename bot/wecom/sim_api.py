@@ -307,11 +307,19 @@ def externalcontact_batch_get_by_user(state: SimState, call: ApiCall) -> dict[st
         raise ApiError(INVALID_PARAM, "limit")
     limit = min(limit, 100)  # WeCom takes the maximum for a larger limit
     cursor = str(call.payload.get("cursor") or "")
-    start = int(cursor[len("sim:"):]) if cursor.startswith("sim:") and cursor[len("sim:"):].isdigit() else 0
-    if cursor and not cursor.startswith("sim:"):
-        raise ApiError(INVALID_PARAM, "cursor")
-    wanted = set(userids)
-    relations = [(c.external_userid, f) for c in state.contacts.values() for f in c.follow_user if f.userid in wanted]
+    if cursor:
+        # The cursor names the listing its first page took (a snapshot, so paging through a large
+        # corp is one pass over the customers, not one per page) and the offset into it.
+        snapshot, _, offset = cursor.removeprefix("sim:").partition(":")
+        relations = state.relation_snapshots.get(snapshot) if cursor.startswith("sim:") and offset.isdigit() else None
+        if relations is None:
+            raise ApiError(INVALID_PARAM, "cursor")
+        start = int(offset)
+    else:
+        wanted = set(userids)
+        relations = [(c.external_userid, f) for c in state.contacts.values() for f in c.follow_user if f.userid in wanted]
+        snapshot = state.keep_relation_snapshot(relations)
+        start = 0
     page = relations[start:start + limit]
     items = []
     for external_userid, f in page:
@@ -320,7 +328,7 @@ def externalcontact_batch_get_by_user(state: SimState, call: ApiCall) -> dict[st
         follow["tag_id"] = [tag["tag_id"] for tag in follow.pop("tags")]
         items.append({"external_contact": whole["external_contact"], "follow_info": follow})
     more = start + limit < len(relations)
-    return {"external_contact_list": items, "next_cursor": f"sim:{start + limit}" if more else ""}
+    return {"external_contact_list": items, "next_cursor": f"sim:{snapshot}:{start + limit}" if more else ""}
 
 
 def externalcontact_list(state: SimState, call: ApiCall) -> dict[str, Any]:

@@ -272,6 +272,8 @@ class SimState:
         self.kf_empty_pages = 0
         self.kf_customers: dict[str, dict[str, Any]] = {}  # external_userid -> kf/customer/batchget's item
         self.tickets: list[tuple[str, str, float]] = []  # (kind, ticket, issued_at)
+        # externalcontact/batch/get_by_user listings by cursor id, the newest few (their pages follow them)
+        self.relation_snapshots: dict[str, list[tuple[str, FollowUser]]] = {}
         self.oauth_codes: dict[str, tuple[dict[str, str], float]] = {}
         self.menus: dict[int, dict[str, Any]] = {}
         self.media: dict[str, MediaUpload] = {}
@@ -372,6 +374,14 @@ class SimState:
             contact.follow_user.append(item if isinstance(item, FollowUser) else FollowUser(item, int(self.clock())))
         self.contacts[external_userid] = contact
         return contact
+
+    def keep_relation_snapshot(self, relations: list[tuple[str, FollowUser]]) -> str:
+        """Keep a batch/get_by_user listing for the pages after its first; returns its cursor id."""
+        key = f"{len(self.relation_snapshots) + 1:x}{self._rng.getrandbits(32):08x}"
+        self.relation_snapshots[key] = relations
+        while len(self.relation_snapshots) > 16:
+            del self.relation_snapshots[next(iter(self.relation_snapshots))]
+        return key
 
     def link_contact(
         self, userid: str, external_userid: str, *, state: str | None = None, add_way: int = 1
