@@ -17,15 +17,22 @@ import re
 import signal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import click
 from aiohttp import web
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from bot.app import RUNTIME, create_app
 from bot.config import Settings
 from bot.db import migrate
+from bot.models import Contact, Enrollment, Playbook
+from bot.scheduler import run_job
+from bot.serve import start_scheduler
+from bot.sop.command import load_folder
+from bot.sop.jobs import sop_tick
 from bot.synth import Plan, synthesize
 from bot.team import upsert_members
 from bot.contact_sync import sync, team_reps
@@ -142,17 +149,33 @@ class Demo:
         for event in contact["timeline"][:6]:
             self.say(f"  {event['at'][:19]}  {event['type']:<8} {event.get('item_title') or ''}")
 
-        self.step("张三 gets a follow-up alert in WeCom and a to-do task")
+        self.step("张三 gets a follow-up alert in WeCom, a to-do task and the MQL playbook's first step")
         card = await self.wait_for(lambda: [m.payload["template_card"] for m in self.state.messages_to("rep1")
                                             if m.payload.get("msgtype") == "template_card"])
         self.say(f"alert card: {card[-1]['main_title']['title']}")
         self.say(f"  {card[-1].get('sub_title_text', '')}")
         for row in card[-1].get("horizontal_content_list", []):
             self.say(f"  {row['keyname']}: {row['value']}")
+        # Reaching MQL enrolled him in the MQL playbook (content/playbooks/mql-handoff.toml); the
+        # scheduler's minute tick turns its first step into a task. Run that tick now.
+        await run_job(rt, "sop-tick", sop_tick, "sop-tick:demo")
         async with http.get(f"{self.base}/api/tasks?rep=rep1", headers=self.auth) as resp:
             tasks = await resp.json()
         for task in (t for t in tasks if t["contact"] == "wmDemoCustomer01"):
             self.say(f"task #{task['id']}: {task['title']} (due {task['due_at'][:16].replace('T', ' ')} UTC)")
+
+        async with rt.sessions() as session:
+            enrolled = (await session.execute(
+                select(Playbook.definition, Enrollment.next_step, Enrollment.next_due_at)
+                .join(Playbook, Playbook.id == Enrollment.playbook_id).join(Contact, Contact.id == Enrollment.contact_id)
+                .where(Contact.external_userid == "wmDemoCustomer01")
+            )).all()  # fmt: skip
+        tz = ZoneInfo(self.settings.scheduler.timezone)
+        for definition, step, due in enrolled:
+            title = definition["steps"][step]["title"] if step < len(definition["steps"]) else "—"
+            when = f"{due.astimezone(tz):%m-%d %H:%M}" if due else "—"
+            self.say(f"SOP playbook 「{definition['name']}」: step {step + 1} 「{title}」 due {when} "
+                     f"({self.settings.scheduler.timezone}, business hours)")
 
         self.step("The reps' customers from before Beacon come in (python -m bot contact sync)")
         report = await sync(rt, team_reps(self.settings), progress=False)
@@ -219,19 +242,25 @@ async def run_demo(settings: Settings, *, sim_port: int, once: bool) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, settings.server.host, settings.server.port).start()
+    await load_folder(app[RUNTIME])  # the sample SOP playbooks ([sop] folder), as `serve` loads them
     click.echo(f"Beacon on {settings.server.public_url}, WeCom simulator on http://127.0.0.1:{sim_port}")
+    scheduler = None
     try:
         async with aiohttp.ClientSession() as http:
             await demo.scenario(http, app)
         demo.where_to_look()
         if not once:
-            click.echo("\nServing until Ctrl-C …")
+            # As `serve` runs them: SOP steps fall due, the morning lists and digests go out.
+            scheduler = start_scheduler(app[RUNTIME])
+            click.echo("\nServing until Ctrl-C (scheduled jobs running) …")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
     finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
         await runner.cleanup()
         await sim_runner.cleanup()
         click.echo(json.dumps({"demo": "stopped", "simulator_calls": demo.state.summary().get("calls", {})}, ensure_ascii=False))

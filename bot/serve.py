@@ -12,7 +12,7 @@ import asyncio
 import gc
 import logging
 import signal
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from aiohttp import web
 
@@ -20,6 +20,11 @@ from bot.app import RUNTIME, create_app
 from bot.clock import sleep_unless
 from bot.config import Settings
 from bot.scheduler import build_scheduler, catch_up, default_jobs
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from bot.runtime import Runtime
 
 log = logging.getLogger("beacon.serve")
 
@@ -36,16 +41,11 @@ async def serve_forever(settings: Settings, *, host: str, port: int, ready: asyn
     rt = app[RUNTIME]
     if sibling:
         rt.watch_siblings()
-    scheduler = None
     from bot.sop.command import load_folder
 
     await load_folder(rt)
     frozen = freeze_startup_heap()
-    if settings.scheduler.enabled:
-        jobs = default_jobs(settings.scheduler.timezone, settings)
-        scheduler = build_scheduler(rt, jobs)
-        scheduler.start()
-        rt.spawn(catch_up(rt, jobs), "scheduler-catch-up")
+    scheduler = start_scheduler(rt)
     log.info("serving on http://%s:%s (public %s; %d startup objects frozen out of the garbage collector)",
              host, port, settings.server.public_url, frozen)
     stop = asyncio.Event()
@@ -65,6 +65,18 @@ async def serve_forever(settings: Settings, *, host: str, port: int, ready: asyn
             await runner.cleanup()
         finally:
             watchdog.cancel()
+
+
+def start_scheduler(rt: "Runtime") -> "AsyncIOScheduler | None":
+    """The scheduled jobs (bot/scheduler.py), started with a catch-up of missed daily runs, unless
+    [scheduler] enabled = false. The caller shuts it down."""
+    if not rt.settings.scheduler.enabled:
+        return None
+    jobs = default_jobs(rt.settings.scheduler.timezone, rt.settings)
+    scheduler = build_scheduler(rt, jobs)
+    scheduler.start()
+    rt.spawn(catch_up(rt, jobs), "scheduler-catch-up")
+    return scheduler
 
 
 def freeze_startup_heap() -> int:
