@@ -8,6 +8,7 @@ few shares and events, recommendations come from content.recommend.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,11 @@ class Panel:
     recommended: list[ContentItem] = field(default_factory=list)
 
 
+# A ledger reason ends with that entry's points ("点击「预约演示」 +30"); the panel shows the rule's
+# total beside its label instead.
+_POINTS_SUFFIX = re.compile(r"\s[+-]\d+(?:\.\d+)?$")
+
+
 async def why(session: AsyncSession, contact_id: int, limit: int = 6) -> list[Reason]:
     """The rules behind the score, biggest first: points summed per rule, with the latest reason."""
     latest = (
@@ -94,7 +100,7 @@ async def why(session: AsyncSession, contact_id: int, limit: int = 6) -> list[Re
         .join(ScoreEntry, ScoreEntry.id == latest.c.last_id)
     )
     reasons = [
-        Reason(rule, "分数衰减（长期未互动）" if rule == DECAY_RULE else (reason or rule), round(points, 2), times)
+        Reason(rule, "分数衰减（长期未互动）" if rule == DECAY_RULE else _POINTS_SUFFIX.sub("", reason or rule), round(points, 2), times)
         for rule, points, times, reason in rows
         if round(points, 2) != 0
     ]

@@ -124,7 +124,9 @@ async def seed(beacon: Any) -> dict[str, int]:
         for rule, points, reason in (("has_phone", 10.0, "电话已填写"), ("open", 3.0, f"打开《{item.title}》"),
                                      ("read_50", 5.0, f"阅读《{item.title}》至100%"), ("read_75_solution", 12.0, f"阅读《{item.title}》至100%"),
                                      ("cta_demo", 30.0, f"点击「预约演示」《{item.title}》")):  # fmt: skip
-            session.add(ScoreEntry(contact_id=ids["wmC1"], model="default", rule=rule, points=points, reason=reason, at=read_at))
+            # As the scorer writes them: the reason ends with the entry's points.
+            session.add(ScoreEntry(contact_id=ids["wmC1"], model="default", rule=rule, points=points, reason=f"{reason} {points:+g}",
+                                   at=read_at))
 
         hour = dt.timedelta(hours=1)
         session.add_all([

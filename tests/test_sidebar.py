@@ -101,6 +101,8 @@ async def test_panel_shows_score_reasons_activity_recommendations_and_library(be
     assert "刘总" in html and 'id="score">60 分' in html and ">MQL<" in html and ">热<" in html
     reasons = re.findall(r'<span class="pts (?:pos|neg)">([^<]+)</span><span class="why">([^<]+?)(?: <span|</span>)', html)
     assert [(pts, label[:4]) for pts, label in reasons] == [("+30", "点击「预"), ("+12", "阅读《华"), ("+10", "电话已填"), ("+5", "阅读《华"), ("+3", "打开《华")]
+    # Each line's points once, in its column: the label is the reason without the entry's own "+30".
+    assert all(not re.search(r"[+-]\d+$", label.strip()) for _, label in reasons), reasons
     assert "删除了销售" not in html  # a rule whose entries net out to 0 is no reason
     assert "发送《" in html and "张三 · 接口" in html  # the seed's shares
     assert "点击「预约演示」《" in html and "阅读《" in html
