@@ -19,6 +19,7 @@ from bot.errors import DomainError, InvalidInput, NotFound
 from bot.models import Contact, Task
 
 TASK_KINDS = ("follow_up", "sop", "hot_lead", "dormant", "manual")
+TASK_KIND_LABELS = {"follow_up": "跟进", "sop": "SOP", "hot_lead": "热线索", "dormant": "沉睡唤醒", "manual": "手动"}
 FOLLOW_UP_KINDS = ("follow_up", "hot_lead", "dormant")  # what alerts open, and what the SLA watches
 STATUSES = ("open", "done", "dismissed")
 MAX_SNOOZE = dt.timedelta(days=30)

@@ -34,6 +34,7 @@ from bot.reports import (
 )
 from bot.sidebar import EVENT_LABELS
 from bot.tables import Column, Table
+from bot.tasks import TASK_KIND_LABELS
 from handlers.contacts_api import contact_view, find_contact
 from handlers.pagekit import (
     csv_links,
@@ -152,21 +153,40 @@ def _at(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
-_HIDDEN_PROPS = frozenset({"ua", "user_agent", "pageview"})  # plumbing, not behavior
+# Plumbing, not behavior: browser strings, page-view keys, ids the other columns name already (the
+# rep column; the channel's name stands for its WeCom `state`; the kf account).
+_HIDDEN_PROPS = frozenset({"ua", "user_agent", "pageview", "rep", "state", "open_kfid", "to_visitor"})
+_GATE_FIELDS = {"name": "姓名", "company": "公司", "title": "职务", "email": "邮箱", "phone": "手机"}
 _PROP_TEXT: dict[str, Any] = {
     "depth": lambda v: f"读到 {v}%",
     "seconds": lambda v: f"停留 {v} 秒",
     "cta": lambda v: {"demo": "预约演示", "contact": "联系销售"}.get(str(v), f"按钮 {v}"),
     "by": lambda v: {"rep": "销售删除", "customer": "客户删除"}.get(str(v), f"by={v}"),
     "channel": lambda v: f"渠道 {v}",
-}
+    "amount": lambda v: f"金额 ¥{v:,.0f}" if isinstance(v, (int, float)) else f"金额 {v}",
+    "file": lambda v: f"文件 {v}",
+    "half": lambda v: "免验证添加" if v else "",
+    "to_contact": lambda v: f"读者已识别为客户 #{v}" if v else "转给了新读者",
+    "category": lambda v: f"菜单选择 {str(v).partition(':')[2] or v}",
+    "unavailable": lambda v: f"所选内容不可用（{v}）",
+    "results": lambda v: f"搜索结果 {v} 条",
+    "handover": lambda v: "转人工（待分配）" if v == "pool" else f"转人工 → {v}",
+    # open: only what is out of the ordinary (a gated item, a link to an older version)
+    "gated": lambda v: "需留资" if v else "",
+    "unlocked": lambda v: "",
+    "outdated": lambda v: "旧版本链接" if v else "",
+} | {k: (lambda label: lambda v: f"{label} {v}" if v else "")(label) for k, label in _GATE_FIELDS.items()}
+STAGE_MOVERS = {"rule:score": "评分规则", "rule:payment": "付款", "rule:dormancy": "沉睡规则",
+                "rule:dormant_wakeup": "沉睡唤醒", "rule:rescore": "重新评分"}  # fmt: skip
 
 
 def _props_text(props: dict[str, Any]) -> str:
     """An event's properties as a manager reads them: known ones in words (读到 75%, 停留 95 秒, 预约演示),
     the rest as key=value, plumbing left out."""
     parts = [_PROP_TEXT[k](v) if k in _PROP_TEXT else f"{k}={v}" for k, v in sorted(props.items()) if k not in _HIDDEN_PROPS]
-    return "，".join(parts)[:200]
+    if props.get("gated"):  # a gated open says whether this browser had unlocked the item
+        parts.append("已解锁" if props.get("unlocked") else "未解锁")
+    return "，".join(p for p in parts if p)[:200]
 
 
 async def _contact_tables(session: Any, contact_id: int, view: dict[str, Any]) -> list[Table]:
@@ -176,7 +196,7 @@ async def _contact_tables(session: Any, contact_id: int, view: dict[str, Any]) -
                   note=f"合计 {view['score']:g} 分（各条之和）")  # fmt: skip
     stages = Table("stages", "阶段历史", [Column("at", "时间", "dt"), Column("from", "从"), Column("to", "到"),
                    Column("by", "操作者"), Column("reason", "原因")],
-                   [{**s, "at": _at(s["at"]), "from": STAGE_LABELS.get(s["from"], s["from"]), "to": STAGE_LABELS.get(s["to"], s["to"])}
+                   [{**s, "at": _at(s["at"]), "by": STAGE_MOVERS.get(s["by"], s["by"]), "from": STAGE_LABELS.get(s["from"], s["from"]), "to": STAGE_LABELS.get(s["to"], s["to"])}
                     for s in reversed(view["stage_history"])])  # fmt: skip
     timeline = Table("timeline", "行为时间线", [Column("at", "时间", "dt"), Column("type_label", "行为"), Column("type", "type"),
                      Column("item_title", "内容"), Column("details", "详情"), Column("rep", "成员")],
@@ -192,7 +212,7 @@ async def _contact_tables(session: Any, contact_id: int, view: dict[str, Any]) -
     )
     tasks = Table("tasks", "任务", [Column("due_at", "到期", "dt"), Column("kind", "类型"), Column("title", "任务"),
                   Column("status", "状态"), Column("completed_at", "完成时间", "dt"), Column("owner", "负责人"), Column("item", "建议内容")],
-                  [{"kind": k, "title": t, "status": TASK_STATUS.get(s, s), "due_at": d, "completed_at": c, "owner": o, "item": i}
+                  [{"kind": TASK_KIND_LABELS.get(k, k), "title": t, "status": TASK_STATUS.get(s, s), "due_at": d, "completed_at": c, "owner": o, "item": i}
                    for k, t, s, d, c, o, i in rows])  # fmt: skip
     return [timeline, score, stages, tasks]
 

@@ -16,12 +16,11 @@ from bot.app import RUNTIME
 from bot.errors import InvalidInput
 from bot.models import Contact, Event, Rep, Task
 from bot.tables import format_cell
-from bot.tasks import TaskClosed, complete, dismiss, list_tasks, parse_duration, snooze, tomorrow_morning
+from bot.tasks import TASK_KIND_LABELS, TaskClosed, complete, dismiss, list_tasks, parse_duration, snooze, tomorrow_morning
 from handlers.pagekit import NO_STORE, csrf_ok, error_page, page_viewer, render, zone
 
 routes = web.RouteTableDef()
 
-KIND_LABELS = {"follow_up": "跟进", "sop": "SOP", "hot_lead": "热线索", "dormant": "沉睡唤醒", "manual": "手动"}
 PRIORITY_LABELS = {1: "紧急", 2: "普通", 3: "低"}
 STATUS_LABELS = {"open": "待办", "done": "已完成", "dismissed": "不相关"}
 OUTCOMES = {"done": "已标记为完成。", "snoozed": "已推迟提醒。", "dismissed": "已标记为不相关。"}
@@ -146,5 +145,5 @@ def _when(request: web.Request):  # noqa: ANN202 (a template helper)
 
 
 def _labels() -> dict[str, dict]:
-    return {"kind": KIND_LABELS, "priority": PRIORITY_LABELS, "status": STATUS_LABELS}
+    return {"kind": TASK_KIND_LABELS, "priority": PRIORITY_LABELS, "status": STATUS_LABELS}
 

@@ -286,6 +286,25 @@ async def test_contact_page_permissions_and_tables(beacon: Any, users: Any, seed
     assert [(r["from"], r["to"]) for r in stages] == [("可培养", "MQL"), ("新线索", "可培养")]
     tasks = await rep1.csv("/dashboard/contacts/wmC1?format=csv&table=tasks")
     assert [t["status"] for t in tasks] == ["已完成"]
+    assert all(t["kind"] in {"跟进", "SOP", "热线索", "沉睡唤醒", "手动"} for t in tasks), tasks  # in words, not follow_up
+
+
+def test_event_details_read_in_words_without_plumbing() -> None:
+    from handlers.dashboard import _props_text
+
+    assert _props_text({"gated": False, "unlocked": True, "outdated": False}) == ""  # an ordinary open
+    assert _props_text({"gated": True, "unlocked": False, "outdated": True}) == "需留资，旧版本链接，未解锁"
+    assert _props_text({"gated": True, "unlocked": True, "outdated": False}) == "需留资，已解锁"
+    assert _props_text({"amount": 120000}) == "金额 ¥120,000"
+    assert _props_text({"by": "customer", "rep": "rep1"}) == "客户删除"  # the rep has its own column
+    assert _props_text({"rep": "rep1", "state": "syn1ch00001", "channel": "展会", "half": True}) == "渠道 展会，免验证添加"
+    assert _props_text({"to_visitor": 12, "to_contact": None}) == "转给了新读者"
+    assert _props_text({"to_visitor": 12, "to_contact": 34}) == "读者已识别为客户 #34"
+    assert _props_text({"open_kfid": "wk1", "category": "industry:汽车", "results": 3}) == "菜单选择 汽车，搜索结果 3 条"
+    assert _props_text({"handover": "pool"}) == "转人工（待分配）"
+    assert _props_text({"name": "刘总", "phone": "138****0000", "company": "", "title": "厂长"}) == "姓名 刘总，手机 138****0000，职务 厂长"
+    assert _props_text({"seconds": 95, "pageview": "abcdefgh"}) == "停留 95 秒"
+    assert _props_text({"something_new": 1}) == "something_new=1"  # unknown keys still show
 
 
 async def test_csv_cells_cannot_become_formulas(beacon: Any, users: Any, seeded: dict[str, int]) -> None:
