@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from typing import Any, Iterable
 
 from sqlalchemy import Float, Numeric, cast, column, func, select, table
@@ -92,3 +93,12 @@ async def insert_merged_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) 
     ])
     await conn.execute(_FROM_LOAD)
     await driver.execute(f"TRUNCATE {_LOAD}")
+
+
+# A ledger reason ends with that entry's points ("点击「预约演示」 +30", as the scorer writes it).
+_POINTS_SUFFIX = re.compile(r"\s[+-]\d+(?:\.\d+)?$")
+
+
+def reason_label(reason: str) -> str:
+    """The reason without the entry's points, for a page that shows them in a column of their own."""
+    return _POINTS_SUFFIX.sub("", reason)

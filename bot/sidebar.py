@@ -8,7 +8,6 @@ few shares and events, recommendations come from content.recommend.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from cachetools import TTLCache
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.ledger import reason_label
 from bot.models import Contact, ContentItem, Event, Rep, ScoreEntry, Share
 from bot.scoring.rules import DECAY_RULE
 from content.recommend import recommend_next
@@ -75,11 +75,6 @@ class Panel:
     recommended: list[ContentItem] = field(default_factory=list)
 
 
-# A ledger reason ends with that entry's points ("点击「预约演示」 +30"); the panel shows the rule's
-# total beside its label instead.
-_POINTS_SUFFIX = re.compile(r"\s[+-]\d+(?:\.\d+)?$")
-
-
 async def why(session: AsyncSession, contact_id: int, limit: int = 6) -> list[Reason]:
     """The rules behind the score, biggest first: points summed per rule, with the latest reason."""
     latest = (
@@ -100,7 +95,8 @@ async def why(session: AsyncSession, contact_id: int, limit: int = 6) -> list[Re
         .join(ScoreEntry, ScoreEntry.id == latest.c.last_id)
     )
     reasons = [
-        Reason(rule, "分数衰减（长期未互动）" if rule == DECAY_RULE else _POINTS_SUFFIX.sub("", reason or rule), round(points, 2), times)
+        # The label without its entry's points: the rule's total stands beside it.
+        Reason(rule, "分数衰减（长期未互动）" if rule == DECAY_RULE else reason_label(reason or rule), round(points, 2), times)
         for rule, points, times, reason in rows
         if round(points, 2) != 0
     ]

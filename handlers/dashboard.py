@@ -23,6 +23,7 @@ from bot.leaderboards import (
     sop_compliance,
     team_reps,
 )
+from bot.ledger import reason_label
 from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
 from bot.models import ContentItem, Rep, Task
 from bot.reports import (
@@ -192,7 +193,7 @@ def _props_text(props: dict[str, Any]) -> str:
 async def _contact_tables(session: Any, contact_id: int, view: dict[str, Any]) -> list[Table]:
     score = Table("score", "分数明细", [Column("at", "时间", "dt"), Column("reason", "原因"), Column("rule", "规则"),
                   Column("model", "模型"), Column("points", "分数", "num"), Column("event_id", "事件", "int")],
-                  [{**e, "at": _at(e["at"])} for e in reversed(view["score_breakdown"])],
+                  [{**e, "at": _at(e["at"]), "reason": reason_label(e["reason"] or "")} for e in reversed(view["score_breakdown"])],
                   note=f"合计 {view['score']:g} 分（各条之和）")  # fmt: skip
     stages = Table("stages", "阶段历史", [Column("at", "时间", "dt"), Column("from", "从"), Column("to", "到"),
                    Column("by", "操作者"), Column("reason", "原因")],

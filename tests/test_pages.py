@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import io
+import re
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -287,6 +289,10 @@ async def test_contact_page_permissions_and_tables(beacon: Any, users: Any, seed
     tasks = await rep1.csv("/dashboard/contacts/wmC1?format=csv&table=tasks")
     assert [t["status"] for t in tasks] == ["已完成"]
     assert all(t["kind"] in {"跟进", "SOP", "热线索", "沉睡唤醒", "手动"} for t in tasks), tasks  # in words, not follow_up
+    score = await rep1.csv("/dashboard/contacts/wmC1?format=csv&table=score")
+    # The ledger's reason without the entry's "+30": the points have their own column.
+    assert ("点击「预约演示」", "30") in {(r["reason"][:8], r["points"]) for r in score}, score
+    assert not any(re.search(r"[+-]\d+$", r["reason"]) for r in score), score
 
 
 def test_event_details_read_in_words_without_plumbing() -> None:
