@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
+from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS, shown_score
 from bot.models import Alert, Contact, ContentItem, Share, Task
 from content.recommend import recommend_next
 
@@ -172,7 +172,7 @@ async def render_card(session: AsyncSession, rt: "Runtime", alert: Alert, contac
     notes = "".join(n for n in [detail.get("text"), *(detail.get("notes") or [])] if n)  # each ends in 。
     sub = notes + say(lang, "join").join(activity_summary(activities, lang))
     temperature = TEMPERATURE_LABELS.get(contact.temperature, contact.temperature) if lang == "zh" else contact.temperature
-    score = say(lang, "points", score=contact.score)
+    score = say(lang, "points", score=shown_score(contact.score))
     if alert.score_delta:
         score += f"（{alert.score_delta:+g}）" if lang == "zh" else f" ({alert.score_delta:+g})"
     reasons = sorted(detail.get("reasons") or [], key=lambda r: -r["points"])

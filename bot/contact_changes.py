@@ -20,7 +20,7 @@ from bot.context import Context
 from bot.customer_text import clip, text
 from bot.errors import NotShareable
 from bot.identity import add_identity, contact_for_external_userid, find_by_identity, known_contact, merge_contacts, normalize_phone
-from bot.lifecycle import STAGE_LABELS, rescore_after_merge
+from bot.lifecycle import STAGE_LABELS, rescore_after_merge, shown_score
 from bot.models import Channel, Contact, ContentItem, Event, Rep, Task
 from bot.shares import create_share
 from bot.team import ensure_rep
@@ -304,5 +304,5 @@ async def take_over(ctx: Context, contact: Contact, new_owner: str, external: st
     tasks = text("taken_over_tasks", lang, n=moved) if moved else ""
     ctx.send_text(new_owner, text("notice_taken_over", lang, name=contact.name or external,
                                   former=(former.name or former.userid) if former else text("nobody", lang),
-                                  stage=STAGE_LABELS.get(contact.stage, contact.stage), score=contact.score, tasks=tasks),
+                                  stage=STAGE_LABELS.get(contact.stage, contact.stage), score=shown_score(contact.score), tasks=tasks),
                   key=f"{ctx.origin}:taken_over:{new_owner}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,12 @@ STAGE_LABELS = {
     "customer": "已合作", "invalid": "无效", "dormant": "沉睡",
 }  # fmt: skip
 TEMPERATURE_LABELS = {"cold": "冷", "warm": "温", "hot": "热"}
+
+
+def shown_score(score: float | None) -> int:
+    """A score as reps read it in messages and cards: whole points, half up (decay leaves fractions
+    such as 275.82; the ledger and the contact page keep them exact)."""
+    return int(math.floor((score or 0.0) + 0.5))
 # Events that are not the contact doing something: they never wake a dormant contact.
 PASSIVE_EVENTS = frozenset({"payment", "contact_deleted", "unsubscribe", "call"})
 
@@ -135,7 +142,7 @@ async def hand_off(rt: "Runtime", session: AsyncSession, contact: Contact, *, no
     session.add(task)
     await session.flush()
     await raise_alert(rt, session, contact, kind="mql", task=task, urgent=False, now=now,
-                      detail={"text": f"{name} 已达到 MQL（{contact.score:g} 分），请在 4 小时内跟进。"})
+                      detail={"text": f"{name} 已达到 MQL（{shown_score(contact.score)} 分），请在 4 小时内跟进。"})
 
 
 async def raise_alert(rt: "Runtime", session: AsyncSession, contact: Contact, *, kind: str, task: Task | None, urgent: bool,

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.errors import NotShareable
-from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
+from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS, shown_score
 from bot.models import Contact, ContentItem, Rep, Share
 from bot.rep_texts import EVENT_LABELS, KIND_LABELS, label, say
 from bot.shares import create_share
@@ -193,7 +193,7 @@ async def contact_reply(rt: "Runtime", session: AsyncSession, rep: Rep, query: s
     title = f" · {contact.title}" if contact.title else ""
     lines = [
         display_name(contact, lang) + title,
-        say("contact_score", lang, score=view["score"], stage=stage, temperature=temperature),
+        say("contact_score", lang, score=shown_score(view["score"]), stage=stage, temperature=temperature),
         say("contact_owner", lang, owner=(owner.name or owner.userid) if owner else say("nobody", lang)),
     ]
     top = sorted((e for e in view["score_breakdown"] if e["points"] > 0), key=lambda e: -e["points"])[:3]
@@ -226,6 +226,6 @@ async def hot_reply(rt: "Runtime", session: AsyncSession, rep: Rep, lang: str) -
     for n, c in enumerate(rows, 1):
         company = (f"（{c.company}）" if lang == "zh" else f" ({c.company})") if c.company else ""
         stage = STAGE_LABELS.get(c.stage, c.stage) if lang == "zh" else c.stage
-        lines.append(say("hot_line", lang, n=n, name=c.name or contact_key(c), company=company, score=c.score, stage=stage,
+        lines.append(say("hot_line", lang, n=n, name=c.name or contact_key(c), company=company, score=shown_score(c.score), stage=stage,
                          when=when_text(c.last_activity_at, now, tz, lang)))
     return Reply.text("\n".join(lines))

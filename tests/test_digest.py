@@ -68,7 +68,7 @@ async def seed(rt: Runtime) -> dict[str, int]:
         await s.flush()
         people = {  # name: owner, channel, created, stage, temperature, score
             "c1": ("rep1", expo, mon(9), "mql", "hot", 60.0), "c2": ("rep1", expo, mon(11), "nurturing", "warm", 20.0),
-            "c3": ("rep1", web, mon(15), "new", "cold", 3.0), "c4": ("rep1", None, mon(11, day=22), "sql", "hot", 80.0),
+            "c3": ("rep1", web, mon(15), "new", "cold", 3.0), "c4": ("rep1", None, mon(11, day=22), "sql", "hot", 79.6),
             "c5": ("rep2", web, mon(10), "mql", "hot", 55.0), "c6": ("rep2", None, mon(23, 30), "nurturing", "warm", 12.0),
             "c7": ("rep3", expo, mon(12), "nurturing", "warm", 11.0), "c8": ("rep1", None, mon(0, 30, day=24), "new", "cold", 0.0),
         }  # fmt: skip
@@ -183,7 +183,7 @@ async def test_reps_todo_lists_overdue_first_with_task_links(beacon: Any) -> Non
     assert lines[2].startswith("1. <font color=\"warning\">逾期</font> 【跟进】[任务f3]") and lines[2].endswith("今天 02:00")
     assert lines[3].endswith("11-20 11:00 到期")
     assert lines[5].startswith("4. 【SOP】[任务t4]") and lines[5].endswith("今天 10:00")
-    assert lines[-2:] == ["**热线索（尚无跟进任务）**", "> 客户c4 · 80 分 · 有意向"]
+    assert lines[-2:] == ["**热线索（尚无跟进任务）**", "> 客户c4 · 80 分 · 有意向"]  # 79.6: whole points
     (rep2,) = beacon.sim.state.messages_to("rep2")
     assert "> 客户c5 · 55 分 · MQL" in rep2.payload["markdown"]["content"]
     assert beacon.sim.state.messages_to("mgr1") == []  # nothing to do: no message

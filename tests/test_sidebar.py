@@ -95,6 +95,17 @@ async def test_jsconfig_without_a_ticket_is_502(beacon: Any, rep1: PageUser) -> 
     assert status == 502 and "48002" in body
 
 
+async def test_the_score_badge_shows_whole_points(beacon: Any, rep1: PageUser, seeded: dict[str, int]) -> None:
+    from bot.lifecycle import shown_score
+    from bot.models import Contact
+
+    assert [shown_score(s) for s in (62.5, 62.49, 275.82, -0.5, None)] == [63, 62, 276, 0, 0]  # half up
+    async with beacon.rt.sessions() as session, session.begin():  # decay leaves fractions
+        (await session.get(Contact, seeded["wmC1"])).score = 275.82
+    status, html, _ = await rep1.get("/sidebar?contact=wmC1")
+    assert status == 200 and 'id="score">276 分' in html
+
+
 async def test_panel_shows_score_reasons_activity_recommendations_and_library(beacon: Any, rep1: PageUser, seeded: dict[str, int]) -> None:
     status, html, _ = await rep1.get("/sidebar?contact=wmC1")
     assert status == 200

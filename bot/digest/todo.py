@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Settings
 from bot.digest.window import DigestWindow, md_text, weekday_label
-from bot.lifecycle import STAGE_LABELS
+from bot.lifecycle import STAGE_LABELS, shown_score
 from bot.models import Contact, Rep, Task
 from bot.priority import in_turns
 
@@ -122,7 +122,7 @@ def render_todo(todo: RepTodo, window: DigestWindow, public_url: str) -> str:
     if todo.hot:
         lines.append("**热线索（尚无跟进任务）**")
         for lead in todo.hot:
-            lines.append(f"> {md_text(lead.name)} · {lead.score:g} 分 · {STAGE_LABELS.get(lead.stage, lead.stage)}")
+            lines.append(f"> {md_text(lead.name)} · {shown_score(lead.score)} 分 · {STAGE_LABELS.get(lead.stage, lead.stage)}")
     return "\n".join(lines)
 
 
