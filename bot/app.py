@@ -52,9 +52,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, background: bo
     from handlers import channels_api
 
     app.add_routes(channels_api.routes)
-    from handlers import tasks_api
+    from handlers import mass_api, tasks_api
 
     app.add_routes(tasks_api.routes)
+    app.add_routes(mass_api.routes)
     from handlers import admin_pages, auth_pages, dashboard, sidebar, task_pages
 
     for pages in (auth_pages, sidebar, dashboard, admin_pages, task_pages):

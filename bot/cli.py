@@ -330,6 +330,28 @@ def digest(settings: Settings, kind: str, day: Any, dry_run: bool) -> None:
     sys.exit(run_digest(settings, kind, day.date() if day else None, dry_run))
 
 
+@cli.command("mass-send")
+@click.argument("content")
+@click.option("--stage", default=None, help="Contacts in this stage (new, nurturing, mql, sql, customer, dormant, invalid).")
+@click.option("--temperature", default=None, help="cold, warm or hot.")
+@click.option("--owner", default=None, metavar="USERID", help="Contacts this rep owns.")
+@click.option("--channel", default=None, metavar="NAME", help="Contacts who came through this channel (none: without one).")
+@click.option("--q", "keyword", default=None, metavar="TEXT", help="Name or company contains TEXT (or the exact external_userid / phone).")
+@click.option("--text", default=None, help="Message template: {name} {company} {title} {summary} {rep} {link} (the link is appended if missing).")
+@click.option("--by", default="cli", show_default=True, help="Who sends it, for the record.")
+@click.option("--dry-run", is_flag=True, help="Show who would get it, who is skipped and why, and the message; change nothing.")
+@click.pass_obj
+def mass_send(settings: Settings, content: str, stage: str | None, temperature: str | None, owner: str | None,
+              channel: str | None, keyword: str | None, text: str | None, by: str, dry_run: bool) -> None:
+    """Mass-send (群发) library item CONTENT to a segment: each contact gets a tracked link of their own,
+    through their owner's 群发助手 (the rep confirms). Exit 2 names a bad option."""
+    from bot.mass_send import run_command
+
+    segment = {k: v for k, v in (("stage", stage), ("temperature", temperature), ("owner", owner), ("channel", channel),
+                                 ("q", keyword)) if v is not None}  # fmt: skip
+    sys.exit(run_command(settings, content, segment, text, by, dry_run))
+
+
 @cli.group("menu")
 def menu_group() -> None:
     """The self-built app's custom menu (from [menu] in the config)."""

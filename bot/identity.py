@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.models import Alert, Contact, ContactMerge, Enrollment, Event, Identity, ScoreEntry, Share, Task, Visitor
+from bot.models import Alert, Contact, ContactMerge, Enrollment, Event, Identity, MassSendRecipient, ScoreEntry, Share, Task, Visitor
 
 # (model, column) pairs that point at a contact and move with it.
 _OWNED: tuple[tuple[Any, str], ...] = (
@@ -25,6 +25,7 @@ _OWNED: tuple[tuple[Any, str], ...] = (
     (ScoreEntry, "contact_id"),
     (Alert, "contact_id"),
     (Enrollment, "contact_id"),
+    (MassSendRecipient, "contact_id"),
 )
 
 _PHONE_DIGITS = re.compile(r"\D")

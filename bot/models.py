@@ -500,6 +500,33 @@ class Digest(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class MassSend(Base):
+    """A mass send (群发) of one library item to a segment of contacts, each through its owning rep
+    (bot/mass_send.py); its recipients each got a tracked link of their own."""
+
+    __tablename__ = "mass_sends"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("content_items.id"))
+    segment: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the filter as given
+    text: Mapped[str] = mapped_column(Text, default="")  # the message template ({name}, {title}, {summary}, {link})
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[dict[str, Any]] = mapped_column(default=dict)  # reason -> how many contacts
+
+
+class MassSendRecipient(Base):
+    """One contact of a mass send, with the share its link belongs to."""
+
+    __tablename__ = "mass_send_recipients"
+    __table_args__ = (Index("ix_mass_send_recipients_send", "mass_send_id"), Index("ix_mass_send_recipients_contact", "contact_id"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    mass_send_id: Mapped[int] = mapped_column(ForeignKey("mass_sends.id"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    share_id: Mapped[int] = mapped_column(ForeignKey("shares.id"))
+    rep_userid: Mapped[str] = mapped_column(String(64))
+
+
 # --- plumbing -----------------------------------------------------------------------------------
 
 
