@@ -62,6 +62,7 @@ READS: dict[str, tuple[str, str, int]] = {
     "/api/contacts.csv": ("/api/contacts.csv", "api", 200),
     "/api/contacts/{external_userid}": ("/api/contacts/wmC1", "api", 200),
     "/api/tasks": ("/api/tasks", "api", 200),
+    "/api/mass-sends/{id}": ("/api/mass-sends/1", "api", 404),  # none seeded: read, not found
     "/tasks": ("/tasks", "member", 200),
     "/tasks/{id}": ("/tasks/{task}", "member", 200),
     "/sidebar": ("/sidebar?contact=wmC1", "member", 200),
