@@ -1,8 +1,10 @@
 """Admin pages (role admin): the content library (browse, upload, retire, restore), channels with
-their QR codes, the loaded scoring rules and the SOP playbooks. Every table exports as CSV."""
+their QR codes, the loaded scoring rules, the SOP playbooks and mass sends (群发: preview, send, the
+sends so far). Every table exports as CSV."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import tempfile
 from pathlib import Path
@@ -14,8 +16,16 @@ from sqlalchemy import func, select
 from bot.app import RUNTIME
 from bot.auth import Viewer
 from bot.channels import list_channels
+from bot.context import Context
+from bot.errors import InvalidInput, NotShareable
 from bot.library_upload import UploadError, human_size, import_folder, unpack
-from bot.models import ContentItem, ContentVersion, Enrollment, Playbook
+from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
+from bot.mass_send import EVERYONE, SEGMENT_KEYS, SKIP_REASONS, check_text, parse_segment
+from bot.mass_send import plan as mass_plan
+from bot.mass_send import render as render_mass
+from bot.mass_send import report as mass_report
+from bot.mass_send import send as mass_send
+from bot.models import Channel, ContentItem, ContentVersion, Enrollment, MassSend, Playbook, Rep
 from bot.scoring.rules import ScoringModel
 from bot.tables import Column, Table
 from content.importer import ImportReport
@@ -257,3 +267,96 @@ async def handle_playbooks(request: web.Request) -> web.Response:
                Column("created_at", "创建时间", "dt")]  # fmt: skip
     note = "" if rows else "还没有导入 SOP 剧本（[sop] folder 或 `python -m bot sop import DIR`）。"
     return _simple_page(request, viewer, "playbooks", "SOP 剧本", [Table("playbooks", "SOP 剧本", columns, rows, note=note)])
+
+
+# --- mass sends (群发) -----------------------------------------------------------------------------
+
+MASS_FIELDS = ("content", "stage", "temperature", "owner", "channel", "q", "text")
+
+
+async def _mass_page(request: web.Request, viewer: Viewer, *, status: int = 200, form: dict[str, str] | None = None,
+                     errors: dict[str, str] | None = None, preview: dict[str, Any] | None = None) -> web.Response:
+    """The send form (its choices from the library, the team and the channels) and the sends so far."""
+    async with request.app[RUNTIME].read_sessions() as session:
+        items = (await session.execute(
+            select(ContentItem.slug, ContentItem.title)
+            .where(ContentItem.internal.is_(False), ContentItem.retired_at.is_(None)).order_by(ContentItem.title)
+        )).all()  # fmt: skip
+        owners = (await session.execute(select(Rep.userid, Rep.name).where(Rep.active.is_(True)).order_by(Rep.userid))).all()
+        channels = [name for (name,) in await session.execute(select(Channel.name).order_by(Channel.name))]
+        sends = (await session.execute(select(MassSend.id).order_by(MassSend.id.desc()).limit(50))).scalars().all()
+        reports = [r for r in [await mass_report(session, i) for i in sends] if r is not None]
+    names = {u: n or u for u, n in owners}
+    rows = [{"id": r["id"], "title": r["title"], "segment": _segment_text(r["segment"], names), "created_by": r["created_by"],
+             "created_at": dt.datetime.fromisoformat(r["created_at"]), "recipients": r["recipients"], "opened": r["opened"],
+             "skipped": "、".join(f"{SKIP_REASONS.get(k, k)} {n}" for k, n in sorted(r["skipped"].items()))}
+            for r in reports]  # fmt: skip
+    columns = [Column("id", "编号", "int"), Column("title", "内容"), Column("segment", "分组"), Column("created_by", "发起人"),
+               Column("created_at", "时间", "dt"), Column("recipients", "收件人", "int"), Column("opened", "已打开", "int"),
+               Column("skipped", "未发送")]  # fmt: skip
+    table = Table("mass-sends", "群发记录", columns, rows)
+    if wants_csv(request):
+        return csv_response(request, [table], "mass-sends")
+    return render(request, "dash_admin_mass.html", viewer=viewer, nav="admin", sub="mass", title="群发", status=status,
+                  table=table, csv=csv_links(request, [table]), items=items, owners=owners, channels=channels,
+                  stages=STAGE_LABELS, temperatures=TEMPERATURE_LABELS, form=form or {}, errors=errors or {},
+                  preview=preview, sent=request.query.get("sent", ""))  # fmt: skip
+
+
+def _segment_text(segment: dict[str, Any], names: dict[str, str]) -> str:
+    labels = {"stage": lambda v: STAGE_LABELS.get(v, v), "temperature": lambda v: TEMPERATURE_LABELS.get(v, v),
+              "owner": lambda v: names.get(v, v), "channel": lambda v: "（无渠道）" if v == "none" else v}
+    headings = {"stage": "阶段", "temperature": "温度", "owner": "负责人", "channel": "渠道", "q": "关键词"}
+    return "，".join(f"{headings.get(k, k)} {labels.get(k, str)(v)}" for k, v in segment.items() if v) or "全部客户"
+
+
+@routes.get("/admin/mass-sends")
+async def handle_mass_sends(request: web.Request) -> web.Response:
+    """The mass-send form and the sends so far (with how many recipients opened)."""
+    if isinstance(viewer := await page_viewer(request, admin=True), web.Response):
+        return viewer
+    return await _mass_page(request, viewer)
+
+
+@routes.post("/admin/mass-sends")
+async def handle_mass_send_form(request: web.Request) -> web.Response:
+    """`action=preview`: who would get it, who is skipped and why, and the message (nothing recorded);
+    `action=send`: send it, then 303 back with `?sent=<id>`. A bad field gets its message beside it
+    (400), the form kept as typed."""
+    if isinstance(viewer := await page_viewer(request, admin=True), web.Response):
+        return viewer
+    rt = request.app[RUNTIME]
+    posted = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    if not csrf_ok(request, viewer, posted.get("csrf", "")):
+        return error_page(request, 403, "页面已过期，请刷新后重试。", viewer=viewer)
+    form = {k: posted.get(k, "")[:FIELD_LIMIT] for k in MASS_FIELDS}
+    segment = {k: form[k].strip() for k in SEGMENT_KEYS if form[k].strip()}
+    async with rt.sessions() as session, session.begin():
+        item = await session.scalar(select(ContentItem).where(ContentItem.slug == form["content"]))
+        if item is None:
+            return await _mass_page(request, viewer, status=400, form=form, errors={"content": "请选择要群发的内容。"})
+        try:
+            template = check_text(form["text"])
+            prepared = await mass_plan(session, item, await parse_segment(session, segment), EVERYONE, now=rt.clock.now(),
+                                       timezone=rt.settings.scheduler.timezone)  # fmt: skip
+        except InvalidInput as exc:
+            return await _mass_page(request, viewer, status=400, form=form, errors={exc.field.removeprefix("segment."): exc.message})
+        except NotShareable:
+            return await _mass_page(request, viewer, status=400, form=form, errors={"content": "该内容不可发给客户（内部资料或已下架）。"})
+        skipped = [(SKIP_REASONS[k], n) for k, n in sorted(prepared.skipped.items())]
+        if not prepared.recipients:
+            return await _mass_page(request, viewer, status=400, form=form, errors={"segment": "分组中没有可以接收群发的客户。"},
+                                    preview={"recipients": 0, "by_rep": {}, "skipped": skipped, "message": ""})  # fmt: skip
+        if posted.get("action") != "send":
+            first = prepared.recipients[0]
+            names = {u: n or u for u, n in (await session.execute(select(Rep.userid, Rep.name))).all()}
+            preview = {"recipients": len(prepared.recipients), "skipped": skipped,
+                       "by_rep": {names.get(u, u): n for u, n in prepared.by_rep().items()},
+                       "message": render_mass(template, first, item, f"{rt.settings.server.public_url}/l/…", names.get(first.owner, first.owner))}  # fmt: skip
+            await session.rollback()
+            return await _mass_page(request, viewer, form=form, preview=preview)
+        mass = await mass_send(Context(rt, session, origin="page:mass-send"), prepared, template, segment=segment,
+                               created_by=viewer.name or viewer.userid or "admin")  # fmt: skip
+        mass_id = mass.id
+    rt.outbox.wake()
+    return web.Response(status=303, headers={"Location": f"/admin/mass-sends?sent={mass_id}"})

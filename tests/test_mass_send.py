@@ -177,3 +177,41 @@ async def test_the_cli_previews_and_sends_a_segment(tmp_path: Path, aiohttp_serv
     again = await cli("mass-send", ITEM, "--owner", "syn_rep00001")  # the same day: every one of them skipped
     assert again.returncode == 2 and f"skipped {owned}: 今日已收到群发" in again.stdout
     assert len(state.msg_templates) == owned
+
+
+async def test_the_admin_page_previews_sends_and_lists_mass_sends(beacon: Any, lib: Path) -> None:
+    from tests.pages_seed import PageUser, csrf_of
+
+    await customers(beacon, ("wmMp1", "陈总", "rep1"), ("wmMp2", "林工", "rep2"))
+    admin = PageUser(str(beacon.client.make_url("/")), "Mozilla/5.0 (Macintosh) Chrome/126.0")
+    try:
+        assert (await admin.login_admin())[0] == 303
+        status, html, _ = await admin.get("/admin/mass-sends")
+        assert status == 200 and "新建群发" in html and 'href="/admin/mass-sends" aria-current="page"' in html
+        csrf = csrf_of(html)
+        form = {"csrf": csrf, "content": ITEM, "stage": "", "temperature": "", "owner": "rep1", "channel": "", "q": "",
+                "text": "{name}您好，{title}请查收 {link}"}  # fmt: skip
+
+        status, html, _ = await admin.post("/admin/mass-sends", data={**form, "text": "您好 {phone}", "action": "preview"})
+        assert status == 400 and 'id="error-text"' in html and "未知占位符 {phone}" in html
+        assert "您好 {phone}</textarea>" in html  # the form keeps what was typed
+
+        status, html, _ = await admin.post("/admin/mass-sends", data={**form, "action": "preview"})
+        assert status == 200 and 'id="preview-count">1<' in html and "张三 1 位" in html
+        assert "陈总您好，" in html and 'value="send"' in html
+        assert beacon.sim.state.msg_templates == []  # a preview sends nothing
+
+        status, _, resp = await admin.post("/admin/mass-sends", data={**form, "action": "send"})
+        assert status == 303 and resp.headers["Location"].startswith("/admin/mass-sends?sent=")
+        await beacon.process()
+        assert [t["external_userid"] for t in beacon.sim.state.msg_templates] == [["wmMp1"]]
+        status, html, _ = await admin.get(resp.headers["Location"])
+        assert status == 200 and 'id="mass-sent"' in html and "负责人 张三" in html
+        rows = await admin.csv("/admin/mass-sends?format=csv")
+        assert [(r["title"], r["recipients"], r["opened"], r["segment"], r["created_by"]) for r in rows] == [
+            ("制造业数字化转型白皮书", "1", "0", "负责人 张三", "令牌登录")]  # the admin-token login sent it
+
+        status, html, _ = await admin.post("/admin/mass-sends", data={**form, "csrf": "forged", "action": "send"})
+        assert status == 403 and len(beacon.sim.state.msg_templates) == 1
+    finally:
+        await admin.close()

@@ -357,11 +357,13 @@ async def test_bad_contact_filters_are_400(beacon: Any, users: Any, query: str, 
 
 async def test_admin_pages_are_for_admins(beacon: Any, users: Any, seeded: dict[str, int]) -> None:
     mgr, admin = await as_member(beacon, users, "mgr1"), await as_admin(users)
-    for path in ("/admin/content", "/admin/channels", "/admin/scoring", "/admin/playbooks"):
+    for path in ("/admin/content", "/admin/channels", "/admin/scoring", "/admin/playbooks", "/admin/mass-sends"):
         status, html, _ = await mgr.get(path)
         assert status == 403 and "仅限管理员" in html
         status, html, _ = await admin.get(path)
         assert status == 200, path
+    status, html, _ = await mgr.post("/admin/mass-sends", data={"csrf": csrf_of(html), "content": ITEM, "action": "send"})
+    assert status == 403 and "仅限管理员" in html  # a manager cannot mass-send, with or without a token
     channels = await admin.csv("/admin/channels?format=csv")
     assert {c["name"] for c in channels} == {"2026工博会", "官网"}
     rules = await admin.csv("/admin/scoring?format=csv&table=default-behavior")

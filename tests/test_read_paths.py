@@ -57,6 +57,7 @@ READS: dict[str, tuple[str, str, int]] = {
     "/admin/channels": ("/admin/channels", "admin", 200),
     "/admin/scoring": ("/admin/scoring", "admin", 200),
     "/admin/playbooks": ("/admin/playbooks", "admin", 200),
+    "/admin/mass-sends": ("/admin/mass-sends", "admin", 200),
     "/api/channels": ("/api/channels", "api", 200),
     "/api/content": ("/api/content", "api", 200),
     "/api/contacts.csv": ("/api/contacts.csv", "api", 200),
