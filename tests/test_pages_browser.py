@@ -276,3 +276,41 @@ async def test_dashboard_login_funnel_filter_and_csv(
     await page.goto(f"{base(beacon)}/dashboard/reps")
     await page.locator("canvas[data-rendered='1']").wait_for()
     watch.assert_clean()
+
+
+async def test_admin_mass_send_preview_error_beside_the_field_then_send(
+    beacon: Any, seeded: dict[str, int], chromium: Any, contexts: list[Any]  # noqa: F811
+) -> None:
+    context = await chromium.new_context(**DESKTOP, locale="zh-CN")
+    context.set_default_timeout(WAIT_S * 1000)
+    contexts.append(context)
+    page = await context.new_page()
+    watch = Watch(page)
+    await page.goto(f"{base(beacon)}/login?next=/admin/mass-sends")
+    await page.fill("#token", "test-admin-token")
+    await page.click("text=以管理员登录")
+    await page.goto(f"{base(beacon)}/admin/mass-sends")
+    await page.select_option("select[name=content]", ITEM)
+    await page.select_option("select[name=owner]", "rep1")
+    await page.fill("textarea[name=text]", "您好 {电话}")
+    await page.click("button[value=preview]")
+    error = page.locator("#error-text")
+    await error.wait_for()
+    assert "未知占位符" in await error.inner_text()
+    # beside its field: inside the template's label, right after the textarea
+    assert await page.locator("label:has(textarea[name=text]) #error-text").count() == 1
+    assert await page.locator("textarea[name=text]").input_value() == "您好 {电话}"
+    assert watch.errors == [f"400 {base(beacon)}/admin/mass-sends"]  # the form's answer, as intended
+    watch.errors.clear()
+
+    await page.fill("textarea[name=text]", "{name}您好，《{title}》请查收：{link}")
+    await page.click("button[value=preview]")
+    await page.locator("#mass-preview").wait_for()
+    count = int(await page.locator("#preview-count").inner_text())
+    assert count >= 1 and "您好，《" in await page.locator("#preview-message").inner_text()
+    await page.click("button[value=send]")
+    await page.locator("#mass-sent").wait_for()
+    assert await page.locator("#t-mass-sends td[data-col='recipients']").all_inner_texts() == [str(count)]
+    await beacon.process()
+    assert len(beacon.sim.state.msg_templates) == count
+    watch.assert_clean()
