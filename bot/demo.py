@@ -203,6 +203,7 @@ class Demo:
             f"WeCom simulator:  http://127.0.0.1:{self.sim_port}/sim/state  (what Beacon sent to \"WeCom\")",
             f"dashboard:        {self.base}/login  (admin token {admin}, or 模拟登录 as 王经理 / 张三)",
             f"sidebar:          {self.base}/sidebar?sim=1&customer=wmDemoCustomer01  (log in as 张三; 模拟模式)",
+            f"mass send (群发): {self.base}/admin/mass-sends  (admin token {admin}; e.g. a case study to 张三's MQL leads)",
         ]
         for line in lines:
             click.echo(f"  {line}")
