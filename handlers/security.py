@@ -6,6 +6,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from bot.app import RUNTIME
+
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
@@ -52,8 +54,6 @@ async def ip_rate_limit(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Public pages are reachable by anyone: one address gets at most N requests a minute (429)."""
-    from bot.app import RUNTIME
-
     if not request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     rt = request.app[RUNTIME]
