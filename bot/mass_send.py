@@ -31,7 +31,8 @@ from bot.contact_list import NO_CHANNEL, ContactFilter
 from bot.context import Context
 from bot.customer_text import clip
 from bot.errors import InvalidInput, NotShareable
-from bot.models import Channel, Contact, ContentItem, Event, MassSend, MassSendRecipient, OutboxItem, Rep, Share
+from bot.models import Channel, Contact, ContentItem, Event, MassSend, MassSendRecipient, Rep, Share
+from bot.outbox import deliver_now
 from bot.reports import Scope
 from bot.shares import new_token
 from bot.sop.steps import MESSAGE_BYTES, SEND_MSG_TEMPLATE
@@ -277,10 +278,7 @@ async def _command(settings: Any, slug: str, segment: dict[str, str], text: str 
                               segment={k: v for k, v in segment.items() if v}, created_by=by)  # fmt: skip
             mass_id = mass.id
             await session.commit()
-        await rt.outbox.drain()
-        async with rt.read_sessions() as session:
-            failed = await session.scalar(select(func.count()).where(
-                OutboxItem.idempotency_key.like(f"mass:{mass_id}:%"), OutboxItem.status == "failed"))  # fmt: skip
+        failed = await deliver_now(rt, f"mass:{mass_id}:")
     finally:
         await rt.stop()
     click.echo(f"mass send #{mass_id}: submitted to WeCom; each rep confirms their customers' messages in 群发助手")

@@ -169,6 +169,16 @@ class OutboxWorker(PollingWorker):
             raise WeComUnavailable(f"webhook unreachable: {type(exc).__name__}", url) from None
 
 
+async def deliver_now(rt: "Runtime", key_prefix: str) -> int:
+    """For a command that queued sends: work the outbox through now, then count the rows under
+    `key_prefix` that WeCom refused for good (the caller warns and exits 1)."""
+    await rt.outbox.drain()
+    async with rt.read_sessions() as session:
+        failed = await session.scalar(select(func.count()).where(
+            OutboxItem.idempotency_key.like(f"{key_prefix}%"), OutboxItem.status == "failed"))  # fmt: skip
+    return int(failed or 0)
+
+
 async def outbox_counts(session: AsyncSession) -> dict[str, int]:
     """Outbox rows waiting to be sent and failed for good (/healthz, /metrics)."""
     rows = await session.execute(

@@ -16,15 +16,14 @@ import tempfile
 from pathlib import Path
 
 import click
-from sqlalchemy import func, select
 
 from bot.clock import SystemClock
 from bot.config import Settings
 from bot.context import Context
 from bot.db import create_engine, read_session_factory
-from bot.models import OutboxItem
 from bot.digest.jobs import build_outgoing, send_digests, should_send
 from bot.digest.window import today
+from bot.outbox import deliver_now
 
 
 def run_digest(settings: Settings, kind: str, day: dt.date | None, dry_run: bool) -> int:
@@ -69,10 +68,7 @@ async def _send(settings: Settings, kind: str, day: dt.date) -> int:
             ctx = Context(rt, session, origin=f"cli:digest:{kind}:{day.isoformat()}")
             sent, skipped = await send_digests(ctx, kind, day)
             await session.commit()
-        await rt.outbox.drain()
-        async with rt.read_sessions() as session:
-            failed = await session.scalar(select(func.count()).where(
-                OutboxItem.idempotency_key.like(f"digest:{kind}:{day.isoformat()}:%"), OutboxItem.status == "failed"))
+        failed = await deliver_now(rt, f"digest:{kind}:{day.isoformat()}:")
     finally:
         await rt.stop()
     click.echo(f"digest {kind} {day.isoformat()}: {sent} sent, {skipped} already sent or empty")
