@@ -20,8 +20,10 @@ What it writes, all with `processed = true` where it applies, so the tracker has
 - the score ledger, computed by the product's own scorer (bot/scoring/engine.py) from exactly those
   events and profiles, with decay applied up to `now` as last night's job would have: so a replay
   (`ensure`, `rescore`) finds what is stored (decay as one row per quiet spell, bot/ledger.py),
-  and the next nightly decay adds one tick to each quiet contact's spell. Scores, temperatures, stages (with their stage_history rows: score thresholds, payments,
-  dormancy), `last_activity_at` and `last_payment_at` follow from the same pass;
+  and the next nightly decay adds one tick to each quiet contact's spell. Scores, temperatures,
+  stages (with their stage_history rows: score thresholds, payments, dormancy, and SQL set by the
+  owner after some of an MQL's calls), `last_activity_at` and `last_payment_at` follow from the
+  same pass;
 - tasks: an MQL follow-up for every contact that reached MQL (old ones done), and a few to-dos
   per rep around `now`, so the digests have work.
 - Dormancy: customers whose last payment is older than `[lifecycle] dormant_after_days` + 7 days
@@ -47,6 +49,7 @@ import multiprocessing
 import random
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,6 +61,7 @@ UTC = dt.timezone.utc
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "content" / "library"
 CHUNK = 2000  # contacts per generated and written chunk (one transaction each)
+SQL_AFTER_CALL = 0.35  # of an MQL's calls with its owner, the share after which the rep marks it SQL (有意向)
 HISTORY_DAYS = 180  # leads are added and active within this many days before `now`
 CUSTOMER_DAYS = 1000  # customers' relationships (and payments) go back this far
 DORMANCY_BACKLOG_DAYS = 7  # customers past the dormancy line by less than this are left to the job
@@ -110,6 +114,12 @@ USER_AGENTS = [
     "Mozilla/5.0 (Linux; Android 14; V2307A) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/116.0 Mobile Safari/537.36 MicroMessenger/8.0.49",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36 WindowsWechat",
 ]
+
+
+def _chance(seed: int, event_id: int) -> float:
+    """A fixed draw in [0, 1) per (seed, event), apart from the contacts' random streams (drawing from
+    those would change everything generated after it)."""
+    return zlib.crc32(f"{seed}:{event_id}".encode()) / 2**32
 
 
 def default_reps(contacts: int) -> int:
@@ -307,6 +317,10 @@ class Generator:
                         stage = "customer"
                 if etype not in NOT_ENGAGEMENT:
                     last_activity = at if last_activity is None else max(last_activity, at)
+                if etype == "call" and stage == "mql" and owner is not None and _chance(w.seed, eid) < SQL_AFTER_CALL:
+                    # The owner's call qualified the lead: SQL is a rep's decision (sql_at = 0 by default).
+                    moves.append(("mql", "sql", owner, "电话沟通后确认有意向", received))
+                    stage = "sql"
                 target = stage_for_score(stage, score, model)
                 if target is not None:
                     threshold = {"nurturing": model.nurturing_at, "mql": model.mql_at, "sql": model.sql_at}.get(target, 0)

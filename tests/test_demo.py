@@ -61,7 +61,7 @@ def test_demo_plays_the_scenario(tmp_path: Path) -> None:
     assert sum(owners.values()) == 400
     assert set(owners) - {None} == {"rep1", "rep2", "rep3", "rep4"}  # the configured reps, no synthetic ones (some leads unowned)
     assert channels == ["展会", "线下沙龙", "公众号", "直播"]
-    assert stages.get("customer", 0) > 0 and stages.get("mql", 0) > 0
+    assert stages.get("customer", 0) > 0 and stages.get("mql", 0) > 0 and stages.get("sql", 0) > 0
     shutil.rmtree(tmp_path / "state")
 
 

@@ -96,7 +96,10 @@ def test_synth_writes_a_consistent_company_and_rescore_agrees(db_url: str, tmp_p
     per_contact = sorted(n for (n,) in query(db_url, "SELECT COUNT(e.id) FROM contacts c LEFT JOIN events e ON e.contact_id = c.id GROUP BY c.id"))
     assert per_contact[-1] > 10 * EVENTS / CONTACTS and per_contact[len(per_contact) // 2] < EVENTS / CONTACTS  # skewed
     stages = dict(query(db_url, "SELECT stage, COUNT(*) FROM contacts GROUP BY stage"))
-    assert {"new", "nurturing", "mql", "customer"} <= set(stages), stages
+    assert {"new", "nurturing", "mql", "sql", "customer"} <= set(stages), stages
+    # SQL is the owner's call after a call with an MQL, never a score rule's
+    assert query(db_url, "SELECT COUNT(*) FROM stage_history h JOIN contacts c ON c.id = h.contact_id "
+                         "WHERE h.to_stage = 'sql' AND (h.from_stage <> 'mql' OR h.by <> c.owner_userid)") == [(0,)]
     span = query(db_url, "SELECT MIN(occurred_at), MAX(occurred_at) FROM events WHERE type NOT IN ('payment', 'contact_added')")[0]
     assert span[0] is not None
     for name, sql in SANITY.items():
