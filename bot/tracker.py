@@ -320,12 +320,19 @@ class Tracker(PollingWorker):
         await session.execute(stmt, forward_params(share, visitor.id, event.contact_id, referrer, event.occurred_at, now))
 
 
-async def backlog(session: AsyncSession, now: dt.datetime) -> dict[str, Any]:
-    """Events stored but not yet attributed and scored, and how long the oldest has waited (seconds;
-    0 with none). Served by the partial index on unprocessed events: cheap while the tracker keeps up."""
-    count, oldest = (await session.execute(
-        select(func.count(), func.min(Event.received_at)).where(Event.processed == false())
-    )).one()
+BACKLOG_COUNT_CAP = 100_000  # /healthz and /metrics count the unprocessed events up to this many
+# When the oldest waiting event arrived: the first entry of the partial index (ids grow as events arrive).
+OLDEST_UNPROCESSED = select(Event.received_at).where(Event.processed == false()).order_by(Event.id).limit(1)
+
+
+async def backlog(session: AsyncSession, now: dt.datetime, cap: int = BACKLOG_COUNT_CAP) -> dict[str, Any]:
+    """Events stored but not yet attributed and scored (counted up to `cap`), and how long the oldest
+    has waited (seconds; 0 with none). Both from the partial index on unprocessed events, whose
+    first entry is the oldest: a load balancer polling /healthz during a backlog of millions reads
+    at most `cap` index entries and one row, not every waiting row for its time."""
+    unprocessed = select(Event.id).where(Event.processed == false())
+    count = await session.scalar(select(func.count()).select_from(unprocessed.limit(cap).subquery()))
+    oldest = await session.scalar(OLDEST_UNPROCESSED)
     return {"unprocessed": int(count or 0), "lag_s": round(max(0.0, (now - oldest).total_seconds()), 1) if oldest else 0.0}
 
 

@@ -319,13 +319,21 @@ async def test_healthz_and_metrics(beacon: Any, poster: Poster) -> None:
     beacon.clock.advance(seconds=90)  # the tracker does not run by itself here: the event waits
     body = await (await beacon.client.get("/healthz")).json()
     assert body["tracker"] == {"unprocessed": 1, "lag_s": 90.0}
+    for n in range(2):  # two more, later: the lag is still the oldest's; a cap bounds the count
+        beacon.clock.advance(seconds=5)
+        await beacon.rt.events.contact_event("call", contact.id, occurred_at=now, received_at=beacon.clock.now(), key=f"health:call{n}")
+    from bot.tracker import backlog
+
+    async with beacon.rt.read_sessions() as session:
+        assert await backlog(session, beacon.clock.now()) == {"unprocessed": 3, "lag_s": 100.0}
+        assert await backlog(session, beacon.clock.now(), cap=2) == {"unprocessed": 2, "lag_s": 100.0}
     metrics = await (await beacon.client.get("/metrics")).text()
-    assert "beacon_tracker_backlog 1.0" in metrics and "beacon_tracker_lag_seconds 90.0" in metrics
+    assert "beacon_tracker_backlog 3.0" in metrics and "beacon_tracker_lag_seconds 100.0" in metrics
     await beacon.process()
-    assert await beacon.rt.tracker.drain() == 1
+    assert await beacon.rt.tracker.drain() == 3
     metrics = await (await beacon.client.get("/metrics")).text()
     assert "beacon_tracker_backlog 0.0" in metrics and "beacon_tracker_lag_seconds 0.0" in metrics
-    assert "beacon_tracker_events_total 1.0" in metrics and "beacon_tracker_batches_total 1.0" in metrics  # one pass
+    assert "beacon_tracker_events_total 3.0" in metrics and "beacon_tracker_batches_total 1.0" in metrics  # one pass
     assert 'beacon_callbacks_received_total{source="app"} 1.0' in metrics
     assert 'beacon_callbacks_processed_total{kind="text"} 1.0' in metrics
     assert 'beacon_wecom_api_calls_total{errcode="0",path="/cgi-bin/message/send"} 1.0' in metrics

@@ -36,7 +36,7 @@ from bot.reports import DateRange, Scope, channel_funnel, content_funnel, stage_
 from bot.scoring.jobs import CHUNK_READ
 from bot.shares import LINK_BY_TOKEN
 from bot.sop.triggers import enrollments_of
-from bot.tracker import unprocessed_events
+from bot.tracker import OLDEST_UNPROCESSED, unprocessed_events
 from tests.conftest import T0
 
 N_CONTACTS = 2000
@@ -199,6 +199,8 @@ def hot_queries(keys: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
         ("share by token", LINK_BY_TOKEN.params(token=keys["token"]), "shares", "uq:shares.token"),
         # bot/tracker.py: the tracker's next batch (a partial index on processed = false)
         ("unprocessed events", unprocessed_events(50), "events", "ix_events_unprocessed"),
+        # bot/tracker.py backlog (/healthz, /metrics): the oldest waiting event, the index's first entry
+        ("oldest unprocessed event", OLDEST_UNPROCESSED, "events", "ix_events_unprocessed"),
         # bot/leases.py claim(): the inbox and outbox workers' due rows
         ("inbox due", due_rows(InboxItem, now=now, limit=20).with_for_update(skip_locked=True), "inbox", "ix_inbox_status_next"),
         ("outbox due", due_rows(OutboxItem, now=now, limit=20).with_for_update(skip_locked=True), "outbox", "ix_outbox_status_next"),
