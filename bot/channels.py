@@ -17,8 +17,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.errors import DomainError, InvalidInput, NotFound, NotShareable
+from bot.errors import DomainError, InvalidInput, NotFound
 from bot.models import Channel, Contact, ContentItem, Event, Rep
+from bot.shares import check_shareable
 from content.search import get_item
 
 if TYPE_CHECKING:
@@ -105,10 +106,7 @@ async def _check(session: AsyncSession, req: ChannelRequest) -> tuple[list[str],
         item = await get_item(session, req.welcome)
         if item is None:
             raise NotFound("content", req.welcome)
-        if item.internal:
-            raise NotShareable(f"{item.slug} is internal material for reps only")
-        if item.retired_at is not None:
-            raise NotShareable(f"{item.slug} is retired")
+        check_shareable(item)
     return reps, item
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import string
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,8 +35,8 @@ from bot.errors import InvalidInput, NotShareable
 from bot.models import Channel, Contact, ContentItem, Event, MassSend, MassSendRecipient, Rep, Share
 from bot.outbox import deliver_now
 from bot.reports import Scope
-from bot.shares import new_token
-from bot.sop.steps import MESSAGE_BYTES, SEND_MSG_TEMPLATE
+from bot.shares import check_shareable, new_token
+from bot.sop.steps import MESSAGE_BYTES, SEND_MSG_TEMPLATE, as_sentence
 
 MAX_RECIPIENTS = 5000  # a larger segment is refused: narrow the filter (each customer is one 群发 task for a rep)
 DEFAULT_TEXT = "{name}您好，给您分享一份《{title}》，{summary}欢迎查阅：{link}"
@@ -98,10 +99,7 @@ class MassPlan:
     skipped: dict[str, int] = field(default_factory=dict)
 
     def by_rep(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for r in self.recipients:
-            counts[r.owner] = counts.get(r.owner, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(Counter(r.owner for r in self.recipients).items()))
 
 
 def check_text(text: str | None) -> str:
@@ -123,10 +121,7 @@ def check_text(text: str | None) -> str:
 
 
 def render(text: str, recipient: Recipient, item: ContentItem, link: str, rep_name: str) -> str:
-    summary = (item.summary or "").strip()
-    if summary and not summary.endswith(("。", "！", "？", ".", "!", "?")):
-        summary += "。"
-    values = {"name": recipient.name, "company": recipient.company, "title": item.title, "summary": summary,
+    values = {"name": recipient.name, "company": recipient.company, "title": item.title, "summary": as_sentence(item.summary),
               "link": link, "rep": rep_name}  # fmt: skip
     return clip(text.format(**values).strip(), MESSAGE_BYTES)
 
@@ -136,10 +131,7 @@ async def plan(session: AsyncSession, item: ContentItem, segment: ContactFilter,
     """The segment's live contacts, split into recipients and the skipped (by reason). InvalidInput
     when the segment holds more than MAX_RECIPIENTS who would receive it; NotShareable for an
     internal or retired item."""
-    if item.internal:
-        raise NotShareable(f"{item.slug} is internal material for reps only")
-    if item.retired_at is not None or item.current_version_id is None:
-        raise NotShareable(f"{item.slug} is retired")
+    check_shareable(item)
     zone = ZoneInfo(timezone)
     midnight = dt.datetime.combine(now.astimezone(zone).date(), dt.time(), tzinfo=zone).astimezone(dt.timezone.utc)
     unsubscribed = exists().where(Event.contact_id == Contact.id, Event.type == "unsubscribe")
@@ -216,26 +208,40 @@ async def _shares(session: AsyncSession, item: ContentItem, recipients: list[Rec
     return found
 
 
-async def report(session: AsyncSession, mass_id: int) -> dict[str, Any] | None:
-    """A send as the API shows it: what went to whom, and how many recipients opened their link since."""
-    mass = await session.get(MassSend, mass_id)
-    if mass is None:
-        return None
-    item = await session.get(ContentItem, mass.item_id)
+async def reports(session: AsyncSession, ids: list[int]) -> list[dict[str, Any]]:
+    """The sends with these ids, newest first, as the API and the admin page show them: what went to
+    whom, and how many recipients opened their link since. Three grouped queries, whatever the count."""
+    if not ids:
+        return []
     rec = MassSendRecipient
-    by_rep = dict((await session.execute(
-        select(rec.rep_userid, func.count()).where(rec.mass_send_id == mass_id).group_by(rec.rep_userid).order_by(rec.rep_userid)
+    sends = (await session.execute(
+        select(MassSend, ContentItem.slug, ContentItem.title).outerjoin(ContentItem, ContentItem.id == MassSend.item_id)
+        .where(MassSend.id.in_(ids)).order_by(MassSend.id.desc())
+    )).all()  # fmt: skip
+    by_rep: dict[int, dict[str, int]] = {}
+    for mass_id, rep, count in await session.execute(
+        select(rec.mass_send_id, rec.rep_userid, func.count()).where(rec.mass_send_id.in_(ids))
+        .group_by(rec.mass_send_id, rec.rep_userid).order_by(rec.mass_send_id, rec.rep_userid)
+    ):  # fmt: skip
+        by_rep.setdefault(mass_id, {})[rep] = count
+    opened = dict((await session.execute(
+        select(rec.mass_send_id, func.count(func.distinct(rec.contact_id))).select_from(rec)
+        .join(MassSend, MassSend.id == rec.mass_send_id)
+        .join(Event, and_(Event.share_id == rec.share_id, Event.type == "open", Event.occurred_at >= MassSend.created_at))
+        .where(rec.mass_send_id.in_(ids)).group_by(rec.mass_send_id)
     )).all())  # fmt: skip
-    opened = await session.scalar(
-        select(func.count(func.distinct(rec.contact_id))).select_from(rec)
-        .join(Event, and_(Event.share_id == rec.share_id, Event.type == "open", Event.occurred_at >= mass.created_at))
-        .where(rec.mass_send_id == mass_id)
-    )  # fmt: skip
-    return {
-        "id": mass.id, "content": item.slug if item else None, "title": item.title if item else None,
-        "segment": mass.segment, "created_by": mass.created_by, "created_at": mass.created_at.isoformat(),
-        "recipients": mass.recipients, "by_rep": by_rep, "skipped": mass.skipped, "opened": int(opened or 0),
-    }  # fmt: skip
+    return [
+        {"id": mass.id, "content": slug, "title": title, "segment": mass.segment, "created_by": mass.created_by,
+         "created_at": mass.created_at.isoformat(), "recipients": mass.recipients, "by_rep": by_rep.get(mass.id, {}),
+         "skipped": mass.skipped, "opened": int(opened.get(mass.id, 0))}
+        for mass, slug, title in sends
+    ]  # fmt: skip
+
+
+async def report(session: AsyncSession, mass_id: int) -> dict[str, Any] | None:
+    """One send (`reports`), or None."""
+    found = await reports(session, [mass_id])
+    return found[0] if found else None
 
 
 def run_command(settings: Any, slug: str, segment: dict[str, str], text: str | None, by: str, dry_run: bool) -> int:

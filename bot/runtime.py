@@ -26,6 +26,7 @@ from bot.db import (WalCheckpointer, create_background_engine, create_engine, li
                     session_factory)
 from bot.edge import EdgeLoad
 from bot.inbox import InboxStore, InboxWorker
+from bot.lifecycle import shown_score
 from bot.limits import TokenBuckets
 from bot.metrics import Metrics
 from bot.notify import CommitWatch, CrossWake
@@ -141,6 +142,7 @@ class Runtime:
         rt.links = ShareResolver(rt.read_sessions, ttl_s=settings.links.share_cache_s)
         rt.signer = Signer(settings.server.secret_key)
         rt.pages = Pages()
+        rt.pages.env.filters["points"] = shown_score  # a score as reps read it: {{ c.score | points }}
         rt.rendered = RenderedVersions(rt.read_sessions)
         rt.recent_opens = RecentOpens(settings.links.reload_window_s)
         rt.reports = ReportCache(settings.pages.report_cache_s, stale_s=settings.pages.report_stale_s)

@@ -28,6 +28,14 @@ def new_token() -> str:
     return secrets.token_urlsafe(18)
 
 
+def check_shareable(item: ContentItem) -> None:
+    """NotShareable unless the item may go to customers: not internal, not retired, with a version."""
+    if item.internal:
+        raise NotShareable(f"{item.slug} is internal material for reps only")
+    if item.retired_at is not None or item.current_version_id is None:
+        raise NotShareable(f"{item.slug} is retired")
+
+
 async def create_share(
     session: AsyncSession,
     item: ContentItem,
@@ -40,10 +48,7 @@ async def create_share(
 ) -> Share:
     """The share for (current version, rep, contact, channel): reused if it exists, else created
     (at `now` when given: the caller's clock)."""
-    if item.internal:
-        raise NotShareable(f"{item.slug} is internal material for reps only")
-    if item.retired_at is not None or item.current_version_id is None:
-        raise NotShareable(f"{item.slug} is retired")
+    check_shareable(item)
     existing = await session.scalar(
         select(Share).where(
             Share.version_id == item.current_version_id,

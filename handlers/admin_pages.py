@@ -23,7 +23,7 @@ from bot.lifecycle import STAGE_LABELS, TEMPERATURE_LABELS
 from bot.mass_send import EVERYONE, SEGMENT_KEYS, SKIP_REASONS, check_text, parse_segment
 from bot.mass_send import plan as mass_plan
 from bot.mass_send import render as render_mass
-from bot.mass_send import report as mass_report
+from bot.mass_send import reports as mass_reports
 from bot.mass_send import send as mass_send
 from bot.models import Channel, ContentItem, ContentVersion, Enrollment, MassSend, Playbook, Rep
 from bot.scoring.rules import ScoringModel
@@ -284,8 +284,8 @@ async def _mass_page(request: web.Request, viewer: Viewer, *, status: int = 200,
         )).all()  # fmt: skip
         owners = (await session.execute(select(Rep.userid, Rep.name).where(Rep.active.is_(True)).order_by(Rep.userid))).all()
         channels = [name for (name,) in await session.execute(select(Channel.name).order_by(Channel.name))]
-        sends = (await session.execute(select(MassSend.id).order_by(MassSend.id.desc()).limit(50))).scalars().all()
-        reports = [r for r in [await mass_report(session, i) for i in sends] if r is not None]
+        recent = list((await session.scalars(select(MassSend.id).order_by(MassSend.id.desc()).limit(50))).all())
+        reports = await mass_reports(session, recent)
     names = {u: n or u for u, n in owners}
     rows = [{"id": r["id"], "title": r["title"], "segment": _segment_text(r["segment"], names), "created_by": r["created_by"],
              "created_at": dt.datetime.fromisoformat(r["created_at"]), "recipients": r["recipients"], "opened": r["opened"],

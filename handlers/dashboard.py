@@ -176,7 +176,14 @@ _PROP_TEXT: dict[str, Any] = {
     "gated": lambda v: "需留资" if v else "",
     "unlocked": lambda v: "",
     "outdated": lambda v: "旧版本链接" if v else "",
-} | {k: (lambda label: lambda v: f"{label} {v}" if v else "")(label) for k, label in _GATE_FIELDS.items()}
+}
+
+
+def _labelled(label: str) -> Any:
+    return lambda v: f"{label} {v}" if v else ""
+
+
+_PROP_TEXT |= {key: _labelled(label) for key, label in _GATE_FIELDS.items()}  # a gate form's fields
 STAGE_MOVERS = {"rule:score": "评分规则", "rule:payment": "付款", "rule:dormancy": "沉睡规则",
                 "rule:dormant_wakeup": "沉睡唤醒", "rule:rescore": "重新评分"}  # fmt: skip
 

@@ -64,7 +64,7 @@ async def run_step(ctx: Context, enrollment: Enrollment, definition: PlaybookDef
             log.warning("playbook %s step %d: %s", definition.key, index + 1, exc)
     values = {
         "name": contact.name or "", "company": contact.company or "", "rep": (rep.name if rep else "") or owner,
-        "title": item.title if item else "", "summary": _sentence(item.summary) if item else "", "link": link,
+        "title": item.title if item else "", "summary": as_sentence(item.summary) if item else "", "link": link,
     }  # fmt: skip
     message = render_message(step, values)
     position = f"第{index + 1}/{len(definition.steps)}步"
@@ -99,7 +99,8 @@ def _customer_payload(owner: str, external_userid: str, message: str) -> dict[st
             "text": {"content": clip(message, MESSAGE_BYTES)}}
 
 
-def _sentence(summary: str) -> str:
+def as_sentence(summary: str) -> str:
+    """The summary ending in a full stop (or its own ! ?), to run on into a message; "" when empty."""
     summary = (summary or "").strip()
     if not summary:
         return ""
