@@ -110,6 +110,8 @@ def check_text(text: str | None) -> str:
         names = [name for _, name, spec, conv in string.Formatter().parse(text) if name is not None]
     except ValueError as exc:
         raise InvalidInput("text", f"模板格式有误（{exc}）；花括号只用于 {{name}} 这样的占位符") from None
+    if any(spec or conv for _, name, spec, conv in string.Formatter().parse(text) if name is not None):
+        raise InvalidInput("text", "占位符只写名字，例如 {name}，不带 : 或 ! 格式")
     unknown = [n for n in names if n not in FIELDS]
     if unknown:
         raise InvalidInput("text", f"未知占位符 {{{unknown[0]}}}；可用：" + "、".join(f"{{{f}}}" for f in FIELDS))

@@ -124,6 +124,8 @@ async def test_bad_requests_name_the_field(beacon: Any, lib: Path) -> None:
         ({"content": ITEM, "segment": {"channel": "没有的渠道"}}, 400, "segment.channel"),
         ({"content": ITEM, "text": "您好 {phone}"}, 400, "text"),
         ({"content": ITEM, "text": "您好 {name"}, 400, "text"),
+        ({"content": ITEM, "text": "您好 {name:d}"}, 400, "text"),  # a format spec would fail at render time
+        ({"content": ITEM, "text": "您好 {name!r}"}, 400, "text"),
         ({"content": ITEM, "dry_run": "yes"}, 400, "dry_run"),
         ({"content": "talk-track-first-call"}, 400, "content"),
         ({"content": ITEM, "segment": {"owner": "rep2"}}, 400, "segment"),  # nobody there
